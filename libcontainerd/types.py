@@ -1,0 +1,118 @@
+"""The contract: value types, enums and the backend protocol.
+
+Everything here is plain data (frozen attrs classes and enums) that callers build
+on; nothing here talks to containerd or starts threads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Any, Optional
+
+import attrs
+
+try:
+    from typing import Protocol, runtime_checkable
+except ImportError:  # pragma: no cover - Python < 3.8 is not supported anyway
+    from typing_extensions import Protocol, runtime_checkable
+
+__all__ = ["Backend", "EventInfo", "EventType", "ExitStatus", "Stats", "Status", "Summary", "Version"]
+
+
+@attrs.frozen
+class Version:
+    """containerd's version and git revision."""
+
+    version: str
+    revision: str
+
+
+@attrs.frozen
+class ExitStatus:
+    """How a process ended: its exit code (128+signal for a signal) and when."""
+
+    code: int
+    exited_at: Optional[datetime.datetime] = None
+
+
+class Status(enum.Enum):
+    """A task's or process's state, as containerd reports it."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    PAUSING = "pausing"
+    UNKNOWN = "unknown"
+
+
+@attrs.frozen
+class Stats:
+    """Resource usage of a task.
+
+    Attributes:
+        read: when containerd read the numbers (aware UTC datetime).
+        metrics: containerd's cgroup ``Metrics`` message as is: cgroup v1
+            (``io.containerd.cgroups.v1.Metrics``: ``memory.usage.usage``, ``pids.current`` ...)
+            or v2 (``io.containerd.cgroups.v2.Metrics``: ``memory.usage``, ``pids.current`` ...).
+    """
+
+    read: datetime.datetime
+    metrics: Any = attrs.field(repr=lambda m: f"<{type(m).DESCRIPTOR.full_name}>" if hasattr(type(m), "DESCRIPTOR") else repr(m))
+
+
+@attrs.frozen
+class Summary:
+    """One process of a task: its host pid and, for an exec'd process, its exec id."""
+
+    pid: int
+    exec_id: Optional[str] = None
+
+
+class EventType(enum.Enum):
+    """The task events delivered to a backend."""
+
+    CREATE = "create"
+    START = "start"
+    EXIT = "exit"
+    OOM = "oom"
+    EXEC_ADDED = "exec-added"
+    EXEC_STARTED = "exec-started"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+
+
+@attrs.frozen
+class EventInfo:
+    """What an event says.
+
+    Attributes:
+        container_id: the container the event is about.
+        process_id: the exec id, or the container id for the task's main process.
+        pid: host pid, 0 where the event carries none.
+        exit_code: for EXIT events, else 0.
+        exited_at: for EXIT events, an aware UTC datetime, else ``None``.
+        error: set when the event was synthesised by the client (e.g. an exit found
+            after a reconnect) and something about it is uncertain.
+    """
+
+    container_id: str
+    process_id: str
+    pid: int = 0
+    exit_code: int = 0
+    exited_at: Optional[datetime.datetime] = None
+    error: Optional[str] = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a client delivers events to.
+
+    ``process_event`` is called on a worker thread of the client's event executor:
+    one container's events one at a time and in order, different containers in
+    parallel. It must not block for long (other events of the same container wait),
+    and an exception it raises is logged and otherwise ignored.
+    """
+
+    def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None: ...
