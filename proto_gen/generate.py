@@ -12,7 +12,7 @@ The wire names (``containerd.services.tasks.v1.Tasks`` ...) are untouched.
 
 Usage::
 
-    python proto_gen/generate.py            # regenerate in place
+    python proto_gen/generate.py [--write]  # regenerate in place
     python proto_gen/generate.py --check    # regenerate into a temp dir, fail on drift
 
 The generator is pinned (see ``tox.ini``, env ``protos``): its version decides
@@ -113,7 +113,8 @@ def generate(out: Path) -> None:
     if missing:
         sys.exit(
             "missing .proto sources (apt-get install golang-github-containerd-containerd-dev "
-            "golang-github-containerd-cgroups-dev golang-github-gogo-protobuf-dev golang-github-gogo-googleapis-dev):\n  " + "\n  ".join(missing)
+            "golang-github-containerd-cgroups-dev golang-github-gogo-protobuf-dev "
+            "golang-github-gogo-googleapis-dev):\n  " + "\n  ".join(missing)
         )
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "grpc_tools.protoc"]
@@ -162,7 +163,9 @@ def _diff(a: Path, b: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="fail if the committed modules differ from a fresh generation")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="fail if the committed modules differ from a fresh run")
+    mode.add_argument("--write", action="store_true", help="regenerate in place (the default)")
     args = parser.parse_args()
     if not args.check:
         generate(OUT)
@@ -174,7 +177,7 @@ def main() -> int:
         drift = _diff(OUT, fresh)
     if drift:
         sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in drift[:400])
-        print("generated code drifted: run `tox -e protos -- --write` (or python proto_gen/generate.py) and commit", file=sys.stderr)
+        print("generated code drifted: run `tox -e protos -- --write` and commit", file=sys.stderr)
         return 1
     print("generated code matches the .proto sources")
     return 0
