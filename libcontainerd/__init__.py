@@ -1,0 +1,67 @@
+"""libcontainerd: a synchronous, thread-based containerd client, after moby's libcontainerd.
+
+>>> import libcontainerd
+>>> from libcontainerd import oci, stdio
+>>> client = libcontainerd.new_client("/run/containerd/containerd.sock", "/tmp/state", "demo", None)  # doctest: +SKIP
+
+The public names are listed in ``__all__``; the submodules ``errdefs``, ``oci``, ``stdio``,
+``cio``, ``supervisor`` and ``testing`` load on first use, so ``import libcontainerd``
+stays quick. See the documentation for the threading model and the event semantics.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import errdefs
+from .types import Backend, EventInfo, EventType, ExitStatus, Stats, Status, Summary, Version
+
+if TYPE_CHECKING:
+    from . import cio, oci, stdio, supervisor, testing
+    from .remote import Client, Container, Process, Task, new_client
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "Client",
+    "Container",
+    "EventInfo",
+    "EventType",
+    "ExitStatus",
+    "Process",
+    "Stats",
+    "Status",
+    "Summary",
+    "Task",
+    "Version",
+    "cio",
+    "errdefs",
+    "new_client",
+    "oci",
+    "stdio",
+    "supervisor",
+    "testing",
+]
+
+_LAZY_MODULES = {"cio", "oci", "stdio", "supervisor", "testing", "remote", "queue"}
+_REMOTE_NAMES = {"Client", "Container", "Process", "Task", "new_client"}
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _REMOTE_NAMES:
+        remote = importlib.import_module(".remote", __name__)
+        value = getattr(remote, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -115,7 +115,7 @@ class NotModified(LibcontainerdError):
     """Nothing was changed (e.g. pausing a paused task)."""
 
 
-class NotImplemented(LibcontainerdError, builtins.NotImplementedError):  # noqa: A001 - moby's name
+class NotImplemented(LibcontainerdError, builtins.NotImplementedError):
     """containerd, the shim or this platform does not implement the operation."""
 
 

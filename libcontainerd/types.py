@@ -59,7 +59,8 @@ class Stats:
     """
 
     read: datetime.datetime
-    metrics: Any = attrs.field(repr=lambda m: f"<{type(m).DESCRIPTOR.full_name}>" if hasattr(type(m), "DESCRIPTOR") else repr(m))
+    metrics: Any = attrs.field(repr=lambda m: f"<{getattr(type(m), 'DESCRIPTOR', type(m)).full_name}>"
+                               if hasattr(type(m), "DESCRIPTOR") else repr(m))
 
 
 @attrs.frozen

@@ -1,0 +1,409 @@
+"""Checkpoints through containerd's content store: upload, create, read back, extract safely.
+
+Restoring (``Container.start(checkpoint_dir=...)``) tars the directory into a content blob
+of media type :data:`CHECKPOINT_MEDIA_TYPE` and hands its descriptor to the task; the blob
+is deleted afterwards whatever happens. Checkpointing (``Task.create_checkpoint``) does what
+containerd's Go client does -- a lease, ``Tasks.Checkpoint``, an OCI index of the returned
+descriptors, a ``containerd.io/checkpoint/<id>:<time>`` image -- and then what moby does:
+read the index back, find the checkpoint tar, extract it into the directory, and delete the
+image (and the lease, so the garbage collector takes the blobs) whatever happens.
+
+Archives are extracted with :func:`safe_extract`: nothing outside the target directory is
+ever written (no absolute paths, no ``..``, no links leading out, no device nodes or FIFOs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import tarfile
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, Optional
+
+import attrs
+import grpc
+
+from .. import errdefs
+from .._api.containerd.api.services.content.v1 import content_pb2
+from .._api.containerd.api.services.images.v1 import images_pb2
+from .._api.containerd.api.services.leases.v1 import leases_pb2
+from .._api.containerd.api.services.tasks.v1 import tasks_pb2
+from .._api.containerd.api.types import descriptor_pb2
+from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
+from .._typeurl import pack_message
+
+if TYPE_CHECKING:
+    from ._client import Client
+    from ._process import Task
+
+log = logging.getLogger("libcontainerd")
+
+CHECKPOINT_MEDIA_TYPE = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+GC_ROOT_LABEL = "containerd.io/gc.root"
+GC_REF_CONTENT = "containerd.io/gc.ref.content.{}"
+GC_EXPIRE_LABEL = "containerd.io/gc.expire"
+CHECKPOINT_LABEL = "containerd.io/checkpoint"
+LEASE_HEADER = "containerd-lease"
+CHUNK = 1 << 20
+_HAS_FILTERS = hasattr(tarfile, "fully_trusted_filter")
+
+
+def _rfc3339(when: Optional[datetime.datetime] = None) -> str:
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.frozen
+class Blob:
+    """A blob in the content store, and how to remove it."""
+
+    client: Client = attrs.field(repr=False)
+    descriptor: descriptor_pb2.Descriptor = attrs.field(repr=lambda d: f"{d.media_type} {d.digest} {d.size}B")
+
+    def delete(self) -> None:
+        """Delete the blob; a failure is logged with its ref and digest, never raised."""
+        delete_content(self.client, self.descriptor.digest)
+
+
+def _md(client: Client, lease: Optional[str]) -> tuple[tuple[str, str], ...]:
+    md = client._conn.metadata
+    return (*md, (LEASE_HEADER, lease)) if lease else md
+
+
+def write_content(
+    client: Client,
+    reader: IO[bytes],
+    media_type: str,
+    *,
+    ref: Optional[str] = None,
+    labels: Optional[Mapping[str, str]] = None,
+    expected_digest: Optional[str] = None,
+    lease: Optional[str] = None,
+    gc_root: bool = True,
+) -> descriptor_pb2.Descriptor:
+    """Stream ``reader`` into the content store (1 MiB chunks) and commit it.
+
+    Args:
+        reader: a binary file object, read to its end.
+        media_type: the descriptor's media type.
+        ref: the ingest ref (unique by default).
+        labels: labels for the committed blob; ``containerd.io/gc.root`` is added with the
+            current UTC time when ``gc_root``.
+        expected_digest: commit only if the data has this digest (``sha256:...``).
+        lease: a lease id to write under.
+
+    Returns:
+        The descriptor (media type, digest, size).
+
+    Raises:
+        errdefs.DataLoss: the data did not match ``expected_digest``; the ingest is aborted.
+    """
+    ref = ref or f"libcontainerd-{uuid.uuid4().hex}"
+    all_labels = dict(labels or {})
+    if gc_root:
+        all_labels.setdefault(GC_ROOT_LABEL, _rfc3339())
+    hasher = hashlib.sha256()
+    state = {"size": 0}
+
+    def requests() -> Iterator[content_pb2.WriteContentRequest]:
+        yield content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=ref)
+        while True:
+            chunk = reader.read(CHUNK)
+            if not chunk:
+                break
+            hasher.update(chunk)
+            yield content_pb2.WriteContentRequest(action=content_pb2.WRITE, ref=ref, offset=state["size"], data=chunk)
+            state["size"] += len(chunk)
+        digest = expected_digest or "sha256:" + hasher.hexdigest()
+        yield content_pb2.WriteContentRequest(
+            action=content_pb2.COMMIT, ref=ref, offset=state["size"], total=state["size"], expected=digest,
+            labels=all_labels,
+        )
+
+    conn = client._conn
+    what = f"content {ref}"
+    try:
+        for _ in conn.content.Write(requests(), metadata=_md(client, lease), timeout=conn.timeout):
+            pass
+    except grpc.RpcError as err:
+        _abort(client, ref, lease)
+        mapped = errdefs.from_grpc(err, what)
+        if isinstance(mapped, errdefs.Conflict) and "already exists" in str(mapped):
+            pass  # the same bytes are there already: as good as committed (as in Go's writeContent)
+        elif expected_digest and "digest" in str(mapped).lower():
+            raise errdefs.DataLoss(f"{what}: written data does not match the expected digest {expected_digest}: "
+                                   f"{mapped.explanation}") from err
+        else:
+            raise mapped from err
+    except BaseException:
+        _abort(client, ref, lease)
+        raise
+    return descriptor_pb2.Descriptor(media_type=media_type, digest="sha256:" + hasher.hexdigest(), size=state["size"])
+
+
+def _abort(client: Client, ref: str, lease: Optional[str]) -> None:
+    conn = client._conn
+    try:
+        conn.content.Abort(content_pb2.AbortRequest(ref=ref), metadata=_md(client, lease), timeout=30.0)
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND:
+            log.warning("failed to abort content ingest %s: %s", ref, err.details())
+
+
+def read_content(client: Client, digest: str, lease: Optional[str] = None) -> Iterator[bytes]:
+    """Stream a blob's bytes from the content store."""
+    conn = client._conn
+    try:
+        for resp in conn.content.Read(content_pb2.ReadContentRequest(digest=digest), metadata=_md(client, lease),
+                                      timeout=conn.timeout):
+            yield resp.data
+    except grpc.RpcError as err:
+        raise errdefs.from_grpc(err, f"content {digest}") from err
+
+
+def delete_content(client: Client, digest: str) -> None:
+    """Delete a blob; log (with the digest) rather than raise on failure."""
+    try:
+        client._conn.call(client._conn.content.Delete, content_pb2.DeleteContentRequest(digest=digest),
+                          f"content {digest}")
+    except errdefs.NotFound:
+        pass
+    except errdefs.LibcontainerdError as exc:
+        log.warning("failed to delete content %s: %s", digest, exc)
+
+
+class _IterReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks (for tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+# -- upload for restore ---------------------------------------------------------------
+
+
+def _check_dir(checkpoint_dir: object) -> str:
+    if not isinstance(checkpoint_dir, (str, os.PathLike)) or not os.fspath(checkpoint_dir):
+        raise errdefs.InvalidParameter("checkpoint_dir must be a directory path")
+    path = os.fspath(checkpoint_dir)
+    if not os.path.isdir(path):
+        raise errdefs.InvalidParameter(f"checkpoint dir {path} does not exist or is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise errdefs.InvalidParameter(f"checkpoint dir {path} is not readable")
+    return path
+
+
+def upload_checkpoint_dir(client: Client, checkpoint_dir: str, container_id: str) -> Blob:
+    """Tar ``checkpoint_dir`` (a plain tar of its content) into the content store.
+
+    Raises:
+        errdefs.InvalidParameter: the directory is missing or unreadable (nothing written).
+    """
+    path = _check_dir(checkpoint_dir)
+    rfd, wfd = os.pipe()
+    reader = os.fdopen(rfd, "rb")
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(wfd, "wb") as w, tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for name in sorted(os.listdir(path)):
+                    tar.add(os.path.join(path, name), arcname=name)
+        except BrokenPipeError:
+            pass  # the upload stopped reading: its error is the one to report
+        except BaseException as exc:
+            errors.append(exc)
+
+    producer = threading.Thread(target=produce, name=f"libcontainerd-checkpoint-tar-{container_id}", daemon=True)
+    producer.start()
+    try:
+        desc = write_content(client, reader, CHECKPOINT_MEDIA_TYPE, ref=f"checkpoint-{container_id}-{uuid.uuid4().hex}")
+    finally:
+        reader.close()
+        producer.join()
+    if errors:
+        raise errdefs.InvalidParameter(f"cannot read checkpoint dir {path}: {errors[0]}") from errors[0]
+    return Blob(client, desc)
+
+
+# -- checkpoint -------------------------------------------------------------------------
+
+
+def _create_lease(client: Client) -> str:
+    lease_id = f"libcontainerd-checkpoint-{uuid.uuid4().hex}"
+    expire = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=24)
+    client._conn.call(client._conn.leases.Create, leases_pb2.CreateRequest(
+        id=lease_id, labels={GC_EXPIRE_LABEL: _rfc3339(expire)}), f"lease {lease_id}")
+    return lease_id
+
+
+def _delete_lease(client: Client, lease_id: str) -> None:
+    try:
+        client._conn.call(client._conn.leases.Delete, leases_pb2.DeleteRequest(id=lease_id, sync=True),
+                          f"lease {lease_id}")
+    except errdefs.LibcontainerdError as exc:
+        log.warning("failed to delete lease %s: %s", lease_id, exc)
+
+
+def _checkpoint_options(task: Task, exit: bool) -> Optional[Any]:
+    container = task.container
+    runtime_options = container._runtime_options
+    if runtime_options is not None and runtime_options.type_url.endswith("containerd.runc.v1.Options"):
+        return pack_message(runc_options.CheckpointOptions(exit=exit))
+    if "runc" in container.runtime:
+        # the SDK always gives runc tasks runc options (io_uid/io_gid), so runc options are in use
+        return pack_message(runc_options.CheckpointOptions(exit=exit))
+    return None
+
+
+def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) -> None:
+    """Checkpoint ``task`` with CRIU and extract the checkpoint into ``checkpoint_dir``.
+
+    Raises:
+        errdefs.System: CRIU or the runtime failed (the message has their words), or the
+            checkpoint image was invalid. Nothing is left in containerd either way.
+    """
+    client = task.container._client
+    cid = task.container.id
+    if not isinstance(checkpoint_dir, (str, os.PathLike)) or not os.fspath(checkpoint_dir):
+        raise errdefs.InvalidParameter("checkpoint_dir must be a directory path")
+    target = os.fspath(checkpoint_dir)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise errdefs.InvalidParameter(f"checkpoint dir {target} exists and is not a directory")
+    lease = _create_lease(client)
+    image_name = ""
+    try:
+        image_name, index_desc = _checkpoint_image(task, lease, exit)
+        index = json.loads(b"".join(read_content(client, index_desc.digest, lease)))
+        found = next((m for m in index.get("manifests") or () if m.get("mediaType") == CHECKPOINT_MEDIA_TYPE), None)
+        if found is None:
+            raise errdefs.System(f"task {cid}: invalid checkpoint: no {CHECKPOINT_MEDIA_TYPE} in the index")
+        os.makedirs(target, exist_ok=True)
+        safe_extract(_IterReader(read_content(client, found["digest"], lease)), target)
+    except (ValueError, KeyError) as exc:
+        raise errdefs.System(f"task {cid}: failed to decode checkpoint data: {exc}") from exc
+    finally:
+        if image_name:
+            try:
+                client._conn.call(client._conn.images.Delete, images_pb2.DeleteImageRequest(
+                    name=image_name, sync=True), f"image {image_name}")
+            except errdefs.LibcontainerdError as exc:
+                log.warning("failed to delete checkpoint image %s: %s", image_name, exc)
+        _delete_lease(client, lease)
+
+
+def _checkpoint_image(task: Task, lease: str, exit: bool) -> tuple[str, descriptor_pb2.Descriptor]:
+    client = task.container._client
+    conn = client._conn
+    cid = task.container.id
+    md = _md(client, lease)
+    request = tasks_pb2.CheckpointTaskRequest(container_id=cid, options=_checkpoint_options(task, exit))
+    try:
+        resp = conn.tasks.Checkpoint(request, metadata=md, timeout=conn.timeout)
+    except grpc.RpcError as err:
+        mapped = errdefs.from_grpc(err, f"checkpoint of task {cid}")
+        if type(mapped) in (errdefs.Unknown, errdefs.System):
+            mapped = errdefs.System(f"checkpoint of task {cid} failed: {mapped.explanation}",
+                                    explanation=mapped.explanation, code=mapped.code)
+        raise mapped from err
+    manifests = []
+    labels = {}
+    for i, d in enumerate(resp.descriptors):
+        manifests.append({
+            "mediaType": d.media_type, "digest": d.digest, "size": d.size,
+            "platform": {"os": "linux", "architecture": _goarch()},
+            **({"annotations": dict(d.annotations)} if d.annotations else {}),
+        })
+        labels[GC_REF_CONTENT.format(i)] = d.digest
+    index = {"schemaVersion": 2, "manifests": manifests, "annotations": {}}
+    data = json.dumps(index).encode() + b"\n"
+    desc = write_content(client, io.BytesIO(data), INDEX_MEDIA_TYPE, ref=f"checkpoint-index-{cid}-{uuid.uuid4().hex}",
+                         labels=labels, lease=lease, gc_root=False)
+    name = f"containerd.io/checkpoint/{cid}:{datetime.datetime.now():%m-%d-%Y-%H:%M:%S}"
+    image = images_pb2.Image(name=name, labels={CHECKPOINT_LABEL: "true"}, target=desc)
+    try:
+        conn.images.Create(images_pb2.CreateImageRequest(image=image), metadata=md, timeout=conn.timeout)
+    except grpc.RpcError as err:
+        raise errdefs.from_grpc(err, f"checkpoint image {name}") from err
+    return name, desc
+
+
+def _goarch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+
+
+# -- safe extraction --------------------------------------------------------------------
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def safe_extract(fileobj: IO[bytes], dest: str) -> list[str]:
+    """Extract a tar stream into ``dest``, refusing anything that could write outside it.
+
+    Refused (``errdefs.InvalidParameter``, nothing written outside ``dest``): absolute
+    names, ``..`` components, symlinks or hard links that point outside, device nodes and
+    FIFOs, and writes through a link that leads outside. Members are checked one by one
+    as the stream is read, so a hostile member stops the extraction where it stands.
+
+    Returns:
+        The extracted member names.
+    """
+    root = os.path.realpath(dest)
+    names: list[str] = []
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for member in tar:
+            name = member.name
+            norm = posixpath.normpath(name)
+            if name.startswith("/") or norm.startswith("../") or norm == ".." or "/../" in f"/{name}/":
+                raise errdefs.InvalidParameter(f"checkpoint archive: refusing member {name!r} (path escapes)")
+            if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+                raise errdefs.InvalidParameter(f"checkpoint archive: refusing device or FIFO {name!r}")
+            target = os.path.join(root, norm)
+            parent = os.path.realpath(os.path.dirname(target))
+            if not _inside(root, parent):
+                raise errdefs.InvalidParameter(f"checkpoint archive: {name!r} would be written through a link outside")
+            if member.issym():
+                link = member.linkname
+                resolved = posixpath.normpath(posixpath.join(posixpath.dirname("/" + norm), link))
+                if link.startswith("/") or resolved.startswith("/.."):
+                    raise errdefs.InvalidParameter(f"checkpoint archive: symlink {name!r} -> {link!r} leads outside")
+            if member.islnk():
+                link = posixpath.normpath(member.linkname)
+                if member.linkname.startswith("/") or link.startswith("..") or not _inside(
+                        root, os.path.realpath(os.path.join(root, link))):
+                    raise errdefs.InvalidParameter(f"checkpoint archive: hard link {name!r} leads outside")
+            if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+                raise errdefs.InvalidParameter(f"checkpoint archive: unsupported member type of {name!r}")
+            member.mode &= 0o7777 & ~0o6000  # no setuid/setgid from an archive
+            if _HAS_FILTERS:  # our checks above are the filter; keep tarfile from adding its own
+                tar.extract(member, root, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+            else:
+                tar.extract(member, root, set_attrs=True, numeric_owner=True)
+            names.append(norm)
+    return names

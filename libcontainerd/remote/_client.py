@@ -1,0 +1,377 @@
+"""The client: connection, namespace, state dir, containers, and the event machinery it owns.
+
+``Client`` owns three things that need stopping: the gRPC channel, the event reader thread
+and the event executor's workers. ``close()`` stops all three, is idempotent, may be called
+from any thread (a backend callback included), and is also run at interpreter exit for
+clients still open.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import grpc
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
+
+from .. import errdefs
+from .._api.containerd.api.services.containers.v1 import containers_pb2
+from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
+from .._identifiers import validate
+from .._typeurl import SPEC_URL, pack_json, pack_message, unpack_json
+from ..queue import KeyedSerialExecutor
+from ..types import Backend, Version
+from . import _bundle
+from ._container import Container
+from ._events import EventStream, ProcessTracker
+from ._process import check_process_spec
+from ._rpc import Connection
+
+log = logging.getLogger("libcontainerd")
+
+DEFAULT_SHIM = "io.containerd.runc.v2"
+_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_atexit_lock = threading.Lock()
+_atexit_registered = False
+
+
+def _close_all_at_exit() -> None:
+    for client in list(_live_clients):
+        try:
+            client.close(timeout=2.0)
+        except Exception:  # at exit, a failing close must not hide the others
+            log.debug("closing %r at exit failed", client, exc_info=True)
+
+
+def _register(client: Client) -> None:
+    global _atexit_registered
+    with _atexit_lock:
+        _live_clients.add(client)
+        if not _atexit_registered:
+            atexit.register(_close_all_at_exit)
+            _atexit_registered = True
+
+
+def _runc_options(value: Union[Message, Mapping[str, Any], None]) -> Optional[Any]:
+    """The runtime options ``Any``: from a runc ``Options`` message or a dict of its fields."""
+    if value is None:
+        return None
+    if isinstance(value, Message):
+        return pack_message(value)
+    if not isinstance(value, Mapping):
+        raise errdefs.InvalidParameter(
+            f"runtime_options must be a runc Options message or a dict, not {type(value).__name__}")
+    fields = {f.name: f for f in runc_options.Options.DESCRIPTOR.fields}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise errdefs.InvalidParameter(
+            f"unknown runc option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(fields))}")
+    try:
+        return pack_message(runc_options.Options(**value))
+    except (TypeError, ValueError) as exc:
+        raise errdefs.InvalidParameter(f"invalid runc options: {exc}") from exc
+
+
+def check_spec(spec: object) -> Mapping[str, Any]:
+    """Reject a runtime spec that can be known bad locally, before any RPC or file."""
+    if not isinstance(spec, Mapping):
+        raise errdefs.InvalidParameter(f"spec must be an OCI runtime spec dict, not {type(spec).__name__}")
+    if "process" not in spec:
+        raise errdefs.InvalidParameter("spec has no 'process': a container needs a process to run")
+    check_process_spec(spec["process"], "spec 'process'")
+    root = spec.get("root")
+    if root is not None and (not isinstance(root, Mapping) or not isinstance(root.get("path"), str)):
+        raise errdefs.InvalidParameter("spec 'root' must be a dict with a string 'path'")
+    for key in ("linux", "mounts", "annotations"):
+        if key in spec and not isinstance(spec[key], (Mapping, list)):
+            raise errdefs.InvalidParameter(f"spec {key!r} has the wrong type")
+    return spec
+
+
+class Client:
+    """A containerd client bound to one namespace and one state dir.
+
+    Use :func:`libcontainerd.new_client` to make one.
+
+    >>> with libcontainerd.new_client(sock, "/tmp/state", "demo", backend) as client:  # doctest: +SKIP
+    ...     print(client.version())
+    """
+
+    def __init__(
+        self,
+        address: str,
+        state_dir: str,
+        namespace: str,
+        backend: Optional[Backend],
+        *,
+        timeout: Optional[float] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        event_workers: int = 4,
+        serialize_exec_starts: bool = True,
+    ) -> None:
+        validate(namespace, "namespace")
+        if backend is not None and not callable(getattr(backend, "process_event", None)):
+            raise errdefs.InvalidParameter("backend must have a process_event(container_id, event_type, info) method")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise errdefs.InvalidParameter(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        self.address = address
+        self.namespace = namespace
+        self.state_dir = _prepare_state_dir(state_dir)
+        self.backend = backend
+        self.serialize_exec_starts = serialize_exec_starts
+        self._conn = Connection(address, namespace, timeout=timeout, credentials=credentials)
+        self._tracker = ProcessTracker()
+        self._exec_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._executor = KeyedSerialExecutor(max_workers=event_workers, name="libcontainerd-events")
+        self._events = EventStream(self._conn, namespace, backend, self._executor, self._tracker)
+        self._events.start()
+        _register(self)
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """The default deadline of unary calls, in seconds."""
+        return self._conn.timeout
+
+    # -- daemon ----------------------------------------------------------------------
+
+    def version(self) -> Version:
+        """containerd's version and revision.
+
+        >>> client.version()  # doctest: +SKIP
+        Version(version='1.6.20~ds1', revision='1.6.20~ds1-1+deb12u3')
+        """
+        resp = self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd version")
+        return Version(version=resp.version, revision=resp.revision)
+
+    def is_serving(self, timeout: Optional[float] = None) -> bool:
+        """True once containerd answers; waits up to ``timeout`` seconds (``None``: until it does)."""
+        try:
+            self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd", timeout=timeout,
+                            wait_for_ready=True)
+            return True
+        except (errdefs.Deadline, errdefs.Unavailable, errdefs.Cancelled):
+            return False
+
+    # -- containers ------------------------------------------------------------------
+
+    def new_container(
+        self,
+        id: str,
+        spec: Mapping[str, Any],
+        shim: str = DEFAULT_SHIM,
+        runtime_options: Union[Message, Mapping[str, Any], None] = None,
+        *,
+        labels: Optional[Mapping[str, str]] = None,
+    ) -> Container:
+        """Create a container with its bundle dir ``<state_dir>/<id>``.
+
+        Args:
+            id: container id (letters, digits, single ``.``/``_``/``-``; at most 76 chars).
+            spec: the OCI runtime spec, e.g. ``oci.default_spec(rootfs, ["sh"])``.
+            shim: the runtime (containerd shim) name.
+            runtime_options: runc ``Options`` message or a dict of its fields.
+            labels: extra container labels.
+
+        Raises:
+            errdefs.InvalidParameter: bad id, spec, options or labels (nothing was made).
+            errdefs.Conflict: a container with this id exists (its bundle is untouched).
+
+        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))  # doctest: +SKIP
+        """
+        validate(id)
+        check_spec(spec)
+        any_spec = pack_json(SPEC_URL, spec, "spec")
+        any_options = _runc_options(runtime_options)
+        if not isinstance(shim, str) or not shim:
+            raise errdefs.InvalidParameter("shim must be a runtime name such as 'io.containerd.runc.v2'")
+        all_labels = dict(labels or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in all_labels.items()):
+            raise errdefs.InvalidParameter("labels must map strings to strings")
+        bundle_path = os.path.join(self.state_dir, id)
+        recorded, made = _bundle.create(bundle_path, spec)
+        all_labels[_bundle.BUNDLE_LABEL] = recorded
+        runtime = containers_pb2.Container.Runtime(name=shim, options=any_options)
+        request = containers_pb2.CreateContainerRequest(
+            container=containers_pb2.Container(id=id, labels=all_labels, runtime=runtime, spec=any_spec)
+        )
+        try:
+            self._conn.call(self._conn.containers.Create, request, f"container {id}")
+        except errdefs.LibcontainerdError as exc:
+            if made:
+                _bundle.remove(recorded, id)
+            if isinstance(exc, errdefs.Conflict):
+                raise errdefs.Conflict(f"container {id}: id already in use", explanation=exc.explanation,
+                                       code=exc.code) from exc.__cause__
+            raise
+        except BaseException:
+            if made:
+                _bundle.remove(recorded, id)
+            raise
+        return Container(self, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options)
+
+    def replace_container(
+        self,
+        id: str,
+        spec: Mapping[str, Any],
+        shim: str = DEFAULT_SHIM,
+        runtime_options: Union[Message, Mapping[str, Any], None] = None,
+        *,
+        labels: Optional[Mapping[str, str]] = None,
+    ) -> Container:
+        """Like :meth:`new_container`, but an existing container of that id is force-deleted first."""
+        try:
+            return self.new_container(id, spec, shim, runtime_options, labels=labels)
+        except errdefs.Conflict:
+            log.warning("a container with id %s exists; cleaning it up to replace it", id,
+                        extra={"container_id": id, "namespace": self.namespace})
+        try:
+            old = self.load_container(id)
+        except errdefs.NotFound:
+            return self.new_container(id, spec, shim, runtime_options, labels=labels)
+        try:
+            old.task().force_delete()
+        except errdefs.NotFound:
+            pass
+        try:
+            old.delete()
+        except errdefs.NotFound:
+            pass
+        return self.new_container(id, spec, shim, runtime_options, labels=labels)
+
+    def load_container(self, id: str) -> Container:
+        """The existing container of that id.
+
+        Raises:
+            errdefs.NotFound: there is none in this namespace.
+        """
+        validate(id)
+        resp = self._conn.call(self._conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
+        c = resp.container
+        spec = unpack_json(c.spec) if c.HasField("spec") else {}
+        options = c.runtime.options if c.runtime.HasField("options") else None
+        return Container(self, id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name, runtime_options=options)
+
+    def list_containers(self) -> list[Container]:
+        """Every container of this client's namespace."""
+        resp = self._conn.call(self._conn.containers.List, containers_pb2.ListContainersRequest(), "containers")
+        out = []
+        for c in resp.containers:
+            spec = unpack_json(c.spec) if c.HasField("spec") else {}
+            options = c.runtime.options if c.runtime.HasField("options") else None
+            out.append(Container(self, c.id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name,
+                                 runtime_options=options))
+        return out
+
+    def _exec_start_lock(self, container_id: str) -> Any:
+        if not self.serialize_exec_starts:
+            return _NO_LOCK
+        with self._lock:
+            lock = self._exec_locks.get(container_id)
+            if lock is None:
+                lock = self._exec_locks[container_id] = threading.Lock()
+            return lock
+
+    def _forget_container(self, container_id: str) -> None:
+        with self._lock:
+            self._exec_locks.pop(container_id, None)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Stop the event reader and the event workers and close the channel. Idempotent.
+
+        Running tasks and their FIFOs are left alone: another client on the same state dir
+        can :meth:`Container.attach_task` them. Safe to call from a backend callback.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _live_clients.discard(self)
+        self._events.close(timeout=1.0 if timeout is None else timeout)
+        self._executor.close(timeout=timeout)
+        self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Client address={self.address!r} namespace={self.namespace!r} {state}>"
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
+def _prepare_state_dir(state_dir: str) -> str:
+    if not isinstance(state_dir, (str, os.PathLike)) or not str(state_dir):
+        raise errdefs.InvalidParameter("state_dir must be a directory path")
+    path = os.path.abspath(os.fspath(state_dir))
+    if "\x00" in path:
+        raise errdefs.InvalidParameter("state_dir must not contain NUL characters")
+    if os.path.islink(path):
+        raise errdefs.InvalidParameter(f"state_dir {path} is a symlink; give the real directory")
+    try:
+        os.makedirs(path, mode=0o711, exist_ok=True)
+    except OSError as exc:
+        raise errdefs.InvalidParameter(f"state_dir {path} cannot be created: {exc.strerror or exc}") from exc
+    if not os.path.isdir(path):
+        raise errdefs.InvalidParameter(f"state_dir {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise errdefs.Forbidden(f"state_dir {path} is not writable")
+    return path
+
+
+def new_client(
+    address: str,
+    state_dir: str,
+    namespace: str,
+    backend: Optional[Backend],
+    *,
+    timeout: Optional[float] = None,
+    credentials: Optional[grpc.ChannelCredentials] = None,
+    event_workers: int = 4,
+    serialize_exec_starts: bool = True,
+) -> Client:
+    """Connect to containerd; returns once the event reader runs.
+
+    Args:
+        address: ``/path/to.sock``, ``unix:///path``, or ``host:port``.
+        state_dir: where bundle dirs and FIFOs live (``<state_dir>/<container id>/``).
+        namespace: the containerd namespace of every call.
+        backend: gets ``process_event(container_id, event_type, info)`` for task events.
+        timeout: default deadline in seconds for unary calls (``None``: none).
+        credentials: ``grpc.ChannelCredentials`` for a TLS TCP address.
+        event_workers: threads delivering events (per container in order).
+        serialize_exec_starts: serialize exec starts per task (containerd#8557).
+
+    Nothing needs to serve at ``address`` yet: calls then raise ``errdefs.Unavailable`` and
+    the event reader waits until containerd appears.
+
+    >>> client = libcontainerd.new_client("/run/containerd/containerd.sock", "/tmp/s", "demo", None)  # doctest: +SKIP
+    """
+    return Client(address, state_dir, namespace, backend, timeout=timeout, credentials=credentials,
+                  event_workers=event_workers, serialize_exec_starts=serialize_exec_starts)

@@ -1,0 +1,310 @@
+"""The event stream: one reader thread per client, and what it hands to the backend.
+
+The reader subscribes to containerd's ``Events.Subscribe`` with the seed's filter
+(``namespace==<ns>,topic~=|^/tasks/|``), decodes every envelope and hands each task
+event to the client's keyed serial executor: one container's events in order, different
+containers in parallel. Backend callbacks never run on the reader thread.
+
+When the stream breaks for any reason but our own ``close()``, the reader waits until
+containerd serves again (tenacity, from 100 ms with bounded exponential backoff, cut short
+by ``close()``) and subscribes anew. containerd does not replay events published while no
+one listened, so after every *re*-subscription the reader asks containerd about each
+process this client believes to be running, and delivers an ``EXIT`` for each that
+stopped meanwhile (once: an exit is delivered at most once per container, process and pid,
+whichever of the stream and this reconciliation sees it first).
+
+This module must not call the backend directly and must not block in ``close()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import functools
+import logging
+import threading
+from typing import Any, Optional
+
+import grpc
+import tenacity
+from google.protobuf import empty_pb2
+
+from .. import errdefs
+from .._api.containerd.api.services.events.v1 import events_pb2
+from .._api.containerd.api.services.tasks.v1 import tasks_pb2
+from .._api.containerd.api.types.task import task_pb2 as task_types
+from .._typeurl import unpack
+from ..queue import KeyedSerialExecutor
+from ..types import Backend, EventInfo, EventType
+from ._rpc import Connection
+
+log = logging.getLogger("libcontainerd.events")
+
+READER_THREAD_NAME = "libcontainerd-events-reader"
+_EXITED_MEMORY = 8192
+
+
+def timestamp_to_datetime(ts: Any) -> Optional[datetime.datetime]:
+    """An aware UTC datetime from a protobuf Timestamp, ``None`` for the zero value."""
+    if ts is None or (ts.seconds <= 0 and ts.nanos == 0):
+        return None
+    return datetime.datetime.fromtimestamp(ts.seconds, tz=datetime.timezone.utc) + datetime.timedelta(
+        microseconds=ts.nanos // 1000
+    )
+
+
+def translate(type_url: str, event: Any) -> Optional[tuple[EventType, EventInfo]]:
+    """Map a decoded containerd task event to the backend's (type, info), as moby does.
+
+    Returns ``None`` for events the backend does not get (TaskDelete, TaskIO, ...).
+    """
+    name = type_url.rsplit(".", 1)[-1]
+    if name == "TaskCreate":
+        return EventType.CREATE, EventInfo(event.container_id, event.container_id, pid=event.pid)
+    if name == "TaskStart":
+        return EventType.START, EventInfo(event.container_id, event.container_id, pid=event.pid)
+    if name == "TaskExit":
+        return EventType.EXIT, EventInfo(
+            event.container_id,
+            event.id,
+            pid=event.pid,
+            exit_code=event.exit_status,
+            exited_at=timestamp_to_datetime(event.exited_at),
+        )
+    if name == "TaskOOM":
+        return EventType.OOM, EventInfo(event.container_id, event.container_id)
+    if name == "TaskExecAdded":
+        return EventType.EXEC_ADDED, EventInfo(event.container_id, event.exec_id)
+    if name == "TaskExecStarted":
+        return EventType.EXEC_STARTED, EventInfo(event.container_id, event.exec_id, pid=event.pid)
+    if name == "TaskPaused":
+        return EventType.PAUSED, EventInfo(event.container_id, event.container_id)
+    if name == "TaskResumed":
+        return EventType.RESUMED, EventInfo(event.container_id, event.container_id)
+    return None
+
+
+class ProcessTracker:
+    """Which processes of this client are believed running, and which exits were delivered.
+
+    Fed by the client (on start/exec/delete) and by the stream (START, EXEC_STARTED, EXIT).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str], int] = {}
+        self._exited: collections.OrderedDict[tuple[str, str, int], None] = collections.OrderedDict()
+
+    def started(self, container_id: str, process_id: str, pid: int) -> None:
+        with self._lock:
+            if (container_id, process_id, pid) not in self._exited:
+                self._running[(container_id, process_id)] = pid
+
+    def forget(self, container_id: str, process_id: Optional[str] = None) -> None:
+        """Stop tracking a process (deleted), or every process of a container."""
+        with self._lock:
+            if process_id is not None:
+                self._running.pop((container_id, process_id), None)
+            else:
+                for key in [k for k in self._running if k[0] == container_id]:
+                    del self._running[key]
+
+    def first_exit(self, container_id: str, process_id: str, pid: int) -> bool:
+        """Record an exit; True if it was not delivered before."""
+        key = (container_id, process_id, pid)
+        with self._lock:
+            if key in self._exited:
+                return False
+            self._exited[key] = None
+            if len(self._exited) > _EXITED_MEMORY:
+                self._exited.popitem(last=False)
+            if self._running.get((container_id, process_id)) == pid:
+                del self._running[(container_id, process_id)]
+            return True
+
+    def running(self) -> list[tuple[str, str, int]]:
+        with self._lock:
+            return [(c, p, pid) for (c, p), pid in self._running.items()]
+
+
+class EventStream:
+    """Owns the reader thread; see the module docstring."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        namespace: str,
+        backend: Optional[Backend],
+        executor: KeyedSerialExecutor,
+        tracker: ProcessTracker,
+        *,
+        retry_max_wait: float = 2.0,
+    ) -> None:
+        self._conn = conn
+        self._namespace = namespace
+        self._backend = backend
+        self._executor = executor
+        self._tracker = tracker
+        self._retry_max_wait = retry_max_wait
+        self._closing = threading.Event()
+        self._started = threading.Event()
+        self._lock = threading.Lock()
+        self._call: Optional[Any] = None
+        self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
+        self.subscriptions = 0
+        self.filters = [f"namespace=={namespace},topic~=|^/tasks/|"]
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Cancel the stream call and join the reader; never waits for a next event."""
+        self._closing.set()
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- reader thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._started.set()
+        resubscribe = False
+        while not self._closing.is_set():
+            try:
+                self._subscribe_and_read(resubscribe)
+            except Exception:  # never let the reader die: log and reconnect
+                log.exception("event stream of namespace %s failed", self._namespace)
+            if self._closing.is_set():
+                break
+            resubscribe = True
+            self._wait_until_serving()
+        log.debug("event reader of namespace %s stopped", self._namespace)
+
+    def _subscribe_and_read(self, resubscribe: bool) -> None:
+        request = events_pb2.SubscribeRequest(filters=self.filters)
+        try:
+            call = self._conn.events.Subscribe(request, metadata=self._conn.metadata)
+        except ValueError:  # channel closed under us
+            return
+        with self._lock:
+            self._call = call
+        if self._closing.is_set():
+            call.cancel()
+            return
+        self.subscriptions += 1
+        if resubscribe:
+            log.info("event stream of namespace %s resubscribed", self._namespace)
+            self._reconcile()
+        try:
+            for envelope in call:
+                self._handle(envelope)
+            log.warning("event stream of namespace %s ended; reconnecting", self._namespace)
+        except grpc.RpcError as err:
+            if self._closing.is_set() or err.code() == grpc.StatusCode.CANCELLED:
+                if not self._closing.is_set():
+                    log.warning("event stream of namespace %s was cancelled; reconnecting", self._namespace)
+                return
+            log.warning(
+                "event stream of namespace %s broke (%s: %s); waiting for containerd",
+                self._namespace, err.code().name, err.details(),
+            )
+        finally:
+            with self._lock:
+                self._call = None
+
+    def _wait_until_serving(self) -> None:
+        retrying = tenacity.Retrying(
+            wait=tenacity.wait_exponential(multiplier=0.1, min=0.1, max=self._retry_max_wait),
+            stop=lambda state: self._closing.is_set(),
+            sleep=self._closing.wait,
+            retry=tenacity.retry_if_exception_type(Exception),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if self._closing.is_set():
+                        return
+                    self._conn.version.Version(empty_pb2.Empty(), metadata=self._conn.metadata, timeout=1.0)
+        except Exception:  # stopped by close()
+            return
+
+    def _reconcile(self) -> None:
+        """Deliver the exits that happened while no stream was listening."""
+        for container_id, process_id, pid in self._tracker.running():
+            exec_id = "" if process_id == container_id else process_id
+            try:
+                resp = self._conn.call(
+                    self._conn.tasks.Get,
+                    tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id),
+                    f"container {container_id}",
+                    timeout=10.0,
+                )
+            except errdefs.NotFound:
+                info = EventInfo(container_id, process_id, pid=pid, exit_code=255,
+                                 error="the process is gone: containerd no longer knows it after a reconnect")
+                self._dispatch_exit(info)
+                continue
+            except errdefs.LibcontainerdError as exc:
+                log.warning("after reconnect, cannot look at %s/%s: %s", container_id, process_id, exc)
+                continue
+            proc = resp.process
+            if proc.status == task_types.STOPPED:
+                info = EventInfo(container_id, process_id, pid=proc.pid or pid, exit_code=proc.exit_status,
+                                 exited_at=timestamp_to_datetime(proc.exited_at))
+                log.info("container %s process %s exited while the stream was down (code %d)",
+                         container_id, process_id, proc.exit_status)
+                self._dispatch_exit(info)
+
+    def _handle(self, envelope: Any) -> None:
+        if envelope.namespace != self._namespace:
+            return
+        if not envelope.HasField("event"):
+            log.warning("event envelope on topic %s without an event; skipped", envelope.topic)
+            return
+        try:
+            event = unpack(envelope.event)
+        except errdefs.LibcontainerdError as exc:
+            log.warning("event on topic %s skipped: %s", envelope.topic, exc)
+            return
+        translated = translate(envelope.event.type_url, event)
+        if translated is None:
+            log.debug("event %s (topic %s) ignored", envelope.event.type_url, envelope.topic)
+            return
+        event_type, info = translated
+        if event_type is EventType.EXIT:
+            self._dispatch_exit(info)
+            return
+        if event_type in (EventType.START, EventType.EXEC_STARTED):
+            self._tracker.started(info.container_id, info.process_id, info.pid)
+        self._dispatch(event_type, info)
+
+    def _dispatch_exit(self, info: EventInfo) -> None:
+        if self._tracker.first_exit(info.container_id, info.process_id, info.pid):
+            self._dispatch(EventType.EXIT, info)
+
+    def _dispatch(self, event_type: EventType, info: EventInfo) -> None:
+        if self._backend is None:
+            return
+        try:
+            self._executor.submit(info.container_id, functools.partial(self._deliver, event_type, info))
+        except RuntimeError:  # executor closed: we are shutting down
+            log.debug("event %s of %s dropped: client closing", event_type.value, info.container_id)
+
+    def _deliver(self, event_type: EventType, info: EventInfo) -> None:
+        assert self._backend is not None
+        try:
+            self._backend.process_event(info.container_id, event_type, info)
+        except Exception:
+            log.exception(
+                "backend failed to process event %s of container %s: %r", event_type.value, info.container_id, info
+            )
+

@@ -1,0 +1,586 @@
+"""Tasks and exec'd processes: their RPCs, their stdio, and their clean-up.
+
+A :class:`Task` is a container's main process, a :class:`Process` one started with
+:meth:`Task.exec`. Both hold the IO object that the caller's ``attach_stdio`` callback
+returned and the FIFO set behind it, and release both when the process is deleted.
+Stdin is closed towards containerd (``CloseIO``) only once the process exists, as in
+moby: :class:`ProcessReady` holds that close until the create (task) or start (exec)
+call has returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as _signal
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+import grpc
+
+from .. import errdefs
+from .._api.containerd.api.services.tasks.v1 import tasks_pb2
+from .._api.containerd.api.types.task import task_pb2 as task_types
+from .._identifiers import validate
+from .._typeurl import PROCESS_URL, RESOURCES_URL, pack_json, unpack
+from ..cio import DirectIO, FifoSet
+from ..types import ExitStatus, Stats, Status, Summary
+from ._events import timestamp_to_datetime
+
+if TYPE_CHECKING:
+    from ._container import Container
+
+log = logging.getLogger("libcontainerd")
+
+StdioCallback = Callable[[DirectIO], Any]
+
+_STATUS = {
+    task_types.UNKNOWN: Status.UNKNOWN,
+    task_types.CREATED: Status.CREATED,
+    task_types.RUNNING: Status.RUNNING,
+    task_types.STOPPED: Status.STOPPED,
+    task_types.PAUSED: Status.PAUSED,
+    task_types.PAUSING: Status.PAUSING,
+}
+
+#: How long delete() lets the stdio pumps drain after the process stopped.
+IO_DRAIN_TIMEOUT = 5.0
+#: moby deletes an exec whose start failed with a fresh deadline of this many seconds.
+EXEC_CLEANUP_TIMEOUT = 45.0
+_WAIT_SLICE = 0.25
+
+
+def parse_signal(sig: Union[int, str, _signal.Signals]) -> int:
+    """A signal number from a number, a ``signal.Signals`` or a name ("TERM", "SIGKILL").
+
+    >>> parse_signal("kill")
+    9
+    """
+    if isinstance(sig, str):
+        name = sig.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(_signal.Signals[name])
+        except KeyError:
+            if sig.isdigit():
+                return parse_signal(int(sig))
+            raise errdefs.InvalidParameter(f"unknown signal {sig!r}") from None
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise errdefs.InvalidParameter(f"signal must be an int or a name, not {type(sig).__name__}")
+    if not 1 <= int(sig) <= 64:
+        raise errdefs.InvalidParameter(f"signal {int(sig)} is out of range 1..64")
+    return int(sig)
+
+
+def _check_size(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+        raise errdefs.InvalidParameter(f"terminal {name} must be an int from 0 to 65535, got {value!r}")
+    return value
+
+
+def check_process_spec(spec: object, what: str = "process spec") -> Mapping[str, Any]:
+    """Reject a process spec that runc would reject, before any RPC."""
+    if not isinstance(spec, Mapping):
+        raise errdefs.InvalidParameter(f"{what} must be a dict, not {type(spec).__name__}")
+    args = spec.get("args")
+    if not isinstance(args, (list, tuple)) or not args or not all(isinstance(a, str) for a in args):
+        raise errdefs.InvalidParameter(f"{what} needs 'args', a non-empty list of strings")
+    if any("\x00" in a for a in args):
+        raise errdefs.InvalidParameter(f"{what}: 'args' must not contain NUL characters")
+    if "terminal" in spec and not isinstance(spec["terminal"], bool):
+        raise errdefs.InvalidParameter(f"{what}: 'terminal' must be a bool")
+    cwd = spec.get("cwd", "/")
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise errdefs.InvalidParameter(f"{what}: 'cwd' must be an absolute path")
+    user = spec.get("user", {})
+    if not isinstance(user, Mapping) or any(
+        isinstance(user.get(k, 0), bool) or not isinstance(user.get(k, 0), int) or user.get(k, 0) < 0
+        for k in ("uid", "gid")
+    ):
+        raise errdefs.InvalidParameter(f"{what}: 'user' must have non-negative integer 'uid' and 'gid'")
+    env = spec.get("env", [])
+    if not isinstance(env, (list, tuple)) or not all(isinstance(e, str) for e in env):
+        raise errdefs.InvalidParameter(f"{what}: 'env' must be a list of 'KEY=value' strings")
+    return spec
+
+
+class ProcessReady:
+    """Holds actions (closing stdin) until the process exists; drops them if it never will."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: Optional[_ProcessBase] = None
+        self._pending: list[Callable[[_ProcessBase], None]] = []
+        self._abandoned = False
+
+    def when_ready(self, fn: Callable[[_ProcessBase], None]) -> None:
+        with self._lock:
+            proc = self._process
+            if proc is None:
+                if not self._abandoned:
+                    self._pending.append(fn)
+                return
+        fn(proc)
+
+    def set(self, process: _ProcessBase) -> None:
+        with self._lock:
+            self._process = process
+            pending, self._pending = self._pending, []
+        for fn in pending:
+            fn(process)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            self._pending.clear()
+
+
+class StdinCloser:
+    """The stdin the caller's stdio callback sees: closing it also closes the process's stdin.
+
+    Like moby's ``NewWriteCloserWrapper``: the FIFO is closed at once, ``CloseIO`` is sent
+    when the process exists (see :class:`ProcessReady`), and only once.
+    """
+
+    def __init__(self, pipe: Any, on_close: Callable[[], None]) -> None:
+        self._pipe = pipe
+        self._on_close = on_close
+        self._once = threading.Lock()
+        self._done = False
+
+    def write(self, data: Any) -> int:
+        return int(self._pipe.write(data))
+
+    def flush(self) -> None:
+        self._pipe.flush()
+
+    def fileno(self) -> int:
+        return int(self._pipe.fileno())
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._pipe.closed)
+
+    def close(self) -> None:
+        with self._once:
+            if self._done:
+                return
+            self._done = True
+        try:
+            self._pipe.close()
+        finally:
+            self._on_close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def __enter__(self) -> StdinCloser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_io(
+    fifos: FifoSet, ready: ProcessReady, attach_stdio: StdioCallback, close_stdin: Callable[[_ProcessBase], None]
+) -> Any:
+    """Open the FIFOs, wrap stdin, hand them to the caller's callback; clean up on failure."""
+    dio = DirectIO.open(fifos)
+    try:
+        if dio.stdin is not None:
+            dio.stdin = StdinCloser(dio.stdin, lambda: ready.when_ready(close_stdin))
+        rio = attach_stdio(dio)
+    except BaseException:
+        dio.cancel()
+        dio.close()
+        raise
+    return dio if rio is None else rio
+
+
+def release_io(io: Any, fifos: Optional[FifoSet], drain: bool = True) -> None:
+    """Let the pumps drain (bounded), stop them, close the IO and remove the FIFOs."""
+    if io is not None:
+        try:
+            if drain:
+                io.wait(IO_DRAIN_TIMEOUT)
+        except Exception:  # a pump that does not finish in time is cancelled below
+            log.debug("stdio did not drain in time", exc_info=True)
+        finally:
+            try:
+                io.cancel()
+            finally:
+                io.close()
+    if fifos is not None:
+        fifos.remove()
+
+
+class _ProcessBase:
+    """What tasks and exec'd processes share."""
+
+    _container: Container
+    _exec_id: str
+    _io: Any
+    _fifos: Optional[FifoSet]
+
+    def __init__(self, container: Container, exec_id: str, pid: int, io: Any = None, fifos: Optional[FifoSet] = None):
+        self._container = container
+        self._exec_id = exec_id
+        self.pid = pid
+        self._io = io
+        self._fifos = fifos
+        self._io_lock = threading.Lock()
+
+    @property
+    def _what(self) -> str:
+        cid = self._container.id
+        return f"exec {self._exec_id} of container {cid}" if self._exec_id else f"task {cid}"
+
+    @property
+    def io(self) -> Any:
+        """The IO object the stdio callback returned (``None`` without stdio)."""
+        return self._io
+
+    def _call(self, method: Any, request: Any, **kw: Any) -> Any:
+        return self._container._client._conn.call(method, request, self._what, **kw)
+
+    @property
+    def _tasks(self) -> Any:
+        return self._container._client._conn.tasks
+
+    def kill(self, signal: Union[int, str, _signal.Signals] = _signal.SIGTERM) -> None:
+        """Send a signal (number, ``signal.Signals`` or name).
+
+        >>> task.kill(signal.SIGKILL)  # doctest: +SKIP
+        """
+        sig = parse_signal(signal)
+        self._call(self._tasks.Kill, tasks_pb2.KillRequest(
+            container_id=self._container.id, exec_id=self._exec_id, signal=sig))
+
+    def status(self) -> Status:
+        """The process's state now, e.g. ``Status.RUNNING``."""
+        resp = self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container.id, exec_id=self._exec_id))
+        return _STATUS.get(resp.process.status, Status.UNKNOWN)
+
+    def wait(self, timeout: Optional[float] = None) -> ExitStatus:
+        """Block until the process exits and return its exit status.
+
+        Ctrl-C interrupts the wait (``KeyboardInterrupt``) and leaves the client usable.
+
+        Raises:
+            errdefs.Deadline: (also a ``TimeoutError``) the timeout passed first.
+
+        >>> task.wait(timeout=10).code  # doctest: +SKIP
+        0
+        """
+        conn = self._container._client._conn
+        request = tasks_pb2.WaitRequest(container_id=self._container.id, exec_id=self._exec_id)
+        future = conn.tasks.Wait.future(request, metadata=conn.metadata, timeout=timeout)
+        try:
+            while True:
+                try:
+                    resp = future.result(timeout=_WAIT_SLICE)
+                    break
+                except grpc.FutureTimeoutError:
+                    continue
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise errdefs.Deadline(f"{self._what}: still running after {timeout} s") from err
+            if conn.closed:
+                raise errdefs.Cancelled(f"{self._what}: the client was closed during wait") from err
+            raise errdefs.from_grpc(err, self._what) from err
+        except BaseException:
+            future.cancel()
+            raise
+        return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
+
+    def close_stdin(self) -> None:
+        """Close the process's stdin (the FIFO, then containerd's side), so readers see EOF."""
+        stdin = getattr(self._io, "stdin", None) if self._io is not None else None
+        if stdin is not None and hasattr(stdin, "close"):
+            stdin.close()
+            if isinstance(stdin, StdinCloser):
+                return
+        self._close_io()
+
+    def _close_io(self) -> None:
+        try:
+            self._call(self._tasks.CloseIO, tasks_pb2.CloseIORequest(
+                container_id=self._container.id, exec_id=self._exec_id, stdin=True))
+        except errdefs.LibcontainerdError as exc:
+            if "transport is closing" not in str(exc):
+                raise
+
+    def resize(self, width: int, height: int) -> None:
+        """Set the terminal size (columns, rows) seen inside.
+
+        >>> task.resize(120, 40)  # doctest: +SKIP
+        """
+        self._call(self._tasks.ResizePty, tasks_pb2.ResizePtyRequest(
+            container_id=self._container.id, exec_id=self._exec_id,
+            width=_check_size(width, "width"), height=_check_size(height, "height")))
+
+    def _release(self) -> None:
+        with self._io_lock:
+            io, fifos = self._io, self._fifos
+            self._io = self._fifos = None
+        release_io(io, fifos)
+
+    def _map_delete_error(self, exc: errdefs.LibcontainerdError) -> errdefs.LibcontainerdError:
+        text = str(exc)
+        if "running process" in text or "must be stopped" in text:
+            return errdefs.Conflict(f"{self._what} must be stopped before deletion", explanation=exc.explanation,
+                                    code=exc.code)
+        return exc
+
+
+def close_stdin_of(process: _ProcessBase) -> None:
+    """Send CloseIO(stdin) once the process exists (errors are logged: this runs in a close())."""
+    try:
+        process._close_io()
+    except errdefs.LibcontainerdError as exc:
+        log.warning("failed to close stdin of %s: %s", process._what, exc)
+
+
+class Process(_ProcessBase):
+    """A process started inside a running task with :meth:`Task.exec`."""
+
+    def __init__(self, task: Task, exec_id: str, pid: int = 0, io: Any = None, fifos: Optional[FifoSet] = None):
+        super().__init__(task._container, exec_id, pid, io, fifos)
+        self.task = task
+
+    @property
+    def id(self) -> str:
+        """The exec id."""
+        return self._exec_id
+
+    def delete(self) -> ExitStatus:
+        """Delete the stopped process and release its stdio; returns its exit status.
+
+        Raises:
+            errdefs.Conflict: it is still running.
+        """
+        try:
+            resp = self._call(self._tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
+                container_id=self._container.id, exec_id=self._exec_id))
+        except errdefs.LibcontainerdError as exc:
+            raise self._map_delete_error(exc) from exc.__cause__
+        self._container._client._tracker.forget(self._container.id, self._exec_id)
+        self._release()
+        return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
+
+    def __repr__(self) -> str:
+        return f"<Process id={self._exec_id!r} container={self._container.id!r} pid={self.pid}>"
+
+
+class Task(_ProcessBase):
+    """A container's main process (containerd's task).
+
+    >>> task = container.start(attach_stdio=stdio.capture())  # doctest: +SKIP
+    >>> task.wait().code  # doctest: +SKIP
+    0
+    """
+
+    def __init__(self, container: Container, pid: int, io: Any = None, fifos: Optional[FifoSet] = None):
+        super().__init__(container, "", pid, io, fifos)
+
+    @property
+    def id(self) -> str:
+        """The container id."""
+        return self._container.id
+
+    @property
+    def container(self) -> Container:
+        return self._container
+
+    def exec(
+        self,
+        process_id: str,
+        spec: Mapping[str, Any],
+        with_stdin: bool = False,
+        attach_stdio: Optional[StdioCallback] = None,
+    ) -> Process:
+        """Create *and* start a process in this task.
+
+        Args:
+            process_id: the exec id (containerd identifier rules).
+            spec: an OCI *process* spec, e.g. ``oci.process_spec(["ls", "/"])``.
+            with_stdin: make a stdin FIFO (needed by a callback that feeds stdin).
+            attach_stdio: ``(DirectIO) -> IO`` callback, e.g. ``stdio.capture()``; ``None`` = no stdio.
+
+        Raises:
+            errdefs.Conflict: an exec with this id exists.
+            errdefs.InvalidParameter: bad id or spec (nothing was sent or made).
+
+        >>> out = stdio.capture()  # doctest: +SKIP
+        >>> p = task.exec("ls-1", oci.process_spec(["ls", "/"]), attach_stdio=out)  # doctest: +SKIP
+        >>> p.wait().code, out.wait().stdout[:3]  # doctest: +SKIP
+        (0, b'bin')
+        """
+        validate(process_id, "exec id")
+        check_process_spec(spec)
+        any_spec = pack_json(PROCESS_URL, spec, "process spec")
+        terminal = bool(spec.get("terminal", False))
+        container = self._container
+        client = container._client
+        fifos: Optional[FifoSet] = None
+        io: Any = None
+        ready = ProcessReady()
+        if attach_stdio is not None:
+            try:
+                FifoSet.existing(container.bundle_dir, process_id)
+            except errdefs.NotFound:
+                pass
+            else:  # FIFOs of this exec id exist: refuse if containerd knows the exec, else they are stale
+                self._refuse_duplicate_exec(process_id)
+            fifos = FifoSet.create(container.bundle_dir, process_id, with_stdin=with_stdin, terminal=terminal)
+            try:
+                io = open_io(fifos, ready, attach_stdio, close_stdin_of)
+            except BaseException:
+                fifos.remove()
+                raise
+        stdin, stdout, stderr, _ = fifos.to_paths() if fifos else ("", "", "", terminal)
+        what = f"exec {process_id} of container {container.id}"
+        try:
+            client._conn.call(client._conn.tasks.Exec, tasks_pb2.ExecProcessRequest(
+                container_id=container.id, exec_id=process_id, stdin=stdin, stdout=stdout, stderr=stderr,
+                terminal=terminal, spec=any_spec), what)
+        except errdefs.LibcontainerdError as exc:
+            ready.abandon()
+            release_io(io, fifos, drain=False)
+            if isinstance(exc, errdefs.Conflict) or "already exists" in str(exc):
+                raise errdefs.Conflict(f"{what}: id already in use", explanation=exc.explanation,
+                                       code=exc.code) from exc.__cause__
+            raise
+        except BaseException:
+            ready.abandon()
+            release_io(io, fifos, drain=False)
+            raise
+        process = Process(self, process_id, 0, io, fifos)
+        try:
+            lock = client._exec_start_lock(container.id)
+            with lock:
+                resp = client._conn.call(client._conn.tasks.Start, tasks_pb2.StartRequest(
+                    container_id=container.id, exec_id=process_id), what)
+        except BaseException:
+            ready.set(process)
+            try:
+                client._conn.call(client._conn.tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
+                    container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
+            except errdefs.LibcontainerdError as exc:
+                log.warning("failed to delete %s after its start failed: %s", what, exc)
+            process._release()
+            raise
+        process.pid = int(resp.pid)
+        client._tracker.started(container.id, process_id, process.pid)
+        ready.set(process)
+        return process
+
+    def _refuse_duplicate_exec(self, process_id: str) -> None:
+        try:
+            self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container.id, exec_id=process_id))
+        except errdefs.NotFound:
+            return
+        raise errdefs.Conflict(f"exec {process_id} of container {self._container.id}: id already in use")
+
+    def pause(self) -> None:
+        """Freeze every process of the task (cgroup freezer)."""
+        self._call(self._tasks.Pause, tasks_pb2.PauseTaskRequest(container_id=self._container.id))
+
+    def resume(self) -> None:
+        """Thaw a paused task."""
+        self._call(self._tasks.Resume, tasks_pb2.ResumeTaskRequest(container_id=self._container.id))
+
+    def delete(self) -> ExitStatus:
+        """Delete the stopped task and release its stdio; returns the same exit status as :meth:`wait`.
+
+        Raises:
+            errdefs.Conflict: the task is still running (use :meth:`force_delete`).
+        """
+        try:
+            resp = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self._container.id))
+        except errdefs.LibcontainerdError as exc:
+            raise self._map_delete_error(exc) from exc.__cause__
+        self._container._client._tracker.forget(self._container.id)
+        self._release()
+        return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
+
+    def force_delete(self) -> ExitStatus:
+        """Kill every process of the task with SIGKILL, wait for it to stop, then delete it."""
+        conn = self._container._client._conn
+        waiter = conn.tasks.Wait.future(tasks_pb2.WaitRequest(container_id=self._container.id),
+                                        metadata=conn.metadata, timeout=60.0)
+        try:
+            try:
+                self._call(self._tasks.Kill, tasks_pb2.KillRequest(
+                    container_id=self._container.id, signal=int(_signal.SIGKILL), all=True))
+            except (errdefs.NotFound, errdefs.Conflict):
+                pass  # already stopped: Kill may say "not found" even when it did kill
+            try:
+                waiter.result()
+            except grpc.RpcError as err:
+                raise errdefs.from_grpc(err, self._what) from err
+        except BaseException:
+            waiter.cancel()
+            raise
+        return self.delete()
+
+    def stats(self) -> Stats:
+        """The task's cgroup metrics (v1 or v2 message, whichever containerd sends).
+
+        >>> task.stats().metrics.memory.usage.usage  # doctest: +SKIP
+        1400832
+        """
+        resp = self._call(self._tasks.Metrics, tasks_pb2.MetricsRequest(filters=[f"id=={self._container.id}"]))
+        if not resp.metrics:
+            raise errdefs.NotFound(f"{self._what}: containerd returned no metrics (is the task running?)")
+        metric = resp.metrics[0]
+        read = timestamp_to_datetime(metric.timestamp)
+        if read is None:
+            raise errdefs.DataLoss(f"{self._what}: metrics without a timestamp")
+        try:
+            decoded = unpack(metric.data)
+        except errdefs.NotImplemented as exc:
+            raise errdefs.NotImplemented(f"{self._what}: unknown metrics type {metric.data.type_url!r}") from exc
+        return Stats(read=read, metrics=decoded)
+
+    def update_resources(self, resources: Mapping[str, Any]) -> None:
+        """Change the task's resources with an OCI ``LinuxResources`` dict.
+
+        >>> task.update_resources({"memory": {"limit": 64 << 20}})  # doctest: +SKIP
+        """
+        if not isinstance(resources, Mapping):
+            raise errdefs.InvalidParameter("resources must be an OCI LinuxResources dict")
+        self._call(self._tasks.Update, tasks_pb2.UpdateTaskRequest(
+            container_id=self._container.id, resources=pack_json(RESOURCES_URL, resources, "resources")))
+
+    def summary(self) -> list[Summary]:
+        """The task's processes: host pid and, for exec'd ones, the exec id."""
+        resp = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=self._container.id))
+        out = []
+        for proc in resp.processes:
+            exec_id: Optional[str] = None
+            if proc.HasField("info") and proc.info.type_url:
+                try:
+                    exec_id = getattr(unpack(proc.info), "exec_id", "") or None
+                except errdefs.LibcontainerdError:
+                    exec_id = None
+            out.append(Summary(pid=int(proc.pid), exec_id=exec_id))
+        return out
+
+    def create_checkpoint(self, checkpoint_dir: str, exit: bool = False) -> None:
+        """Checkpoint the task with CRIU into ``checkpoint_dir`` (see :mod:`libcontainerd.remote._checkpoint`).
+
+        Args:
+            checkpoint_dir: where the checkpoint's files are extracted.
+            exit: stop the task after the checkpoint.
+        """
+        from ._checkpoint import create_checkpoint
+
+        create_checkpoint(self, checkpoint_dir, exit=exit)
+
+    def __repr__(self) -> str:
+        return f"<Task id={self._container.id!r} pid={self.pid}>"
+
