@@ -1,0 +1,75 @@
+"""The shared test harness: one private containerd per session, a busybox rootfs, per-test dirs.
+
+Fixtures (names are relied on by every test module):
+- ``containerd`` (session): a started :class:`libcontainerd.supervisor.Daemon` under a temp root, with
+  health checks off (``health_failures=0``) because some tests freeze the daemon with SIGSTOP on
+  purpose; it is still restarted if it dies. Teardown stops it, cleans up shims, container processes
+  and mounts, and checks that no process of it remains.
+- ``rootfs`` (session): a busybox root filesystem, built once.
+- ``state_dir`` (function): a fresh temp dir for bundles and FIFOs, removed after the test.
+- ``namespace`` (function): a containerd namespace unique to the test.
+
+Tests under ``tests/integration`` get the ``integration`` marker automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterator
+
+import pytest
+
+from libcontainerd import supervisor, testing
+
+_INTEGRATION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration") + os.sep
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if str(item.path).startswith(_INTEGRATION_DIR):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[supervisor.Daemon]:
+    testing.require_containerd()
+    tmp = tempfile.mkdtemp(prefix="lcd-")  # short: the socket path must fit in 107 bytes
+    try:
+        daemon = testing.start_daemon(tmp, health_failures=0, log_level="debug")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        yield daemon
+    finally:
+        leftovers = testing.cleanup_root(daemon)
+        remaining = testing.daemon_processes(daemon.root_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert not remaining, f"containerd or shim processes survived the cleanup: {remaining}"
+    if leftovers:
+        # Tests should delete what they create; say so without failing the whole session.
+        warnings.warn(f"session teardown had to clean up after the tests: {leftovers}", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    testing.require_tools("busybox")
+    return testing.busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture
+def state_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="lcd-state-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "t-" + uuid.uuid4().hex[:10]

@@ -1,0 +1,318 @@
+"""The managed containerd (libcontainerd.supervisor) against the real daemon binary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+
+from libcontainerd import errdefs, supervisor, testing
+from libcontainerd._api.containerd.api.services.version.v1.version_pb2_grpc import VersionStub
+
+StartFn = Callable[..., supervisor.Daemon]
+
+
+@pytest.fixture
+def tmp_root() -> Iterator[str]:
+    """A short temp dir for a daemon of the test's own; whatever it started is cleaned up after."""
+    testing.require_containerd()
+    tmp = tempfile.mkdtemp(prefix="lcd-sv-")
+    try:
+        yield tmp
+    finally:
+        testing.cleanup_root(os.path.join(tmp, "containerd"))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def start_own(tmp_root: str) -> Iterator[StartFn]:
+    """Start a private daemon under ``tmp_root``; every daemon started is stopped and cleaned after the test."""
+    started: list[supervisor.Daemon] = []
+
+    def start(**opts: Any) -> supervisor.Daemon:
+        daemon = testing.start_daemon(tmp_root, **opts)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        testing.cleanup_root(daemon)
+
+
+def _version(address: str) -> str:
+    with grpc.insecure_channel("unix://" + address) as channel:
+        response = VersionStub(channel).Version(empty_pb2.Empty(), timeout=10)
+    assert response.revision
+    return str(response.version)
+
+
+def _binary_version() -> str:
+    # "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
+    return subprocess.run(["containerd", "--version"], capture_output=True, text=True, check=True).stdout.split()[2]
+
+
+def test_version_through_generated_stub(containerd: supervisor.Daemon) -> None:
+    assert _version(containerd.address) == _binary_version()
+    assert repr(containerd) == f"<Daemon pid={containerd.pid} address={containerd.address} restarts=0>"
+
+
+def test_config_is_private(start_own: StartFn) -> None:
+    daemon = start_own(health_failures=0)
+    config = Path(daemon.config_path).read_text()
+    assert f'root = "{daemon.root_dir}/root"' in config
+    assert 'disabled_plugins = ["io.containerd.grpc.v1.cri"]' in config
+    assert "/opt/containerd" not in config
+    assert os.path.isdir(os.path.join(daemon.root_dir, "root", "opt"))
+    assert int(Path(daemon.pid_path).read_text()) == daemon.pid
+    assert list(testing.daemon_processes(daemon)) == [daemon.pid]
+
+
+def test_adopts_daemon_left_running_by_another_process(start_own: StartFn, tmp_root: str) -> None:
+    script = textwrap.dedent(
+        f"""
+        from libcontainerd import testing
+        daemon = testing.start_daemon({tmp_root!r}, kill_with_parent=False, health_failures=0)
+        print(daemon.pid, flush=True)
+        daemon.detach()
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    pid = int(child.stdout)
+    assert pid in testing.daemon_processes(os.path.join(tmp_root, "containerd"))
+
+    daemon = start_own()
+    assert daemon.adopted
+    assert daemon.pid == pid
+    assert daemon.wait_serving(10)
+    daemon.stop()
+    assert testing.daemon_processes(daemon) == {}
+    assert not os.path.exists(daemon.pid_path)
+
+
+def test_second_supervisor_on_one_root_is_a_conflict(start_own: StartFn) -> None:
+    daemon = start_own(health_failures=0)
+    with pytest.raises(errdefs.Conflict, match="already managed"):
+        supervisor.start(daemon.root_dir, daemon.state_dir)
+    assert list(testing.daemon_processes(daemon)) == [daemon.pid]
+    assert daemon.wait_serving(10)
+
+
+def test_killed_daemon_is_restarted(start_own: StartFn) -> None:
+    daemon = start_own(health_failures=0)
+    old = daemon.pid
+    daemon.kill(signal.SIGKILL)
+    assert daemon.wait_for_restarts(1, timeout=30)
+    assert daemon.pid != old
+    assert daemon.restarts == 1
+    assert daemon.wait_serving(10)
+    assert _version(daemon.address) == _binary_version()
+    assert list(testing.daemon_processes(daemon)) == [daemon.pid]
+    assert int(Path(daemon.pid_path).read_text()) == daemon.pid
+
+
+def test_frozen_daemon_is_killed_after_failed_health_checks(start_own: StartFn) -> None:
+    daemon = start_own(health_interval=0.2, health_failures=2)
+    frozen = daemon.pid
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        assert daemon.wait_for_restarts(1, timeout=30)
+    finally:
+        if daemon.pid == frozen:
+            os.kill(frozen, signal.SIGCONT)
+    assert daemon.pid != frozen
+    assert frozen not in testing.daemon_processes(daemon)
+    assert _version(daemon.address) == _binary_version()
+
+
+def test_frozen_daemon_is_left_alone_without_health_checks(start_own: StartFn) -> None:
+    daemon = start_own(health_interval=0.1, health_failures=0)
+    frozen = daemon.pid
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        assert not daemon.wait_for_restarts(1, timeout=1.0)
+        assert daemon.pid == frozen
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert daemon.wait_serving(10)
+    assert daemon.restarts == 0
+
+
+def test_stop_leaves_no_process_thread_or_fd(start_own: StartFn) -> None:
+    start_own(health_failures=0).stop()  # warm-up: gRPC keeps a few process-wide descriptors
+    threads, fds = threading.enumerate(), testing.open_fds()
+    with start_own(health_interval=0.2) as daemon:
+        assert daemon.wait_serving(10)
+        assert testing.leftover_threads(threads) == ["libcontainerd-supervisor"]
+        os.kill(daemon.pid, signal.SIGSTOP)  # a frozen daemon still gets its SIGTERM (with a SIGCONT)
+    assert daemon.stopped
+    assert testing.daemon_processes(daemon) == {}
+    assert testing.leftover_threads(threads) == []
+    assert testing.open_fds() == fds
+    assert not os.path.exists(daemon.pid_path)
+    assert repr(daemon) == f"<Daemon stopped address={daemon.address}>"
+    daemon.stop()  # idempotent
+    assert not daemon.wait_serving(1)
+    with pytest.raises(errdefs.Conflict):
+        daemon.kill()
+
+
+def test_restart_after_stop_gets_a_new_daemon(start_own: StartFn) -> None:
+    first = start_own(health_failures=0)
+    first.stop()
+    second = start_own(health_failures=0)
+    assert not second.adopted
+    assert second.pid != first.pid
+    assert _version(second.address) == _binary_version()
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (this machine's init may leave orphans as zombies)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _nothing_left(root: str, threads: list[threading.Thread]) -> None:
+    assert testing.leftover_threads(threads) == []
+    assert testing.daemon_processes(root) == {}
+
+
+def test_missing_binary_is_not_found(tmp_root: str) -> None:
+    root, threads = os.path.join(tmp_root, "r"), threading.enumerate()
+    with pytest.raises(errdefs.NotFound, match="containerd binary 'no-such-containerd' not found on PATH"):
+        supervisor.start(root, binary="no-such-containerd")
+    assert not os.path.exists(root)
+    _nothing_left(root, threads)
+
+
+def test_socket_path_too_long_is_invalid(tmp_root: str) -> None:
+    root, threads = os.path.join(tmp_root, "r"), threading.enumerate()
+    state = os.path.join(tmp_root, "s" * 100)
+    with pytest.raises(errdefs.InvalidParameter, match="107 bytes"):
+        supervisor.start(root, state)
+    assert os.listdir(tmp_root) == []
+    _nothing_left(root, threads)
+
+
+def test_root_under_a_regular_file_is_invalid(tmp_root: str) -> None:
+    blocker = os.path.join(tmp_root, "file")
+    open(blocker, "w").close()
+    root, threads = os.path.join(blocker, "root"), threading.enumerate()
+    with pytest.raises(errdefs.InvalidParameter, match="is not a directory"):
+        supervisor.start(root, os.path.join(tmp_root, "state"))
+    assert os.listdir(tmp_root) == ["file"]
+    _nothing_left(root, threads)
+
+
+def _fake_containerd(tmp_root: str, body: str) -> str:
+    path = os.path.join(tmp_root, "fake-containerd")
+    with open(path, "w", encoding="ascii") as f:
+        f.write("#!/bin/sh\n" + body + "\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+def test_daemon_exiting_at_start_is_a_system_error_with_its_log(tmp_root: str) -> None:
+    binary = _fake_containerd(tmp_root, "echo 'failed to load config: boom' >&2; exit 3")
+    root, threads = os.path.join(tmp_root, "r"), threading.enumerate()
+    with pytest.raises(errdefs.System, match=r"(?s)exited with code 3.*failed to load config: boom"):
+        supervisor.start(root, binary=binary)
+    assert not os.path.exists(os.path.join(root, supervisor.PID_NAME))
+    _nothing_left(root, threads)
+
+
+def test_daemon_not_serving_in_time_is_a_deadline(tmp_root: str) -> None:
+    pid_file = os.path.join(tmp_root, "fake.pid")
+    binary = _fake_containerd(tmp_root, f"echo $$ > {pid_file}; exec sleep 600")
+    root, threads = os.path.join(tmp_root, "r"), threading.enumerate()
+    with pytest.raises(errdefs.Deadline, match="did not serve"):
+        supervisor.start(root, binary=binary, start_timeout=1.0)
+    assert not os.path.exists(os.path.join(root, supervisor.PID_NAME))
+    assert not os.path.exists(f"/proc/{int(Path(pid_file).read_text())}")  # killed and reaped
+    _nothing_left(root, threads)
+
+
+def test_stop_leaves_containers_running_and_cleanup_root_removes_them(start_own: StartFn, rootfs: str) -> None:
+    testing.require_tools("ctr")
+    daemon = start_own(health_failures=0)
+    ctr = ["ctr", "--address", daemon.address, "--namespace", "t-cleanup"]
+    subprocess.run([*ctr, "run", "-d", "--rootfs", rootfs, "c1", "/bin/sleep", "600"], check=True, timeout=60)
+    shims = [pid for pid, argv in testing.daemon_processes(daemon).items() if pid != daemon.pid]
+    assert len(shims) == 1
+    bundle = os.path.join(daemon.state_dir, "io.containerd.runtime.v2.task", "t-cleanup", "c1")
+    shim_socket = Path(bundle, "address").read_text().strip().removeprefix("unix://")
+    container_pid = int(Path(bundle, "init.pid").read_text())
+
+    daemon.stop()  # shims and containers outlive containerd by design
+    assert list(testing.daemon_processes(daemon)) == shims
+    assert os.path.exists(f"/proc/{container_pid}")
+
+    leftovers = testing.cleanup_root(daemon)
+    assert leftovers.processes and set(shims) <= set(leftovers.processes)
+    assert testing.daemon_processes(daemon) == {}
+    assert _gone(container_pid)
+    assert not os.path.exists(shim_socket)
+    assert not os.path.exists("/run/containerd/runc/t-cleanup")
+    assert not os.path.exists(daemon.root_dir)
+    assert not os.path.exists(daemon.state_dir)
+
+
+def test_daemon_started_from_a_short_lived_thread_survives_it(start_own: StartFn) -> None:
+    # PR_SET_PDEATHSIG fires when the forking *thread* ends: the supervisor forks from its monitor thread.
+    started: list[supervisor.Daemon] = []
+    worker = threading.Thread(target=lambda: started.append(start_own(health_failures=0)), name="short-lived")
+    worker.start()
+    worker.join()
+    daemon = started[0]
+    assert daemon.wait_serving(10)
+    assert _version(daemon.address) == _binary_version()
+    assert daemon.restarts == 0
+
+
+def test_daemon_dies_with_its_process(tmp_root: str) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os
+        from libcontainerd import testing
+        daemon = testing.start_daemon({tmp_root!r}, health_failures=0)
+        print(daemon.pid, flush=True)
+        {{}}
+        """
+    )
+    root = os.path.join(tmp_root, "containerd")
+    # A normal exit stops it through the atexit safety net (gracefully: the pid file goes too) ...
+    child = subprocess.run([sys.executable, "-c", script.format("")], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert _gone(int(child.stdout))
+    assert not os.path.exists(os.path.join(root, supervisor.PID_NAME))
+    # ... and a hard death kills it through PR_SET_PDEATHSIG.
+    child = subprocess.run(
+        [sys.executable, "-c", script.format("os._exit(0)")], capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert _wait_gone(int(child.stdout), timeout=10)  # the kernel delivers the SIGKILL as the parent dies
+    assert testing.daemon_processes(root) == {}

@@ -1,0 +1,162 @@
+"""libcontainerd.testing helpers that need no daemon: the busybox rootfs and the leak-check helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from libcontainerd import errdefs, supervisor, testing
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> str:
+    testing.require_tools("busybox")
+    return testing.busybox_rootfs(tmp_path_factory.mktemp("bb") / "rootfs")
+
+
+def test_rootfs_has_busybox_and_every_applet(built: str) -> None:
+    applets = subprocess.run(
+        [testing.find_busybox(), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(applets) > 100
+    for applet in applets:
+        assert os.path.islink(os.path.join(built, applet)) or applet == "bin/busybox"
+    assert os.readlink(os.path.join(built, "bin/sh")) == "busybox"
+    assert os.readlink(os.path.join(built, "usr/bin/env")) == "../../bin/busybox"
+    assert os.path.samefile(os.path.join(built, "usr/bin/env"), os.path.join(built, "bin/busybox"))
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "root", "home"):
+        assert os.path.isdir(os.path.join(built, d)), d
+
+
+def test_rootfs_busybox_runs(built: str) -> None:
+    out = subprocess.run(
+        [os.path.join(built, "bin/sh"), "-c", "echo hello from busybox"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout == "hello from busybox\n"
+
+
+def test_rootfs_users_and_modes(built: str) -> None:
+    passwd = [line.split(":") for line in Path(built, "etc/passwd").read_text().splitlines()]
+    assert passwd[0][:4] == ["root", "x", "0", "0"]
+    assert any(entry[0] == "user" and entry[2] == "1000" and entry[3] == "1000" for entry in passwd)
+    assert "user:x:1000:" in Path(built, "etc/group").read_text()
+    assert Path(built, "etc/hostname").read_text().strip()
+    assert stat.S_IMODE(os.stat(os.path.join(built, "tmp")).st_mode) == 0o1777
+    if os.geteuid() == 0:
+        assert os.stat(os.path.join(built, "home/user")).st_uid == 1000
+
+
+def test_rootfs_is_reused(built: str) -> None:
+    before = os.stat(os.path.join(built, "bin/busybox"))
+    assert testing.busybox_rootfs(built) == built
+    assert os.stat(os.path.join(built, "bin/busybox")).st_ino == before.st_ino
+    assert [p for p in os.listdir(os.path.dirname(built)) if p != "rootfs"] == []
+
+
+def test_rootfs_into_an_existing_empty_dir(tmp_path: Path) -> None:
+    testing.require_tools("busybox")
+    dest = tmp_path / "empty"
+    dest.mkdir()
+    assert testing.busybox_rootfs(dest) == str(dest)
+    assert os.path.islink(dest / "bin/sh")
+
+
+def test_rootfs_refuses_a_non_empty_dir(tmp_path: Path) -> None:
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "precious").write_text("keep me")
+    with pytest.raises(errdefs.InvalidParameter, match="not a rootfs built by busybox_rootfs"):
+        testing.busybox_rootfs(tmp_path / "dest")
+    assert os.listdir(tmp_path / "dest") == ["precious"]
+
+
+def test_dynamic_busybox_is_refused(tmp_path: Path) -> None:
+    dynamic = os.path.realpath(sys.executable)  # a dynamically linked ELF
+    with pytest.raises(errdefs.InvalidParameter, match="not a statically linked busybox"):
+        testing.busybox_rootfs(tmp_path / "rootfs", busybox=dynamic)
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_busybox_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(errdefs.NotFound, match="busybox-static"):
+        testing.busybox_rootfs(tmp_path / "rootfs", busybox=str(tmp_path / "no-busybox"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_open_fds_counts_descriptors() -> None:
+    before = testing.open_fds()
+    r, w = os.pipe()
+    try:
+        assert testing.open_fds() == before + 2
+    finally:
+        os.close(r)
+        os.close(w)
+    assert testing.open_fds() == before
+
+
+def test_leftover_threads_names_new_ones_only() -> None:
+    baseline = threading.enumerate()
+    release = threading.Event()
+    threads = [
+        threading.Thread(target=release.wait, name="libcontainerd-test-helper", daemon=True),
+        threading.Thread(target=release.wait, name="someone-else", daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        assert testing.leftover_threads(baseline) == ["libcontainerd-test-helper"]
+        assert testing.leftover_threads(baseline, prefix="") == ["libcontainerd-test-helper", "someone-else"]
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
+    assert testing.leftover_threads(baseline, prefix="") == []
+
+
+def test_require_tools_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"must not skip in CI.*no-such-tool-xyz"):
+        testing.require_tools("no-such-tool-xyz")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no-such-tool-xyz"):
+        testing.require_tools("no-such-tool-xyz")
+    if shutil.which("sh"):
+        testing.require_tools("sh")  # present: returns
+
+
+def test_supervisor_config_is_valid_toml() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    lines = supervisor._render_toml(
+        {
+            "version": 2,
+            "root": 'C:\\odd "quoted"\tpath\x7f',
+            "disabled_plugins": ["io.containerd.grpc.v1.cri"],
+            "oom_score": -999,
+            "grpc": {"address": "/tmp/é/containerd.sock", "uid": 0},
+            "plugins": {"io.containerd.internal.v1.opt": {"path": "/x", "flag": True, "ratio": 0.5}},
+        }
+    )
+    parsed = tomllib.loads("\n".join(lines))
+    assert parsed["root"] == 'C:\\odd "quoted"\tpath\x7f'
+    assert parsed["oom_score"] == -999
+    assert parsed["grpc"] == {"address": "/tmp/é/containerd.sock", "uid": 0}
+    assert parsed["plugins"]["io.containerd.internal.v1.opt"] == {"path": "/x", "flag": True, "ratio": 0.5}
+    with pytest.raises(errdefs.InvalidParameter, match="oops"):
+        supervisor._render_toml({"oops": object()})
+
+
+def test_supervisor_rejects_bad_options(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    with pytest.raises(errdefs.InvalidParameter, match="log_level"):
+        supervisor.start(str(root), log_level="loud")
+    with pytest.raises(errdefs.InvalidParameter, match="set by the supervisor"):
+        supervisor.start(str(root), root="/elsewhere")
+    with pytest.raises(errdefs.InvalidParameter, match=r"grpc\.address"):
+        supervisor.start(str(root), grpc={"address": "/elsewhere.sock"})
+    assert not root.exists()
