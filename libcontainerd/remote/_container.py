@@ -18,9 +18,8 @@ from .._api.containerd.api.types import descriptor_pb2
 from .._api.containerd.api.types.task import task_pb2 as task_types
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message
-from ..cio import FifoSet
 from . import _bundle
-from ._process import ProcessReady, StdioCallback, Task, close_stdin_of, open_io, release_io
+from ._process import Stdio, StdioCallback, Task, stdin_closer
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -119,17 +118,11 @@ class Container:
         client = self._client
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
         options = self._task_options()
-        fifos: Optional[FifoSet] = None
-        io: Any = None
-        ready = ProcessReady()
+        stdio: Optional[Stdio] = None
         if attach_stdio is not None:
-            fifos = FifoSet.create(self.bundle_dir, self.id, with_stdin=with_stdin, terminal=terminal)
-            try:
-                io = open_io(fifos, ready, attach_stdio, close_stdin_of)
-            except BaseException:
-                fifos.remove()
-                raise
-        stdin, stdout, stderr, _ = fifos.to_paths() if fifos else ("", "", "", terminal)
+            stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=with_stdin, terminal=terminal,
+                               attach_stdio=attach_stdio, close_stdin=stdin_closer(client._conn, self.id, ""))
+        stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         request = tasks_pb2.CreateTaskRequest(
             container_id=self.id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal,
             checkpoint=checkpoint, options=options,
@@ -137,11 +130,12 @@ class Container:
         try:
             resp = client._conn.call(client._conn.tasks.Create, request, f"task {self.id}")
         except BaseException:
-            ready.abandon()
-            release_io(io, fifos, drain=False)
+            if stdio is not None:
+                stdio.release(drain=False)
             raise
-        task = Task(self, int(resp.pid), io, fifos)
-        ready.set(task)
+        task = Task(self, int(resp.pid), stdio)
+        if stdio is not None:
+            stdio.connected()
         try:
             client._conn.call(client._conn.tasks.Start, tasks_pb2.StartRequest(container_id=self.id), f"task {self.id}")
         except BaseException:
@@ -163,13 +157,11 @@ class Container:
         """
         proc = self._get_task()
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
-        fifos = FifoSet.existing(self.bundle_dir, self.id, terminal=terminal)
-        task = Task(self, int(proc.pid), None, fifos)
-        ready = ProcessReady()
-        ready.set(task)
-        task._io = open_io(fifos, ready, attach_stdio, close_stdin_of)
+        stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=False, terminal=terminal, attach_stdio=attach_stdio,
+                           close_stdin=stdin_closer(self._client._conn, self.id, ""), existing=True)
+        stdio.connected()
         self._track(proc)
-        return task
+        return Task(self, int(proc.pid), stdio)
 
     def task(self) -> Task:
         """The container's existing task, without stdio.

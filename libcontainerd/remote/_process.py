@@ -4,8 +4,8 @@ A :class:`Task` is a container's main process, a :class:`Process` one started wi
 :meth:`Task.exec`. Both hold the IO object that the caller's ``attach_stdio`` callback
 returned and the FIFO set behind it, and release both when the process is deleted.
 Stdin is closed towards containerd (``CloseIO``) only once the process exists, as in
-moby: :class:`ProcessReady` holds that close until the create (task) or start (exec)
-call has returned.
+moby: :class:`Stdio` lets the DirectIO know when the create (task) or start (exec) call
+has returned.
 """
 
 from __future__ import annotations
@@ -104,117 +104,98 @@ def check_process_spec(spec: object, what: str = "process spec") -> Mapping[str,
     return spec
 
 
-class ProcessReady:
-    """Holds actions (closing stdin) until the process exists; drops them if it never will."""
+class Stdio:
+    """One process's stdio: its FIFO set, our opened ends, and the caller's IO object.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process: Optional[_ProcessBase] = None
-        self._pending: list[Callable[[_ProcessBase], None]] = []
-        self._abandoned = False
-
-    def when_ready(self, fn: Callable[[_ProcessBase], None]) -> None:
-        with self._lock:
-            proc = self._process
-            if proc is None:
-                if not self._abandoned:
-                    self._pending.append(fn)
-                return
-        fn(proc)
-
-    def set(self, process: _ProcessBase) -> None:
-        with self._lock:
-            self._process = process
-            pending, self._pending = self._pending, []
-        for fn in pending:
-            fn(process)
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            self._pending.clear()
-
-
-class StdinCloser:
-    """The stdin the caller's stdio callback sees: closing it also closes the process's stdin.
-
-    Like moby's ``NewWriteCloserWrapper``: the FIFO is closed at once, ``CloseIO`` is sent
-    when the process exists (see :class:`ProcessReady`), and only once.
+    Closing the DirectIO's stdin closes the FIFO at once and sends ``CloseIO`` once the
+    process exists, i.e. once :meth:`connected` is called after the create (task) or
+    start (exec) call returned -- moby's ``stdinCloseSync``.
     """
 
-    def __init__(self, pipe: Any, on_close: Callable[[], None]) -> None:
-        self._pipe = pipe
-        self._on_close = on_close
-        self._once = threading.Lock()
-        self._done = False
+    def __init__(self, fifos: FifoSet, dio: DirectIO, rio: Any) -> None:
+        self.fifos = fifos
+        self.dio = dio
+        self.rio = rio
+        self._released = False
+        self._lock = threading.Lock()
 
-    def write(self, data: Any) -> int:
-        return int(self._pipe.write(data))
+    @classmethod
+    def open(
+        cls,
+        directory: str,
+        process_id: str,
+        *,
+        with_stdin: bool,
+        terminal: bool,
+        attach_stdio: StdioCallback,
+        close_stdin: Callable[[], None],
+        existing: bool = False,
+    ) -> Stdio:
+        """Make (or, with ``existing``, find) the FIFOs, open them, and call the callback."""
+        if existing:
+            fifos = FifoSet.existing(directory, process_id, terminal=terminal)
+        else:
+            fifos = FifoSet.create(directory, process_id, with_stdin=with_stdin, terminal=terminal)
+        try:
+            dio = DirectIO.open(fifos, on_stdin_close=close_stdin)
+            try:
+                rio = attach_stdio(dio)
+            except BaseException:
+                dio.close()
+                raise
+        except BaseException:
+            if not existing:
+                fifos.remove()
+            raise
+        return cls(fifos, dio, dio if rio is None else rio)
 
-    def flush(self) -> None:
-        self._pipe.flush()
+    def paths(self) -> tuple[str, str, str]:
+        stdin, stdout, stderr, _ = self.fifos.to_paths()
+        return stdin, stdout, stderr
 
-    def fileno(self) -> int:
-        return int(self._pipe.fileno())
+    def connected(self) -> None:
+        self.dio.connected()
 
-    def writable(self) -> bool:
+    def close_stdin(self) -> bool:
+        """Close our stdin end (which sends CloseIO); False if there is none open."""
+        stdin = self.dio.stdin
+        if stdin is None or stdin.closed:
+            return False
+        stdin.close()
         return True
 
-    @property
-    def closed(self) -> bool:
-        return bool(self._pipe.closed)
-
-    def close(self) -> None:
-        with self._once:
-            if self._done:
+    def release(self, drain: bool = True) -> None:
+        """Let the pumps drain (bounded), stop them, close everything, remove the FIFOs."""
+        with self._lock:
+            if self._released:
                 return
-            self._done = True
-        try:
-            self._pipe.close()
-        finally:
-            self._on_close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipe, name)
-
-    def __enter__(self) -> StdinCloser:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_io(
-    fifos: FifoSet, ready: ProcessReady, attach_stdio: StdioCallback, close_stdin: Callable[[_ProcessBase], None]
-) -> Any:
-    """Open the FIFOs, wrap stdin, hand them to the caller's callback; clean up on failure."""
-    dio = DirectIO.open(fifos)
-    try:
-        if dio.stdin is not None:
-            dio.stdin = StdinCloser(dio.stdin, lambda: ready.when_ready(close_stdin))
-        rio = attach_stdio(dio)
-    except BaseException:
-        dio.cancel()
-        dio.close()
-        raise
-    return dio if rio is None else rio
-
-
-def release_io(io: Any, fifos: Optional[FifoSet], drain: bool = True) -> None:
-    """Let the pumps drain (bounded), stop them, close the IO and remove the FIFOs."""
-    if io is not None:
+            self._released = True
         try:
             if drain:
-                io.wait(IO_DRAIN_TIMEOUT)
-        except Exception:  # a pump that does not finish in time is cancelled below
-            log.debug("stdio did not drain in time", exc_info=True)
+                try:
+                    self.rio.wait(IO_DRAIN_TIMEOUT)
+                except Exception:  # a pump that does not finish in time is cancelled below
+                    log.debug("stdio of %s did not drain in time", self.fifos.process_id, exc_info=True)
+            self.rio.cancel()
+            self.rio.close()
         finally:
-            try:
-                io.cancel()
-            finally:
-                io.close()
-    if fifos is not None:
-        fifos.remove()
+            self.dio.close()
+            self.fifos.remove()
+
+
+def stdin_closer(conn: Any, container_id: str, exec_id: str) -> Callable[[], None]:
+    """The ``CloseIO(stdin)`` call for one process; "transport is closing" is not an error."""
+    what = f"exec {exec_id} of container {container_id}" if exec_id else f"task {container_id}"
+
+    def close() -> None:
+        try:
+            conn.call(conn.tasks.CloseIO, tasks_pb2.CloseIORequest(
+                container_id=container_id, exec_id=exec_id, stdin=True), what)
+        except errdefs.LibcontainerdError as exc:
+            if "transport is closing" not in str(exc):
+                raise
+
+    return close
 
 
 class _ProcessBase:
@@ -222,16 +203,12 @@ class _ProcessBase:
 
     _container: Container
     _exec_id: str
-    _io: Any
-    _fifos: Optional[FifoSet]
 
-    def __init__(self, container: Container, exec_id: str, pid: int, io: Any = None, fifos: Optional[FifoSet] = None):
+    def __init__(self, container: Container, exec_id: str, pid: int, stdio: Optional[Stdio] = None):
         self._container = container
         self._exec_id = exec_id
         self.pid = pid
-        self._io = io
-        self._fifos = fifos
-        self._io_lock = threading.Lock()
+        self._stdio = stdio
 
     @property
     def _what(self) -> str:
@@ -241,7 +218,7 @@ class _ProcessBase:
     @property
     def io(self) -> Any:
         """The IO object the stdio callback returned (``None`` without stdio)."""
-        return self._io
+        return self._stdio.rio if self._stdio is not None else None
 
     def _call(self, method: Any, request: Any, **kw: Any) -> Any:
         return self._container._client._conn.call(method, request, self._what, **kw)
@@ -297,21 +274,11 @@ class _ProcessBase:
         return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
 
     def close_stdin(self) -> None:
-        """Close the process's stdin (the FIFO, then containerd's side), so readers see EOF."""
-        stdin = getattr(self._io, "stdin", None) if self._io is not None else None
-        if stdin is not None and hasattr(stdin, "close"):
-            stdin.close()
-            if isinstance(stdin, StdinCloser):
-                return
-        self._close_io()
-
-    def _close_io(self) -> None:
-        try:
-            self._call(self._tasks.CloseIO, tasks_pb2.CloseIORequest(
-                container_id=self._container.id, exec_id=self._exec_id, stdin=True))
-        except errdefs.LibcontainerdError as exc:
-            if "transport is closing" not in str(exc):
-                raise
+        """Close the process's stdin (our FIFO end, then containerd's side), so readers see EOF."""
+        if self._stdio is not None and self._stdio.close_stdin():
+            return
+        conn = self._container._client._conn
+        stdin_closer(conn, self._container.id, self._exec_id)()
 
     def resize(self, width: int, height: int) -> None:
         """Set the terminal size (columns, rows) seen inside.
@@ -323,10 +290,9 @@ class _ProcessBase:
             width=_check_size(width, "width"), height=_check_size(height, "height")))
 
     def _release(self) -> None:
-        with self._io_lock:
-            io, fifos = self._io, self._fifos
-            self._io = self._fifos = None
-        release_io(io, fifos)
+        stdio, self._stdio = self._stdio, None
+        if stdio is not None:
+            stdio.release()
 
     def _map_delete_error(self, exc: errdefs.LibcontainerdError) -> errdefs.LibcontainerdError:
         text = str(exc)
@@ -336,19 +302,11 @@ class _ProcessBase:
         return exc
 
 
-def close_stdin_of(process: _ProcessBase) -> None:
-    """Send CloseIO(stdin) once the process exists (errors are logged: this runs in a close())."""
-    try:
-        process._close_io()
-    except errdefs.LibcontainerdError as exc:
-        log.warning("failed to close stdin of %s: %s", process._what, exc)
-
-
 class Process(_ProcessBase):
     """A process started inside a running task with :meth:`Task.exec`."""
 
-    def __init__(self, task: Task, exec_id: str, pid: int = 0, io: Any = None, fifos: Optional[FifoSet] = None):
-        super().__init__(task._container, exec_id, pid, io, fifos)
+    def __init__(self, task: Task, exec_id: str, pid: int = 0, stdio: Optional[Stdio] = None):
+        super().__init__(task._container, exec_id, pid, stdio)
         self.task = task
 
     @property
@@ -383,8 +341,8 @@ class Task(_ProcessBase):
     0
     """
 
-    def __init__(self, container: Container, pid: int, io: Any = None, fifos: Optional[FifoSet] = None):
-        super().__init__(container, "", pid, io, fifos)
+    def __init__(self, container: Container, pid: int, stdio: Optional[Stdio] = None):
+        super().__init__(container, "", pid, stdio)
 
     @property
     def id(self) -> str:
@@ -425,9 +383,9 @@ class Task(_ProcessBase):
         terminal = bool(spec.get("terminal", False))
         container = self._container
         client = container._client
-        fifos: Optional[FifoSet] = None
-        io: Any = None
-        ready = ProcessReady()
+        conn = client._conn
+        what = f"exec {process_id} of container {container.id}"
+        stdio: Optional[Stdio] = None
         if attach_stdio is not None:
             try:
                 FifoSet.existing(container.bundle_dir, process_id)
@@ -435,47 +393,43 @@ class Task(_ProcessBase):
                 pass
             else:  # FIFOs of this exec id exist: refuse if containerd knows the exec, else they are stale
                 self._refuse_duplicate_exec(process_id)
-            fifos = FifoSet.create(container.bundle_dir, process_id, with_stdin=with_stdin, terminal=terminal)
-            try:
-                io = open_io(fifos, ready, attach_stdio, close_stdin_of)
-            except BaseException:
-                fifos.remove()
-                raise
-        stdin, stdout, stderr, _ = fifos.to_paths() if fifos else ("", "", "", terminal)
-        what = f"exec {process_id} of container {container.id}"
+            stdio = Stdio.open(container.bundle_dir, process_id, with_stdin=with_stdin, terminal=terminal,
+                               attach_stdio=attach_stdio, close_stdin=stdin_closer(conn, container.id, process_id))
+        stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         try:
-            client._conn.call(client._conn.tasks.Exec, tasks_pb2.ExecProcessRequest(
+            conn.call(conn.tasks.Exec, tasks_pb2.ExecProcessRequest(
                 container_id=container.id, exec_id=process_id, stdin=stdin, stdout=stdout, stderr=stderr,
                 terminal=terminal, spec=any_spec), what)
         except errdefs.LibcontainerdError as exc:
-            ready.abandon()
-            release_io(io, fifos, drain=False)
+            if stdio is not None:
+                stdio.release(drain=False)
             if isinstance(exc, errdefs.Conflict) or "already exists" in str(exc):
                 raise errdefs.Conflict(f"{what}: id already in use", explanation=exc.explanation,
                                        code=exc.code) from exc.__cause__
             raise
         except BaseException:
-            ready.abandon()
-            release_io(io, fifos, drain=False)
+            if stdio is not None:
+                stdio.release(drain=False)
             raise
-        process = Process(self, process_id, 0, io, fifos)
+        process = Process(self, process_id, 0, stdio)
         try:
-            lock = client._exec_start_lock(container.id)
-            with lock:
-                resp = client._conn.call(client._conn.tasks.Start, tasks_pb2.StartRequest(
+            with client._exec_start_lock(container.id):
+                resp = conn.call(conn.tasks.Start, tasks_pb2.StartRequest(
                     container_id=container.id, exec_id=process_id), what)
         except BaseException:
-            ready.set(process)
             try:
-                client._conn.call(client._conn.tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
+                conn.call(conn.tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
                     container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
             except errdefs.LibcontainerdError as exc:
                 log.warning("failed to delete %s after its start failed: %s", what, exc)
-            process._release()
+            process._stdio = None
+            if stdio is not None:
+                stdio.release(drain=False)
             raise
         process.pid = int(resp.pid)
         client._tracker.started(container.id, process_id, process.pid)
-        ready.set(process)
+        if stdio is not None:
+            stdio.connected()
         return process
 
     def _refuse_duplicate_exec(self, process_id: str) -> None:

@@ -1,0 +1,206 @@
+"""The event stream against the real private containerd: order, namespaces, restarts, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+import pytest
+
+import libcontainerd
+from libcontainerd import oci, stdio, testing
+from libcontainerd.types import EventType
+
+from .conftest import Recorder, cleanup_namespace, lcd_threads
+
+E = EventType
+
+
+def test_ordered_events_of_a_container_with_an_exec(client, recorder, rootfs):
+    ctr = client.new_container("seq", oci.default_spec(rootfs, ["sh", "-c", "sleep 1"]))
+    task = ctr.start()
+    p = task.exec("x1", oci.process_spec(["true"]), attach_stdio=stdio.capture())
+    assert p.wait(timeout=20).code == 0
+    exit_info = recorder.wait_for("seq", E.EXIT, "seq")
+    p.delete()
+    task.delete()
+    ctr.delete()
+    assert recorder.of("seq") == [
+        (E.CREATE, "seq"), (E.START, "seq"), (E.EXEC_ADDED, "x1"), (E.EXEC_STARTED, "x1"),
+        (E.EXIT, "x1"), (E.EXIT, "seq"),
+    ]
+    assert exit_info.exit_code == 0
+    assert exit_info.pid == task.pid
+    assert exit_info.exited_at is not None and exit_info.exited_at.utcoffset().total_seconds() == 0
+    assert all(not name.endswith("reader") for name in recorder.threads), "backend ran on the reader thread"
+
+
+def test_paused_and_resumed_events(client, recorder, rootfs):
+    ctr = client.new_container("pr", oci.default_spec(rootfs, ["sleep", "300"]))
+    task = ctr.start()
+    task.pause()
+    recorder.wait_for("pr", E.PAUSED)
+    task.resume()
+    recorder.wait_for("pr", E.RESUMED)
+    task.force_delete()
+    ctr.delete()
+    kinds = [t for t, _ in recorder.of("pr")]
+    assert kinds.index(E.PAUSED) < kinds.index(E.RESUMED) < kinds.index(E.EXIT)
+
+
+def test_oom_event(client, recorder, rootfs):
+    s = oci.default_spec(rootfs, ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"])
+    s["linux"].setdefault("resources", {})["memory"] = {"limit": 16 << 20, "swap": 16 << 20}
+    ctr = client.new_container("oom", s)
+    task = ctr.start()
+    assert task.wait(timeout=30).code == 137
+    recorder.wait_for("oom", E.OOM)
+    recorder.wait_for("oom", E.EXIT)
+    task.delete()
+    ctr.delete()
+
+
+def test_backend_exceptions_are_logged_and_delivery_goes_on(client, recorder, rootfs, caplog):
+    def explode(cid, event_type, info):
+        if event_type is E.CREATE:
+            raise RuntimeError("backend bug")
+
+    recorder.hook = explode
+    with caplog.at_level(logging.ERROR, logger="libcontainerd"):
+        ctr = client.new_container("boom", oci.default_spec(rootfs, ["true"]))
+        task = ctr.start()
+        task.wait(timeout=20)
+        recorder.wait_for("boom", E.EXIT)
+    task.delete()
+    ctr.delete()
+    assert [t for t, _ in recorder.of("boom")] == [E.START, E.EXIT]
+    failures = [r for r in caplog.records if "backend failed" in r.getMessage()]
+    assert failures and "boom" in failures[0].getMessage() and "create" in failures[0].getMessage()
+
+
+def test_events_of_another_namespace_never_arrive(containerd, rootfs, state_dir, recorder):
+    other = Recorder()
+    with libcontainerd.new_client(containerd.address, state_dir, "ns-one", recorder) as one, \
+            libcontainerd.new_client(containerd.address, state_dir + "-two", "ns-two", other) as two:
+        try:
+            ctr = one.new_container("lonely", oci.default_spec(rootfs, ["true"]))
+            task = ctr.start()
+            task.wait(timeout=20)
+            recorder.wait_for("lonely", E.EXIT)
+            task.delete()
+            ctr.delete()
+            with pytest.raises(libcontainerd.errdefs.NotFound):
+                two.load_container("lonely")
+            assert other.events == []
+        finally:
+            cleanup_namespace(one)
+            cleanup_namespace(two)
+    os.rmdir(state_dir + "-two")
+
+
+def test_close_is_quick_and_leaves_no_thread(containerd, state_dir, namespace, recorder):
+    baseline = lcd_threads()
+    c = libcontainerd.new_client(containerd.address, state_dir, namespace, recorder)
+    assert "libcontainerd-events-reader" in lcd_threads()
+    time.sleep(0.2)  # the stream is idle: close must not wait for a next event
+    started = time.monotonic()
+    c.close()
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"close took {elapsed:.2f} s"
+    assert lcd_threads() == baseline
+    c.close()  # idempotent
+    assert "closed" in repr(c)
+
+
+def test_close_from_a_backend_callback(containerd, rootfs, state_dir, namespace):
+    rec = Recorder()
+    closed = threading.Event()
+    c = libcontainerd.new_client(containerd.address, state_dir, namespace, rec)
+
+    def close_on_start(cid, event_type, info):
+        if event_type is E.START:
+            c.close()
+            closed.set()
+
+    rec.hook = close_on_start
+    ctr = c.new_container("selfclose", oci.default_spec(rootfs, ["sleep", "300"]))
+    ctr.start()
+    assert closed.wait(10), "close() from a callback deadlocked"
+    assert c.closed
+    with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as again:
+        cleanup_namespace(again)
+    deadline = time.monotonic() + 10
+    while any(n.startswith("libcontainerd-events-") for n in lcd_threads()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(n == "libcontainerd-events-reader" for n in lcd_threads())
+
+
+def test_interpreter_with_an_open_client_exits_promptly(containerd, rootfs, state_dir, namespace):
+    code = textwrap.dedent(f"""
+        import libcontainerd
+        from libcontainerd import oci
+        c = libcontainerd.new_client({containerd.address!r}, {state_dir!r}, {namespace!r}, None)
+        ctr = c.new_container("lingering", oci.default_spec({rootfs!r}, ["sleep", "300"]))
+        ctr.start()
+        print("started", flush=True)
+    """)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "started\n"
+    assert "Traceback" not in proc.stderr and "Exception" not in proc.stderr
+    assert time.monotonic() - started < 15
+    with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as c:
+        assert cleanup_namespace(c) == ["lingering"]
+
+
+def test_survives_a_containerd_restart_and_reports_missed_exits(rootfs):
+    tmp = tempfile.mkdtemp(prefix="lcd-r-")
+    daemon = testing.start_daemon(tmp, health_failures=0)
+    rec = Recorder()
+    state = os.path.join(tmp, "client-state")
+    try:
+        with libcontainerd.new_client(daemon.address, state, "restart", rec, timeout=30) as c:
+            keeper = c.new_container("keeper", oci.default_spec(rootfs, ["sleep", "300"]))
+            keeper_task = keeper.start()
+            victim = c.new_container("victim", oci.default_spec(rootfs, ["sleep", "300"]))
+            victim_task = victim.start()
+            rec.wait_for("victim", E.START)
+            old_pid = daemon.pid
+            subscriptions = c._events.subscriptions
+
+            os.kill(old_pid, signal.SIGKILL)
+            os.kill(victim_task.pid, signal.SIGKILL)  # exits while containerd is down
+
+            deadline = time.monotonic() + 60
+            while (daemon.pid == old_pid or c._events.subscriptions == subscriptions) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert daemon.pid != old_pid, "the supervisor did not restart containerd"
+            exit_info = rec.wait_for("victim", E.EXIT, timeout=60)
+            assert exit_info.exit_code == 137
+
+            late = c.new_container("late", oci.default_spec(rootfs, ["true"]))
+            late_task = late.start()
+            rec.wait_for("late", E.EXIT, timeout=30)
+            assert [t for t, _ in rec.of("late")][:2] == [E.CREATE, E.START]
+
+            assert keeper_task.status() is libcontainerd.Status.RUNNING
+            assert [t for t, _ in rec.of("victim")].count(E.EXIT) == 1
+            for t in (late_task, victim_task):
+                t.delete()
+            keeper_task.force_delete()
+            for ctr in (late, victim, keeper):
+                ctr.delete()
+            time.sleep(0.5)
+            assert [t for t, _ in rec.of("victim")].count(E.EXIT) == 1
+    finally:
+        daemon.stop()
+        testing.cleanup_root(daemon)
+        subprocess.run(["rm", "-rf", tmp], check=False)
