@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import attrs
-
-try:
-    from typing import Protocol, runtime_checkable
-except ImportError:  # pragma: no cover - Python < 3.8 is not supported anyway
-    from typing_extensions import Protocol, runtime_checkable
 
 __all__ = ["Backend", "EventInfo", "EventType", "ExitStatus", "Stats", "Status", "Summary", "Version"]
 

@@ -25,7 +25,7 @@ import tarfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
 import attrs
 import grpc
@@ -363,7 +363,7 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def safe_extract(fileobj: IO[bytes], dest: str) -> list[str]:
+def safe_extract(fileobj: Union[IO[bytes], io.RawIOBase], dest: str) -> list[str]:
     """Extract a tar stream into ``dest``, refusing anything that could write outside it.
 
     Refused (``errdefs.InvalidParameter``, nothing written outside ``dest``): absolute

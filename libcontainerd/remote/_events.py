@@ -224,7 +224,7 @@ class EventStream:
         retrying = tenacity.Retrying(
             wait=tenacity.wait_exponential(multiplier=0.1, min=0.1, max=self._retry_max_wait),
             stop=lambda state: self._closing.is_set(),
-            sleep=self._closing.wait,
+            sleep=self._sleep,
             retry=tenacity.retry_if_exception_type(Exception),
             reraise=True,
         )
@@ -236,6 +236,10 @@ class EventStream:
                     self._conn.version.Version(empty_pb2.Empty(), metadata=self._conn.metadata, timeout=1.0)
         except Exception:  # stopped by close()
             return
+
+    def _sleep(self, seconds: float) -> None:
+        """tenacity's sleep, cut short by close()."""
+        self._closing.wait(seconds)
 
     def _reconcile(self) -> None:
         """Deliver the exits that happened while no stream was listening."""
