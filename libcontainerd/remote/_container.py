@@ -194,6 +194,15 @@ class Container:
 
         client = self._client
         bundle = self.labels.get(_bundle.BUNDLE_LABEL, "")
+        # containerd itself would delete the container under a live task and orphan the shim;
+        # containerd's Go client refuses client-side, and so do we.
+        try:
+            proc = self._get_task()
+        except errdefs.NotFound:
+            pass
+        else:
+            status = task_types.Status.Name(proc.status).lower()
+            raise errdefs.Conflict(f"container {self.id} still has a task ({status}): delete the task first")
         client._conn.call(client._conn.containers.Delete, containers_pb2.DeleteContainerRequest(id=self.id),
                           self._what())
         client._tracker.forget(self.id)

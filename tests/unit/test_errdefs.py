@@ -1,0 +1,63 @@
+"""The error tree and the gRPC mapping."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from libcontainerd import errdefs
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_every_status_code_but_ok_has_a_class():
+    assert set(errdefs.GRPC_CODE_MAP) == set(grpc.StatusCode) - {grpc.StatusCode.OK}
+    assert all(issubclass(c, errdefs.LibcontainerdError) for c in errdefs.GRPC_CODE_MAP.values())
+
+
+@pytest.mark.parametrize("code, cls", sorted(errdefs.GRPC_CODE_MAP.items(), key=lambda kv: kv[0].name))
+def test_mapping_keeps_cause_and_message(code, cls):
+    err = FakeRpcError(code, "something odd happened")
+    with pytest.raises(errdefs.LibcontainerdError) as info:
+        with errdefs.grpc_errors("container web-1"):
+            raise err
+    assert type(info.value) is cls
+    assert info.value.__cause__ is err
+    assert str(info.value) == "container web-1: something odd happened"
+    assert info.value.code is code
+    assert info.value.explanation == "something odd happened"
+
+
+@pytest.mark.parametrize("message", ["container does not exist", "task x: not found", "No such container: x"])
+def test_not_found_messages_map_to_not_found(message):
+    assert isinstance(errdefs.from_grpc(FakeRpcError(grpc.StatusCode.UNKNOWN, message)), errdefs.NotFound)
+
+
+@pytest.mark.parametrize("cls, builtin", [
+    (errdefs.NotFound, LookupError), (errdefs.InvalidParameter, ValueError), (errdefs.Deadline, TimeoutError),
+    (errdefs.Unavailable, ConnectionError), (errdefs.Forbidden, PermissionError),
+    (errdefs.Unauthorized, PermissionError), (errdefs.NotImplemented, NotImplementedError),
+])
+def test_builtin_twins(cls, builtin):
+    with pytest.raises(builtin):
+        raise cls("x")
+
+
+def test_str_is_one_sentence_without_a_grpc_dump():
+    err = errdefs.from_grpc(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"), "x")
+    assert "\n" not in str(err) and "StatusCode" not in str(err) and "debug_error_string" not in str(err)
+    assert isinstance(err, errdefs.Unavailable)
+
+
+def test_no_details_still_says_something():
+    err = errdefs.from_grpc(FakeRpcError(grpc.StatusCode.INTERNAL, ""))
+    assert str(err) == "internal"
