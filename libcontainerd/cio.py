@@ -347,7 +347,10 @@ class FifoWriter(io.RawIOBase):
     write end and, once the shim is connected (:meth:`connected`), calls the
     ``on_close`` hook (the client's ``CloseIO``), exactly once. A close before
     :meth:`connected` is completed by :meth:`connected`. Garbage collection never
-    calls the hook; :meth:`release` closes everything without it.
+    calls the hook; :meth:`release` closes everything without it. :meth:`abort` gives
+    up writing without closing: the shim may keep reading stdin after the process
+    exited (its copy then blocks on the process's pipe), so a full FIFO alone does
+    not tell a writer that nobody will ever read.
 
     >>> stdin = FifoWriter(fifos.stdin, Canceller(), on_close=close_io)  # doctest: +SKIP
     """
@@ -361,16 +364,19 @@ class FifoWriter(io.RawIOBase):
         self._io_lock = threading.Lock()  # a write in progress
         self._connected = False
         self._close_pending = False
+        self._aborted = Canceller()
         # See the module docstring: O_RDWR is the placeholder reader that makes the O_WRONLY open possible.
         self._hold: int | None = _open_fifo(path, os.O_RDWR)
         try:
             self._fd = _open_fifo(path, os.O_WRONLY)
         except BaseException:
             os.close(self._hold)
+            self._aborted.close()
             raise
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLOUT)
         self._poll.register(canceller.fileno(), select.POLLIN)
+        self._poll.register(self._aborted.fileno(), select.POLLIN)
 
     def writable(self) -> bool:
         return True
@@ -383,7 +389,7 @@ class FifoWriter(io.RawIOBase):
         """Write all of ``data``; returns ``len(data)``.
 
         Raises:
-            BrokenPipeError: the process's side is gone, or stdio was cancelled.
+            BrokenPipeError: the process's side is gone, or stdio was cancelled or aborted.
         """
         view = memoryview(data).cast("B")
         done = 0
@@ -391,8 +397,8 @@ class FifoWriter(io.RawIOBase):
         with self._io_lock:
             self._checkClosed()
             while done < len(view):
-                if self._canceller.is_set():
-                    raise BrokenPipeError(errno.EPIPE, "stdin was cancelled", self.name)
+                if self._canceller.is_set() or self._aborted.is_set():
+                    raise BrokenPipeError(errno.EPIPE, "writing stdin was cancelled", self.name)
                 try:
                     done += os.write(self._fd, view[done:])
                     continue
@@ -401,6 +407,10 @@ class FifoWriter(io.RawIOBase):
                 # POLLOUT (room again) and POLLERR (no reader: the next write raises EPIPE) both mean "try again".
                 self._poll.poll()
         return done
+
+    def abort(self) -> None:
+        """Make a write in progress, and every later one, raise ``BrokenPipeError``; nothing is closed."""
+        self._aborted.cancel()
 
     def connected(self) -> None:
         """The shim has opened its end: drop the placeholder reader; finish a pending close."""
@@ -442,6 +452,7 @@ class FifoWriter(io.RawIOBase):
             if not self.closed:
                 os.close(self._fd)
                 super().close()
+            self._aborted.close()
 
     def __del__(self) -> None:
         # Being collected is not a decision to end the process's input: no CloseIO from a finalizer.
@@ -582,6 +593,14 @@ class DirectIO:
         """
         if self._own_stdin is not None:
             self._own_stdin.connected()
+
+    def abort_stdin(self) -> None:
+        """Give up writing stdin (see :meth:`FifoWriter.abort`); output keeps flowing.
+
+        >>> dio.abort_stdin()  # doctest: +SKIP
+        """
+        if self._own_stdin is not None:
+            self._own_stdin.abort()
 
     def cancel(self) -> None:
         """Wake every reader and writer blocked on the FIFOs; they return EOF / raise ``BrokenPipeError``.

@@ -6,7 +6,8 @@ A stdio callback (``attach_stdio``) receives the opened FIFOs as a
 as bytes and can feed stdin from bytes; :func:`attach` copies between the FIFOs and
 the caller's binary file objects. Both move data on their own named threads
 (``libcontainerd-stdio-<process id>-<stream>``) that end on EOF or ``cancel()`` and
-are joined by ``close()``. This module must not talk to containerd: closing stdin
+are joined by ``close()``; once the output streams are at EOF, writing stdin stops
+(see :meth:`~libcontainerd.cio.FifoWriter.abort`). This module must not talk to containerd: closing stdin
 towards the process (``CloseIO``) is the client's hook behind ``DirectIO.stdin``.
 
 The client's side of the contract: it calls ``wait(timeout)`` (returns once the output
@@ -43,20 +44,39 @@ class _Pumps:
         self.dio = dio
         self._outputs: list[threading.Thread] = []
         self._others: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._running_outputs = 0
         self._closed = False
 
-    def start(self, stream: str, target: Callable[[], None], *, output: bool) -> None:
+    def add(self, stream: str, target: Callable[[], None], *, output: bool) -> None:
         name = f"libcontainerd-stdio-{self.dio.fifos.process_id}-{stream}"
-        thread = threading.Thread(target=self._run, args=(name, target), name=name, daemon=True)
+        thread = threading.Thread(target=self._run, args=(name, target, output), name=name, daemon=True)
         (self._outputs if output else self._others).append(thread)
-        thread.start()
 
-    @staticmethod
-    def _run(name: str, target: Callable[[], None]) -> None:
+    def start(self) -> None:
+        # Counted before any starts, so that one output's early EOF is not taken for all of them.
+        self._running_outputs = len(self._outputs)
+        for thread in self._outputs + self._others:
+            thread.start()
+
+    def _run(self, name: str, target: Callable[[], None], output: bool) -> None:
         try:
             target()
         except Exception:
             log.exception("%s failed", name)
+        finally:
+            if output:
+                self._output_ended()
+
+    def _output_ended(self) -> None:
+        with self._lock:
+            self._running_outputs -= 1
+            last = self._running_outputs == 0
+        if last:
+            # The process closed all its output, so it exited (or means to write nothing more). The real shim
+            # keeps reading the stdin FIFO after the process exited (its copy blocks on the process's pipe),
+            # so a stdin writer blocked on a full FIFO would never learn; give up writing instead.
+            self.dio.abort_stdin()
 
     def wait(self, timeout: Optional[float], *, all_threads: bool) -> bool:
         threads = self._outputs + (self._others if all_threads else [])
@@ -178,8 +198,9 @@ class Capture:
     The capture is the stdio callback (call it with a DirectIO; it returns itself),
     then the handle to wait on. Stdin is written on its own thread while the output
     is read, so large payloads do not deadlock; then stdin is closed so that a
-    process like ``cat`` ends. A process that exits before reading all of its
-    stdin is fine (the rest is dropped).
+    process like ``cat`` ends. Writing stdin stops once stdout and stderr reached
+    EOF: a process that exits before reading all of its stdin is fine (the rest is
+    dropped).
 
     Attributes:
         stdout: what the process wrote to stdout so far (b"" when absent).
@@ -215,16 +236,17 @@ class Capture:
             pumps = self._pumps = _Pumps(dio)
         out, err = dio.stdout, dio.stderr
         if out is not None:
-            pumps.start("stdout", lambda: _collect(out, self._out), output=True)
+            pumps.add("stdout", lambda: _collect(out, self._out), output=True)
         if err is not None:
-            pumps.start("stderr", lambda: _collect(err, self._err), output=True)
+            pumps.add("stderr", lambda: _collect(err, self._err), output=True)
         stdin = dio.stdin
         if stdin is not None:
             if self._stdin:
-                pumps.start("stdin", lambda: self._write_stdin(stdin, pid), output=False)
+                pumps.add("stdin", lambda: self._write_stdin(stdin, pid), output=False)
             else:
                 # Nothing to send: EOF right away, so that a process reading stdin does not wait forever.
                 _close_stdin(stdin, pid)
+        pumps.start()
         return self
 
     def _write_stdin(self, stdin: StdinStream, process_id: str) -> None:
@@ -312,7 +334,8 @@ class Attached:
 
     The caller's files are never closed here; the caller's stdin reaching EOF closes
     the process's stdin instead. ``wait()`` waits for the output pumps only (a
-    caller's stdin such as a terminal may never end); ``cancel()``/``close()`` also
+    caller's stdin such as a terminal may never end), and once they are at EOF the
+    stdin pump gives up at its next write; ``cancel()``/``close()`` also
     stop the stdin pump when the caller's stdin has a ``fileno()`` (file, pipe, tty,
     socket). A pump blocked inside the caller's own ``write`` cannot be interrupted.
 
@@ -329,23 +352,23 @@ class Attached:
         pid = dio.fifos.process_id
         if stdin is not None and dio.stdin is None:
             raise errdefs.InvalidParameter(f"attach(stdin=...) of process {pid} needs with_stdin=True")
-        self._streams = [
-            name for name, ours in (("stdin", dio.stdin), ("stdout", dio.stdout), ("stderr", dio.stderr)) if ours
-        ]
+        ours = (("stdin", dio.stdin), ("stdout", dio.stdout), ("stderr", dio.stderr))
+        self._streams = [name for name, stream in ours if stream is not None]
         self._pumps = _Pumps(dio)
         # An output FIFO nobody wants is drained anyway: a full pipe would block the process.
         out, err = dio.stdout, dio.stderr
         if out is not None:
-            self._pumps.start("stdout", lambda: _copy_out(out, stdout, f"stdout of process {pid}"), output=True)
+            self._pumps.add("stdout", lambda: _copy_out(out, stdout, f"stdout of process {pid}"), output=True)
         if err is not None:
-            self._pumps.start("stderr", lambda: _copy_out(err, stderr, f"stderr of process {pid}"), output=True)
+            self._pumps.add("stderr", lambda: _copy_out(err, stderr, f"stderr of process {pid}"), output=True)
         fifo_stdin = dio.stdin
         if fifo_stdin is not None:
             if stdin is not None:
                 src = stdin
-                self._pumps.start("stdin", lambda: _feed(src, fifo_stdin, dio.canceller, pid), output=False)
+                self._pumps.add("stdin", lambda: _feed(src, fifo_stdin, dio.canceller, pid), output=False)
             else:
                 _close_stdin(fifo_stdin, pid)
+        self._pumps.start()
 
     @property
     def done(self) -> bool:

@@ -275,6 +275,20 @@ def test_cancel_wakes_a_blocked_writer(dio: DirectIO) -> None:
         writer.finish()
 
 
+def test_abort_stdin_wakes_a_blocked_writer_and_keeps_output(dio: DirectIO, fifos: FifoSet) -> None:
+    assert dio.stdin is not None and dio.stdout is not None
+    stdin = dio.stdin
+    writer = _Thread(lambda: stdin.write(b"x" * 1_000_000))
+    writer.start()
+    dio.abort_stdin()
+    with pytest.raises(BrokenPipeError):
+        writer.finish()
+    fd = os.open(fifos.stdout or "", os.O_WRONLY)
+    os.write(fd, b"still flowing")
+    os.close(fd)
+    assert dio.stdout.read() == b"still flowing"
+
+
 def test_close_and_gc_never_call_the_hook(fifos: FifoSet) -> None:
     calls: list[str] = []
     dio = DirectIO.open(fifos, on_stdin_close=lambda: calls.append("CloseIO"))
@@ -293,6 +307,6 @@ def test_no_fds_left_and_repr(fifos: FifoSet) -> None:
     with DirectIO.open(fifos) as dio:
         assert repr(dio) == "<DirectIO process=ctr stdin stdout stderr open>"
         assert dio.wait() is True
-        assert len(_fds()) == len(before) + 6  # pipe pair, stdin (two), stdout, stderr
+        assert len(_fds()) == len(before) + 8  # cancel pipe, stdin (two + abort pipe), stdout, stderr
     assert repr(dio) == "<DirectIO process=ctr stdin stdout stderr closed>"
     assert _fds() == before

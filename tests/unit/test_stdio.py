@@ -118,6 +118,24 @@ def test_capture_stdin_into_a_process_that_does_not_read_it(tmp_path: Path, clea
     fifos.remove()
 
 
+def test_capture_stops_writing_stdin_once_the_output_ended(tmp_path: Path, clean: None) -> None:
+    """Like the real shim after the process exited: it holds the stdin FIFO open, reading nothing more."""
+    fifos = _fifo_set(tmp_path)
+    dio = DirectIO.open(fifos)
+    out = stdio.capture(stdin=b"x" * (4 * 1024 * 1024))
+    out(dio)
+    shim_stdin = os.open(fifos.stdin or "", os.O_RDONLY | os.O_NONBLOCK)
+    dio.connected()
+    for path in (fifos.stdout, fifos.stderr):
+        fd = os.open(path or "", os.O_WRONLY)
+        os.write(fd, b"bye")
+        os.close(fd)
+    assert out.wait(timeout=WAIT).stdout == b"bye"
+    os.close(shim_stdin)
+    out.close()
+    fifos.remove()
+
+
 def test_capture_without_stdin_closes_the_fifo_stdin(tmp_path: Path, clean: None) -> None:
     fifos = _fifo_set(tmp_path)
     closes: list[str] = []
