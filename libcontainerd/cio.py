@@ -277,6 +277,9 @@ class Canceller:
             os.close(self._r)
             os.close(self._w)
 
+    def __repr__(self) -> str:
+        return f"<Canceller {'closed' if self._closed else 'cancelled' if self._set else 'open'}>"
+
 
 def _open_fifo(path: str, flags: int) -> int:
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -336,6 +339,9 @@ class FifoReader(io.RawIOBase):
         if not self.closed:
             os.close(self._fd)
         super().close()
+
+    def __repr__(self) -> str:
+        return f"<FifoReader {self.name} {'closed' if self.closed else 'open'}>"
 
 
 class FifoWriter(io.RawIOBase):
@@ -453,6 +459,9 @@ class FifoWriter(io.RawIOBase):
                 os.close(self._fd)
                 super().close()
             self._aborted.close()
+
+    def __repr__(self) -> str:
+        return f"<FifoWriter {self.name} {'closed' if self.closed else 'open'}>"
 
     def __del__(self) -> None:
         # Being collected is not a decision to end the process's input: no CloseIO from a finalizer.

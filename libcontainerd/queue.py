@@ -232,6 +232,11 @@ class KeyedSerialExecutor:
         if alive:
             raise errdefs.Deadline(f"{len(alive)} {self._name} workers still running after {timeout}s: {alive}")
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (f"<KeyedSerialExecutor name={self._name!r} workers={len(self._threads)}/{self._max_workers} "
+                f"pending={self._pending} {state}>")
+
     def _start_worker(self) -> None:
         # Called with the lock held. Workers that left on idle timeout are long gone by now.
         self._exited = [t for t in self._exited if t.is_alive()]
