@@ -258,14 +258,15 @@ class EventStream:
                 self._dispatch_exit(info)
                 continue
             except errdefs.LibcontainerdError as exc:
-                log.warning("after reconnect, cannot look at %s/%s: %s", container_id, process_id, exc)
+                log.warning("after reconnect, cannot look at %s/%s: %s", container_id, process_id, exc,
+                            extra=self._extra(container_id))
                 continue
             proc = resp.process
             if proc.status == task_types.STOPPED:
                 info = EventInfo(container_id, process_id, pid=proc.pid or pid, exit_code=proc.exit_status,
                                  exited_at=timestamp_to_datetime(proc.exited_at))
                 log.info("container %s process %s exited while the stream was down (code %d)",
-                         container_id, process_id, proc.exit_status)
+                         container_id, process_id, proc.exit_status, extra=self._extra(container_id))
                 self._dispatch_exit(info)
 
     def _handle(self, envelope: Any) -> None:
@@ -301,7 +302,8 @@ class EventStream:
         try:
             self._executor.submit(info.container_id, functools.partial(self._deliver, event_type, info))
         except RuntimeError:  # executor closed: we are shutting down
-            log.debug("event %s of %s dropped: client closing", event_type.value, info.container_id)
+            log.debug("event %s of %s dropped: client closing", event_type.value, info.container_id,
+                      extra=self._extra(info.container_id))
 
     def _deliver(self, event_type: EventType, info: EventInfo) -> None:
         assert self._backend is not None
@@ -309,6 +311,11 @@ class EventStream:
             self._backend.process_event(info.container_id, event_type, info)
         except Exception:
             log.exception(
-                "backend failed to process event %s of container %s: %r", event_type.value, info.container_id, info
+                "backend failed to process event %s of container %s: %r", event_type.value, info.container_id, info,
+                extra=self._extra(info.container_id),
             )
+
+    def _extra(self, container_id: str) -> dict[str, str]:
+        """Log record attributes that let a handler filter by container and namespace."""
+        return {"container_id": container_id, "namespace": self._namespace}
 

@@ -421,7 +421,8 @@ class Task(_ProcessBase):
                 conn.call(conn.tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
                     container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
             except errdefs.LibcontainerdError as exc:
-                log.warning("failed to delete %s after its start failed: %s", what, exc)
+                log.warning("failed to delete %s after its start failed: %s", what, exc,
+                            extra={"container_id": container.id, "namespace": client.namespace})
             process._stdio = None
             if stdio is not None:
                 stdio.release(drain=False)
