@@ -30,17 +30,20 @@ or "no such container" becomes :class:`NotFound`. The gRPC error stays as
 ``__cause__``; ``str()`` is one sentence naming the object, with containerd's (or the
 runtime's) own message, never a gRPC dump.
 
-This module must not import anything of the rest of the package.
+This module must not import anything of the rest of the package. It imports ``grpc`` only
+when a gRPC error is mapped, so that ``import libcontainerd`` (which loads this module)
+does not pay for it.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import Iterator
-from typing import Optional
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Optional
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
     "GRPC_CODE_MAP",
@@ -135,27 +138,58 @@ class DataLoss(LibcontainerdError):
     """Unrecoverable data loss or corruption."""
 
 
+class _CodeMap(Mapping["grpc.StatusCode", "type[LibcontainerdError]"]):
+    """A read-only dict built on first use, because building it needs ``grpc``."""
+
+    _map: Optional[dict[grpc.StatusCode, type[LibcontainerdError]]] = None
+
+    def _get(self) -> dict[grpc.StatusCode, type[LibcontainerdError]]:
+        if self._map is None:
+            self._map = _build_code_map()
+        return self._map
+
+    def __getitem__(self, code: grpc.StatusCode) -> type[LibcontainerdError]:
+        return self._get()[code]
+
+    def __iter__(self) -> Iterator[grpc.StatusCode]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
 #: Every gRPC status code except OK, and the class it maps to.
-GRPC_CODE_MAP: dict[grpc.StatusCode, type[LibcontainerdError]] = {
-    grpc.StatusCode.CANCELLED: Cancelled,
-    grpc.StatusCode.UNKNOWN: Unknown,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidParameter,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Deadline,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: Conflict,
-    grpc.StatusCode.PERMISSION_DENIED: Forbidden,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: System,
-    # containerd answers FailedPrecondition for "task must be stopped" and the like:
-    # the object is in the wrong state, which is moby's Conflict.
-    grpc.StatusCode.FAILED_PRECONDITION: Conflict,
-    grpc.StatusCode.ABORTED: Conflict,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidParameter,
-    grpc.StatusCode.UNIMPLEMENTED: NotImplemented,
-    grpc.StatusCode.INTERNAL: System,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DATA_LOSS: DataLoss,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthorized,
-}
+GRPC_CODE_MAP: Mapping[grpc.StatusCode, type[LibcontainerdError]] = _CodeMap()
+
+
+def _build_code_map() -> dict[grpc.StatusCode, type[LibcontainerdError]]:
+    """The contents of :data:`GRPC_CODE_MAP`."""
+    import grpc
+
+    return {
+        grpc.StatusCode.CANCELLED: Cancelled,
+        grpc.StatusCode.UNKNOWN: Unknown,
+        grpc.StatusCode.INVALID_ARGUMENT: InvalidParameter,
+        grpc.StatusCode.DEADLINE_EXCEEDED: Deadline,
+        grpc.StatusCode.NOT_FOUND: NotFound,
+        grpc.StatusCode.ALREADY_EXISTS: Conflict,
+        grpc.StatusCode.PERMISSION_DENIED: Forbidden,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: System,
+        # containerd answers FailedPrecondition for "task must be stopped" and the like:
+        # the object is in the wrong state, which is moby's Conflict.
+        grpc.StatusCode.FAILED_PRECONDITION: Conflict,
+        grpc.StatusCode.ABORTED: Conflict,
+        grpc.StatusCode.OUT_OF_RANGE: InvalidParameter,
+        grpc.StatusCode.UNIMPLEMENTED: NotImplemented,
+        grpc.StatusCode.INTERNAL: System,
+        grpc.StatusCode.UNAVAILABLE: Unavailable,
+        grpc.StatusCode.DATA_LOSS: DataLoss,
+        grpc.StatusCode.UNAUTHENTICATED: Unauthorized,
+    }
+
 
 _NOT_FOUND_MESSAGES = ("container does not exist", "not found", "no such container")
 
@@ -183,6 +217,8 @@ def from_grpc(err: grpc.RpcError, what: str = "") -> LibcontainerdError:
     >>> type(from_grpc(E(), "container x")).__name__
     'NotFound'
     """
+    import grpc
+
     code, details = _details(err)
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
         details = "containerd is not reachable (" + details + ")"
@@ -201,6 +237,8 @@ def grpc_errors(what: str = "") -> Iterator[None]:
     >>> with grpc_errors("container web-1"):
     ...     pass
     """
+    import grpc
+
     try:
         yield
     except grpc.RpcError as err:

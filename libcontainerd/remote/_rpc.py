@@ -15,10 +15,7 @@ import grpc
 
 from .. import errdefs
 from .._api.containerd.api.services.containers.v1 import containers_pb2_grpc
-from .._api.containerd.api.services.content.v1 import content_pb2_grpc
 from .._api.containerd.api.services.events.v1 import events_pb2_grpc
-from .._api.containerd.api.services.images.v1 import images_pb2_grpc
-from .._api.containerd.api.services.leases.v1 import leases_pb2_grpc
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc
 from .._api.containerd.api.services.version.v1 import version_pb2_grpc
 
@@ -87,12 +84,36 @@ class Connection:
         self.timeout = timeout
         self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
         self.containers = containers_pb2_grpc.ContainersStub(self.channel)
-        self.content = content_pb2_grpc.ContentStub(self.channel)
-        self.images = images_pb2_grpc.ImagesStub(self.channel)
-        self.leases = leases_pb2_grpc.LeasesStub(self.channel)
         self.events = events_pb2_grpc.EventsStub(self.channel)
         self.version = version_pb2_grpc.VersionStub(self.channel)
         self._closed = threading.Event()
+        self._lazy_stubs: dict[str, Any] = {}
+
+    # Only checkpoints use these services: their generated modules load on first use, which keeps
+    # `from libcontainerd import new_client` quicker.
+    @property
+    def content(self) -> Any:
+        from .._api.containerd.api.services.content.v1 import content_pb2_grpc
+
+        return self._stub("content", content_pb2_grpc.ContentStub)
+
+    @property
+    def images(self) -> Any:
+        from .._api.containerd.api.services.images.v1 import images_pb2_grpc
+
+        return self._stub("images", images_pb2_grpc.ImagesStub)
+
+    @property
+    def leases(self) -> Any:
+        from .._api.containerd.api.services.leases.v1 import leases_pb2_grpc
+
+        return self._stub("leases", leases_pb2_grpc.LeasesStub)
+
+    def _stub(self, name: str, factory: Callable[[grpc.Channel], Any]) -> Any:
+        stub = self._lazy_stubs.get(name)
+        if stub is None:  # two threads may both build one: stubs are cheap and stateless
+            stub = self._lazy_stubs[name] = factory(self.channel)
+        return stub
 
     def call(self, method: Callable[..., T], request: Any, what: str = "", timeout: Any = DEFAULT, **kw: Any) -> T:
         """Make one unary call with the namespace and deadline, mapping errors.
