@@ -261,10 +261,12 @@ class Capture:
 
     @property
     def stdout(self) -> bytes:
+        """What the process wrote to stdout so far (all of it once :meth:`wait` returned)."""
         return bytes(self._out)
 
     @property
     def stderr(self) -> bytes:
+        """What the process wrote to stderr so far (``b""`` with a terminal)."""
         return bytes(self._err)
 
     @property

@@ -17,7 +17,11 @@ __all__ = ["Backend", "EventInfo", "EventType", "ExitStatus", "Stats", "Status",
 
 @attrs.frozen
 class Version:
-    """containerd's version and git revision."""
+    """containerd's version and git revision.
+
+    >>> Version("1.6.20", "1.6.20~ds1-1")
+    Version(version='1.6.20', revision='1.6.20~ds1-1')
+    """
 
     version: str
     revision: str
@@ -25,14 +29,22 @@ class Version:
 
 @attrs.frozen
 class ExitStatus:
-    """How a process ended: its exit code (128+signal for a signal) and when."""
+    """How a process ended: its exit code (128+signal for a signal) and when.
+
+    >>> ExitStatus(137).code - 128  # killed by SIGKILL
+    9
+    """
 
     code: int
     exited_at: Optional[datetime.datetime] = None
 
 
 class Status(enum.Enum):
-    """A task's or process's state, as containerd reports it."""
+    """A task's or process's state, as containerd reports it.
+
+    >>> Status("running") is Status.RUNNING
+    True
+    """
 
     CREATED = "created"
     RUNNING = "running"
@@ -51,6 +63,10 @@ class Stats:
         metrics: containerd's cgroup ``Metrics`` message as is: cgroup v1
             (``io.containerd.cgroups.v1.Metrics``: ``memory.usage.usage``, ``pids.current`` ...)
             or v2 (``io.containerd.cgroups.v2.Metrics``: ``memory.usage``, ``pids.current`` ...).
+
+    >>> stats = task.stats()  # doctest: +SKIP
+    >>> stats.metrics.memory.usage.usage  # cgroup v1  # doctest: +SKIP
+    1400832
     """
 
     read: datetime.datetime
@@ -60,14 +76,22 @@ class Stats:
 
 @attrs.frozen
 class Summary:
-    """One process of a task: its host pid and, for an exec'd process, its exec id."""
+    """One process of a task: its host pid and, for an exec'd process, its exec id.
+
+    >>> Summary(pid=4321, exec_id="ls-1")
+    Summary(pid=4321, exec_id='ls-1')
+    """
 
     pid: int
     exec_id: Optional[str] = None
 
 
 class EventType(enum.Enum):
-    """The task events delivered to a backend."""
+    """The task events delivered to a backend.
+
+    >>> EventType("exec-started")
+    <EventType.EXEC_STARTED: 'exec-started'>
+    """
 
     CREATE = "create"
     START = "start"
@@ -91,6 +115,9 @@ class EventInfo:
         exited_at: for EXIT events, an aware UTC datetime, else ``None``.
         error: set when the event was synthesised by the client (e.g. an exit found
             after a reconnect) and something about it is uncertain.
+
+    >>> EventInfo("web", "web", pid=4242, exit_code=0)
+    EventInfo(container_id='web', process_id='web', pid=4242, exit_code=0, exited_at=None, error=None)
     """
 
     container_id: str
@@ -108,7 +135,15 @@ class Backend(Protocol):
     ``process_event`` is called on a worker thread of the client's event executor:
     one container's events one at a time and in order, different containers in
     parallel. It must not block for long (other events of the same container wait),
-    and an exception it raises is logged and otherwise ignored.
+    and an exception it raises is logged and otherwise ignored. It may call the client,
+    and may even close it.
+
+    >>> class Printer:
+    ...     def process_event(self, container_id, event_type, info):
+    ...         print(container_id, event_type.value, info.exit_code)
+    >>> isinstance(Printer(), Backend)
+    True
     """
 
-    def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None: ...
+    def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
+        """Handle one event of ``container_id`` (see :class:`EventType` and :class:`EventInfo`)."""

@@ -152,7 +152,13 @@ class Client:
         return Version(version=resp.version, revision=resp.revision)
 
     def is_serving(self, timeout: Optional[float] = None) -> bool:
-        """True once containerd answers; waits up to ``timeout`` seconds (``None``: until it does)."""
+        """True once containerd answers; waits up to ``timeout`` seconds (``None``: until it does).
+
+        Ctrl-C interrupts a wait without a timeout (``KeyboardInterrupt``).
+
+        >>> client.is_serving(timeout=5)  # doctest: +SKIP
+        True
+        """
         try:
             self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd", timeout=timeout,
                             wait_for_ready=True)
@@ -226,7 +232,13 @@ class Client:
         *,
         labels: Optional[Mapping[str, str]] = None,
     ) -> Container:
-        """Like :meth:`new_container`, but an existing container of that id is force-deleted first."""
+        """Like :meth:`new_container`, but an existing container of that id is force-deleted first.
+
+        Its task (if any) is killed and deleted, the container deleted, and a new one created
+        (moby's ``ReplaceContainer``); the old container's stdio and bundle are gone afterwards.
+
+        >>> ctr = client.replace_container("web", spec)  # doctest: +SKIP
+        """
         try:
             return self.new_container(id, spec, shim, runtime_options, labels=labels)
         except errdefs.Conflict:
@@ -251,6 +263,10 @@ class Client:
 
         Raises:
             errdefs.NotFound: there is none in this namespace.
+
+        >>> ctr = client.load_container("web")  # doctest: +SKIP
+        >>> ctr.task().status()  # doctest: +SKIP
+        <Status.RUNNING: 'running'>
         """
         validate(id)
         resp = self._conn.call(self._conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
@@ -260,7 +276,11 @@ class Client:
         return Container(self, id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name, runtime_options=options)
 
     def list_containers(self) -> list[Container]:
-        """Every container of this client's namespace."""
+        """Every container of this client's namespace.
+
+        >>> [c.id for c in client.list_containers()]  # doctest: +SKIP
+        ['web']
+        """
         resp = self._conn.call(self._conn.containers.List, containers_pb2.ListContainersRequest(), "containers")
         out = []
         for c in resp.containers:
@@ -287,6 +307,7 @@ class Client:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     def close(self, timeout: Optional[float] = None) -> None:
@@ -294,6 +315,12 @@ class Client:
 
         Running tasks and their FIFOs are left alone: another client on the same state dir
         can :meth:`Container.attach_task` them. Safe to call from a backend callback.
+
+        Args:
+            timeout: seconds to wait for the event workers (``None``: as long as they run);
+                the reader thread is given at most 1 s when ``None``.
+
+        >>> client.close()  # doctest: +SKIP
         """
         with self._lock:
             if self._closed:

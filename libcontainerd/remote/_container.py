@@ -152,8 +152,13 @@ class Container:
     def attach_task(self, attach_stdio: StdioCallback) -> Task:
         """Re-open the running task's FIFOs (e.g. after this service restarted).
 
+        The FIFOs are those the task was started with in ``<bundle dir>``; a task started
+        without ``attach_stdio`` has none to re-open.
+
         Raises:
-            errdefs.NotFound: the container has no task.
+            errdefs.NotFound: the container has no task (or the task has no FIFOs).
+
+        >>> task = client.load_container("web").attach_task(stdio.attach(stdout=sys.stdout.buffer))  # doctest: +SKIP
         """
         proc = self._get_task()
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
@@ -168,6 +173,9 @@ class Container:
 
         Raises:
             errdefs.NotFound: the container has no task.
+
+        >>> ctr.task().pid  # doctest: +SKIP
+        4242
         """
         proc = self._get_task()
         self._track(proc)
@@ -189,6 +197,8 @@ class Container:
         Raises:
             errdefs.NotFound: no such container.
             errdefs.Conflict: it still has a task.
+
+        >>> task.delete(); ctr.delete()  # doctest: +SKIP
         """
         from .._api.containerd.api.services.containers.v1 import containers_pb2
 

@@ -303,7 +303,12 @@ class _ProcessBase:
 
 
 class Process(_ProcessBase):
-    """A process started inside a running task with :meth:`Task.exec`."""
+    """A process started inside a running task with :meth:`Task.exec`.
+
+    >>> proc = task.exec("ls-1", oci.process_spec(["ls"]), attach_stdio=stdio.capture())  # doctest: +SKIP
+    >>> proc  # doctest: +SKIP
+    <Process id='ls-1' container='web' pid=4321>
+    """
 
     def __init__(self, task: Task, exec_id: str, pid: int = 0, stdio: Optional[Stdio] = None):
         super().__init__(task._container, exec_id, pid, stdio)
@@ -319,6 +324,9 @@ class Process(_ProcessBase):
 
         Raises:
             errdefs.Conflict: it is still running.
+
+        >>> proc.wait(); proc.delete().code  # doctest: +SKIP
+        0
         """
         try:
             resp = self._call(self._tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
@@ -351,6 +359,7 @@ class Task(_ProcessBase):
 
     @property
     def container(self) -> Container:
+        """The container this task belongs to."""
         return self._container
 
     def exec(
@@ -441,11 +450,18 @@ class Task(_ProcessBase):
         raise errdefs.Conflict(f"exec {process_id} of container {self._container.id}: id already in use")
 
     def pause(self) -> None:
-        """Freeze every process of the task (cgroup freezer)."""
+        """Freeze every process of the task (cgroup freezer).
+
+        >>> task.pause(); task.status()  # doctest: +SKIP
+        <Status.PAUSED: 'paused'>
+        """
         self._call(self._tasks.Pause, tasks_pb2.PauseTaskRequest(container_id=self._container.id))
 
     def resume(self) -> None:
-        """Thaw a paused task."""
+        """Thaw a paused task.
+
+        >>> task.resume()  # doctest: +SKIP
+        """
         self._call(self._tasks.Resume, tasks_pb2.ResumeTaskRequest(container_id=self._container.id))
 
     def delete(self) -> ExitStatus:
@@ -453,6 +469,9 @@ class Task(_ProcessBase):
 
         Raises:
             errdefs.Conflict: the task is still running (use :meth:`force_delete`).
+
+        >>> task.wait(); task.delete().code  # doctest: +SKIP
+        0
         """
         try:
             resp = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self._container.id))
@@ -512,7 +531,11 @@ class Task(_ProcessBase):
             container_id=self._container.id, resources=pack_json(RESOURCES_URL, resources, "resources")))
 
     def summary(self) -> list[Summary]:
-        """The task's processes: host pid and, for exec'd ones, the exec id."""
+        """The task's processes: host pid and, for exec'd ones, the exec id.
+
+        >>> task.summary()  # doctest: +SKIP
+        [Summary(pid=4242, exec_id=None), Summary(pid=4321, exec_id='ls-1')]
+        """
         resp = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=self._container.id))
         out = []
         for proc in resp.processes:
@@ -531,6 +554,12 @@ class Task(_ProcessBase):
         Args:
             checkpoint_dir: where the checkpoint's files are extracted.
             exit: stop the task after the checkpoint.
+
+        Raises:
+            errdefs.LibcontainerdError: CRIU failed; the message carries CRIU's reason.
+
+        >>> task.create_checkpoint("/tmp/ckpt", exit=True)  # doctest: +SKIP
+        >>> restored = ctr.start(checkpoint_dir="/tmp/ckpt")  # doctest: +SKIP
         """
         from ._checkpoint import create_checkpoint
 
