@@ -297,14 +297,7 @@ def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) ->
     image_name = ""
     try:
         image_name, index_desc = _checkpoint_image(task, lease, exit)
-        index = json.loads(b"".join(read_content(client, index_desc.digest, lease)))
-        found = next((m for m in index.get("manifests") or () if m.get("mediaType") == CHECKPOINT_MEDIA_TYPE), None)
-        if found is None:
-            raise errdefs.System(f"task {cid}: invalid checkpoint: no {CHECKPOINT_MEDIA_TYPE} in the index")
-        os.makedirs(target, exist_ok=True)
-        safe_extract(_IterReader(read_content(client, found["digest"], lease)), target)
-    except (ValueError, KeyError) as exc:
-        raise errdefs.System(f"task {cid}: failed to decode checkpoint data: {exc}") from exc
+        extract_checkpoint(client, index_desc.digest, target, what=f"task {cid}", lease=lease)
     finally:
         if image_name:
             try:
@@ -313,6 +306,26 @@ def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) ->
             except errdefs.LibcontainerdError as exc:
                 log.warning("failed to delete checkpoint image %s: %s", image_name, exc)
         _delete_lease(client, lease)
+
+
+def extract_checkpoint(client: Client, index_digest: str, target: str, *, what: str = "checkpoint",
+                       lease: Optional[str] = None) -> list[str]:
+    """Read a checkpoint's OCI index blob, find the CRIU tar by media type, extract it safely.
+
+    Raises:
+        errdefs.System: the index does not decode or has no checkpoint descriptor ("invalid checkpoint").
+        errdefs.InvalidParameter: the archive is hostile (see :func:`safe_extract`).
+    """
+    try:
+        index = json.loads(b"".join(read_content(client, index_digest, lease)))
+        manifests = index.get("manifests") or ()
+        found = next((m for m in manifests if m.get("mediaType") == CHECKPOINT_MEDIA_TYPE), None)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise errdefs.System(f"{what}: failed to decode checkpoint data: {exc}") from exc
+    if found is None or not isinstance(found.get("digest"), str):
+        raise errdefs.System(f"{what}: invalid checkpoint: no {CHECKPOINT_MEDIA_TYPE} in the index")
+    os.makedirs(target, exist_ok=True)
+    return safe_extract(_IterReader(read_content(client, found["digest"], lease)), target)
 
 
 def _checkpoint_image(task: Task, lease: str, exit: bool) -> tuple[str, descriptor_pb2.Descriptor]:
@@ -390,8 +403,8 @@ def safe_extract(fileobj: Union[IO[bytes], io.RawIOBase], dest: str) -> list[str
                 raise errdefs.InvalidParameter(f"checkpoint archive: {name!r} would be written through a link outside")
             if member.issym():
                 link = member.linkname
-                resolved = posixpath.normpath(posixpath.join(posixpath.dirname("/" + norm), link))
-                if link.startswith("/") or resolved.startswith("/.."):
+                resolved = posixpath.normpath(posixpath.join(posixpath.dirname(norm), link))
+                if link.startswith("/") or resolved == ".." or resolved.startswith("../"):
                     raise errdefs.InvalidParameter(f"checkpoint archive: symlink {name!r} -> {link!r} leads outside")
             if member.islnk():
                 link = posixpath.normpath(member.linkname)

@@ -140,7 +140,7 @@ class Container:
             client._conn.call(client._conn.tasks.Start, tasks_pb2.StartRequest(container_id=self.id), f"task {self.id}")
         except BaseException:
             try:
-                task.force_delete()
+                task._delete_after_failed_start()
             except errdefs.LibcontainerdError as exc:
                 log.error("failed to delete task %s after its start failed: %s", self.id, exc,
                           extra={"container_id": self.id, "namespace": client.namespace})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal as _signal
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -48,6 +49,8 @@ IO_DRAIN_TIMEOUT = 5.0
 #: moby deletes an exec whose start failed with a fresh deadline of this many seconds.
 EXEC_CLEANUP_TIMEOUT = 45.0
 _WAIT_SLICE = 0.25
+#: How long force_delete() waits for the task to stop after SIGKILL.
+FORCE_DELETE_WAIT = 10.0
 
 
 def parse_signal(sig: Union[int, str, _signal.Signals]) -> int:
@@ -482,24 +485,44 @@ class Task(_ProcessBase):
         return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
 
     def force_delete(self) -> ExitStatus:
-        """Kill every process of the task with SIGKILL, wait for it to stop, then delete it."""
+        """Kill every process of the task with SIGKILL, wait for it to stop, then delete it.
+
+        The wait is bounded (:data:`FORCE_DELETE_WAIT` seconds): a task that never ran (e.g.
+        a restore that failed) does not exit, but can be deleted all the same.
+        """
         conn = self._container._client._conn
         waiter = conn.tasks.Wait.future(tasks_pb2.WaitRequest(container_id=self._container.id),
-                                        metadata=conn.metadata, timeout=60.0)
+                                        metadata=conn.metadata)
         try:
             try:
                 self._call(self._tasks.Kill, tasks_pb2.KillRequest(
                     container_id=self._container.id, signal=int(_signal.SIGKILL), all=True))
             except (errdefs.NotFound, errdefs.Conflict):
                 pass  # already stopped: Kill may say "not found" even when it did kill
-            try:
-                waiter.result()
-            except grpc.RpcError as err:
-                raise errdefs.from_grpc(err, self._what) from err
-        except BaseException:
+            deadline = time.monotonic() + FORCE_DELETE_WAIT
+            while True:
+                try:
+                    waiter.result(timeout=_WAIT_SLICE)
+                    break
+                except grpc.FutureTimeoutError:
+                    if time.monotonic() >= deadline:
+                        log.warning("%s did not stop within %s s of SIGKILL; deleting it anyway",
+                                    self._what, FORCE_DELETE_WAIT)
+                        break
+                except grpc.RpcError as err:
+                    if err.code() == grpc.StatusCode.NOT_FOUND:
+                        break
+                    raise errdefs.from_grpc(err, self._what) from err
+        finally:
             waiter.cancel()
-            raise
         return self.delete()
+
+    def _delete_after_failed_start(self) -> None:
+        """Clean up a task whose Start failed: a created task can be deleted as it is."""
+        try:
+            self.delete()
+        except errdefs.Conflict:
+            self.force_delete()
 
     def stats(self) -> Stats:
         """The task's cgroup metrics (v1 or v2 message, whichever containerd sends).

@@ -1,0 +1,276 @@
+"""Checkpoints through the real content and image stores; CRIU's own dump only where `criu check` passes."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+import tracemalloc
+
+import pytest
+
+from libcontainerd import errdefs, oci, stdio
+from libcontainerd._api.containerd.api.services.content.v1 import content_pb2
+from libcontainerd._api.containerd.api.services.images.v1 import images_pb2
+from libcontainerd._api.containerd.api.services.leases.v1 import leases_pb2
+from libcontainerd.remote import _checkpoint as cp
+
+
+def blobs(client) -> dict[str, dict[str, str]]:
+    conn = client._conn
+    out = {}
+    for resp in conn.content.List(content_pb2.ListContentRequest(), metadata=conn.metadata):
+        for info in resp.info:
+            out[info.digest] = dict(info.labels)
+    return out
+
+
+def ingests(client) -> list[str]:
+    conn = client._conn
+    resp = conn.content.ListStatuses(content_pb2.ListStatusesRequest(), metadata=conn.metadata)
+    return [s.ref for s in resp.statuses]
+
+
+def images(client) -> list[str]:
+    conn = client._conn
+    return [i.name for i in conn.images.List(images_pb2.ListImagesRequest(), metadata=conn.metadata).images]
+
+
+def leases(client) -> list[str]:
+    conn = client._conn
+    return [lease.id for lease in conn.leases.List(leases_pb2.ListRequest(), metadata=conn.metadata).leases]
+
+
+def nothing_left(client) -> None:
+    assert blobs(client) == {}
+    assert ingests(client) == []
+    assert images(client) == []
+    assert leases(client) == []
+
+
+def criu_works() -> bool:
+    if shutil.which("criu") is None:
+        return False
+    proc = subprocess.run(["criu", "check"], capture_output=True, text=True)
+    return proc.returncode == 0 and "Error" not in proc.stdout + proc.stderr
+
+
+class Chunks(io.RawIOBase):
+    """A reader of `total` pseudo-random bytes that never holds more than one chunk."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.left, 1 << 16)
+        if n <= 0:
+            return 0
+        chunk = (self.left.to_bytes(8, "big") * (n // 8 + 1))[:n]
+        b[:n] = chunk
+        self.sha.update(chunk)
+        self.left -= n
+        return n
+
+
+def test_write_content_commits_with_digest_size_and_gc_root(client):
+    data = os.urandom(3 << 20)
+    desc = cp.write_content(client, io.BytesIO(data), "application/octet-stream")
+    assert desc.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert desc.size == len(data)
+    labels = blobs(client)[desc.digest]
+    when = datetime.datetime.strptime(labels[cp.GC_ROOT_LABEL], "%Y-%m-%dT%H:%M:%SZ")
+    assert abs((datetime.datetime.utcnow() - when).total_seconds()) < 120
+    assert b"".join(cp.read_content(client, desc.digest)) == data
+    cp.delete_content(client, desc.digest)
+    nothing_left(client)
+
+
+def test_large_content_streams_in_chunks(client):
+    reader = Chunks(256 << 20)
+    tracemalloc.start()
+    try:
+        desc = cp.write_content(client, io.BufferedReader(reader, 1 << 20), "application/octet-stream")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert desc.size == 256 << 20
+    assert desc.digest == "sha256:" + reader.sha.hexdigest()
+    assert peak < 32 << 20, f"peak Python allocations {peak >> 20} MiB for a 256 MiB upload"
+    cp.delete_content(client, desc.digest)
+    nothing_left(client)
+
+
+def test_digest_mismatch_is_a_clear_error_and_leaves_no_ingest(client):
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(errdefs.DataLoss) as err:
+        cp.write_content(client, io.BytesIO(b"hello"), "application/octet-stream", expected_digest=wrong)
+    assert wrong in str(err.value)
+    nothing_left(client)
+
+
+def test_restore_needs_a_real_checkpoint_dir(client, rootfs, tmp_path):
+    ctr = client.new_container("nodir", oci.default_spec(rootfs, ["true"]))
+    try:
+        with pytest.raises(errdefs.InvalidParameter, match="does not exist"):
+            ctr.start(checkpoint_dir=str(tmp_path / "missing"))
+        afile = tmp_path / "file"
+        afile.write_text("x")
+        with pytest.raises(errdefs.InvalidParameter, match="not a directory"):
+            ctr.start(checkpoint_dir=str(afile))
+        nothing_left(client)
+        with pytest.raises(errdefs.NotFound):
+            ctr.task()
+    finally:
+        ctr.delete()
+
+
+def test_restore_from_a_bogus_checkpoint_fails_typed_and_deletes_the_blob(client, rootfs, tmp_path, state_dir):
+    bogus = tmp_path / "cp"
+    bogus.mkdir()
+    (bogus / "inventory.img").write_bytes(b"not a criu image")
+    ctr = client.new_container("bogus", oci.default_spec(rootfs, ["sleep", "300"]))
+    with pytest.raises(errdefs.LibcontainerdError) as err:
+        ctr.start(checkpoint_dir=str(bogus), attach_stdio=stdio.capture())
+    assert "bogus" in str(err.value)
+    with pytest.raises(errdefs.NotFound):
+        ctr.task()
+    nothing_left(client)
+    ctr.delete()
+    assert os.listdir(state_dir) == []
+
+
+def test_checkpoint_failure_maps_to_system_and_leaves_nothing(client, rootfs, tmp_path):
+    if criu_works():
+        pytest.skip("CRIU works here: the failure path is not reachable this way")
+    ctr = client.new_container("ckpt", oci.default_spec(rootfs, ["sleep", "300"]))
+    task = ctr.start()
+    try:
+        with pytest.raises(errdefs.System) as err:
+            task.create_checkpoint(str(tmp_path / "out"))
+        assert "criu" in str(err.value).lower()
+        assert str(err.value).startswith("checkpoint of task ckpt")
+        assert "\n" not in str(err.value).strip() or "StatusCode" not in str(err.value)
+        nothing_left(client)
+        assert task.status().value in ("running", "paused")
+    finally:
+        task.force_delete()
+        ctr.delete()
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return buf.getvalue()
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), data
+
+
+def _publish_checkpoint(client, tar_bytes: bytes, media_type: str = cp.CHECKPOINT_MEDIA_TYPE) -> tuple[str, list[str]]:
+    tar_desc = cp.write_content(client, io.BytesIO(tar_bytes), media_type)
+    index = {"schemaVersion": 2, "manifests": [
+        {"mediaType": media_type, "digest": tar_desc.digest, "size": tar_desc.size}]}
+    index_desc = cp.write_content(client, io.BytesIO(json.dumps(index).encode()), cp.INDEX_MEDIA_TYPE,
+                                  labels={cp.GC_REF_CONTENT.format(0): tar_desc.digest})
+    return index_desc.digest, [tar_desc.digest, index_desc.digest]
+
+
+def test_checkpoint_index_is_read_back_and_extracted(client, tmp_path):
+    d = tarfile.TarInfo("sub")
+    d.type = tarfile.DIRTYPE
+    link = tarfile.TarInfo("sub/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "../inventory.img"
+    tar = _tar([_file("inventory.img", b"criu inventory"), (d, b""), _file("sub/pages-1.img", b"pages"), (link, b"")])
+    index_digest, made = _publish_checkpoint(client, tar)
+    try:
+        names = cp.extract_checkpoint(client, index_digest, str(tmp_path / "out"))
+        assert sorted(names) == ["inventory.img", "sub", "sub/link", "sub/pages-1.img"]
+        assert (tmp_path / "out" / "sub" / "link").read_bytes() == b"criu inventory"
+    finally:
+        for digest in made:
+            cp.delete_content(client, digest)
+    nothing_left(client)
+
+
+def test_an_index_without_a_checkpoint_is_invalid(client, tmp_path):
+    index_digest, made = _publish_checkpoint(client, _tar([_file("a")]), media_type="application/x-other")
+    try:
+        with pytest.raises(errdefs.System, match="invalid checkpoint"):
+            cp.extract_checkpoint(client, index_digest, str(tmp_path / "out"))
+    finally:
+        for digest in made:
+            cp.delete_content(client, digest)
+
+
+@pytest.mark.parametrize("hostile", ["absolute", "dotdot", "symlink-out", "hardlink-out", "device", "fifo",
+                                     "through-link"])
+def test_hostile_archives_write_nothing_outside(client, tmp_path, hostile):
+    members: list[tuple[tarfile.TarInfo, bytes]] = [_file("fine.img", b"ok")]
+    if hostile == "absolute":
+        members.append(_file(str(tmp_path / "escaped")))
+    elif hostile == "dotdot":
+        members.append(_file("../escaped"))
+    elif hostile == "symlink-out":
+        info = tarfile.TarInfo("evil")
+        info.type, info.linkname = tarfile.SYMTYPE, "../../"
+        members.append((info, b""))
+    elif hostile == "hardlink-out":
+        info = tarfile.TarInfo("evil")
+        info.type, info.linkname = tarfile.LNKTYPE, "../escaped"
+        members.append((info, b""))
+    elif hostile in ("device", "fifo"):
+        info = tarfile.TarInfo("evil")
+        info.type = tarfile.CHRTYPE if hostile == "device" else tarfile.FIFOTYPE
+        info.devmajor, info.devminor = 1, 3
+        members.append((info, b""))
+    else:
+        info = tarfile.TarInfo("up")
+        info.type, info.linkname = tarfile.SYMTYPE, ".."
+        members += [(info, b""), _file("up/escaped")]
+    outside_before = sorted(os.listdir(tmp_path))
+    index_digest, made = _publish_checkpoint(client, _tar(members))
+    try:
+        with pytest.raises(errdefs.InvalidParameter):
+            cp.extract_checkpoint(client, index_digest, str(tmp_path / "out"))
+    finally:
+        for digest in made:
+            cp.delete_content(client, digest)
+    assert sorted(os.listdir(tmp_path)) == sorted({*outside_before, "out"})
+    assert not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.criu
+@pytest.mark.skipif(not criu_works(), reason="`criu check` fails on this kernel (CRIU cannot dump here)")
+def test_checkpoint_and_restore_round_trip(client, rootfs, tmp_path):
+    loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
+    counter = oci.default_spec(rootfs, ["sh", "-c", loop])
+    ctr = client.new_container("counter", counter)
+    task = ctr.start()
+    time.sleep(1)
+    task.create_checkpoint(str(tmp_path / "cp"), exit=True)
+    assert task.wait(timeout=30)
+    task.delete()
+    restored = ctr.start(checkpoint_dir=str(tmp_path / "cp"))
+    time.sleep(1)
+    out = stdio.capture()
+    p = restored.exec("read", oci.process_spec(["cat", "/tmp/count"]), attach_stdio=out)
+    p.wait(timeout=10)
+    assert int(out.wait(timeout=10).stdout) > 10
+    p.delete()
+    restored.force_delete()
+    ctr.delete()
+    nothing_left(client)
