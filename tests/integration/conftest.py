@@ -47,7 +47,8 @@ class Recorder:
                         return i
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no {event_type} for {container_id}/{process_id}; got {self.of(container_id)}")
+                    seen = self.of(container_id)
+                    raise AssertionError(f"no {event_type} for {container_id}/{process_id}; got {seen}")
                 self.cond.wait(left)
 
 

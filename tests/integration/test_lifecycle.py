@@ -326,6 +326,7 @@ def test_runtime_options_dict(client, rootfs):
         client.new_container("opts", spec(rootfs, "true"), runtime_options={"no_such_option": 1})
     code, out = run_with_options(client, rootfs)
     assert code == 0
+    assert out.stdout == b"ok\n"
 
 
 def run_with_options(client, rootfs):
