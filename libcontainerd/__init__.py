@@ -64,4 +64,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    # What tab completion at a prompt offers: the public names, not this module's own imports.
+    return sorted({*__all__, "__version__"})
