@@ -1,0 +1,136 @@
+"""The references the SDK is measured against: the raw generated stubs and Debian's ``ctr``.
+
+``RawClient`` makes exactly the RPCs that ``libcontainerd.remote`` makes for the same work
+(read from ``remote/_client.py``, ``_container.py`` and ``_process.py``), with nothing around
+them: no validation, no error mapping, no tracker, no event stream. ``Ctr`` runs the ``ctr``
+binary against the same socket, namespace, rootfs and runtime (a spec file, no image, no
+snapshot). Nothing here measures time; the cases in ``cases.py`` do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import grpc
+from google.protobuf import any_pb2
+
+from libcontainerd._api.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
+from libcontainerd._api.containerd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from libcontainerd._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
+
+SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+BUNDLE_LABEL = "com.docker/engine.bundle.path"
+SHIM = "io.containerd.runc.v2"
+
+
+class RawClient:
+    """One gRPC channel and the two stubs a lifecycle needs; calls carry the namespace header."""
+
+    def __init__(self, address: str, namespace: str, state_dir: str) -> None:
+        self.channel = grpc.insecure_channel("unix://" + address)
+        self.containers = containers_pb2_grpc.ContainersStub(self.channel)  # type: ignore[no-untyped-call]
+        self.tasks = tasks_pb2_grpc.TasksStub(self.channel)  # type: ignore[no-untyped-call]
+        self.md = (("containerd-namespace", namespace),)
+        self.state_dir = state_dir
+        os.makedirs(state_dir, exist_ok=True)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def create_container(self, cid: str, spec: Mapping[str, Any]) -> None:
+        """``Client.new_container``: bundle dir, then Containers.Create with the bundle label."""
+        bundle = os.path.join(self.state_dir, cid)
+        os.mkdir(bundle, 0o755)
+        any_spec = any_pb2.Any(type_url=SPEC_URL, value=json.dumps(spec).encode())
+        container = containers_pb2.Container(
+            id=cid, labels={BUNDLE_LABEL: bundle}, runtime=containers_pb2.Container.Runtime(name=SHIM), spec=any_spec
+        )
+        self.containers.Create(containers_pb2.CreateContainerRequest(container=container), metadata=self.md)
+
+    def start_task(self, cid: str) -> int:
+        """``Container.start`` without stdio: Tasks.Create with runc options (io_uid/io_gid), Tasks.Start."""
+        options = runc_options.Options(io_uid=0, io_gid=0)
+        opts = any_pb2.Any(type_url=RUNC_OPTIONS_URL, value=options.SerializeToString())
+        resp = self.tasks.Create(tasks_pb2.CreateTaskRequest(container_id=cid, options=opts), metadata=self.md)
+        self.tasks.Start(tasks_pb2.StartRequest(container_id=cid), metadata=self.md)
+        return int(resp.pid)
+
+    def wait(self, cid: str, exec_id: str = "") -> int:
+        resp = self.tasks.Wait(tasks_pb2.WaitRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
+        return int(resp.exit_status)
+
+    def delete_task(self, cid: str) -> int:
+        resp = self.tasks.Delete(tasks_pb2.DeleteTaskRequest(container_id=cid), metadata=self.md)
+        return int(resp.exit_status)
+
+    def delete_container(self, cid: str) -> None:
+        self.containers.Delete(containers_pb2.DeleteContainerRequest(id=cid), metadata=self.md)
+        shutil.rmtree(os.path.join(self.state_dir, cid), ignore_errors=True)
+
+    def lifecycle(self, cid: str, spec: Mapping[str, Any]) -> int:
+        """create -> start -> wait -> delete, as ``new_container``/``start``/``wait``/``delete``/``delete``."""
+        self.create_container(cid, spec)
+        self.start_task(cid)
+        code = self.wait(cid)
+        self.delete_task(cid)
+        self.delete_container(cid)
+        return code
+
+    def exec(self, cid: str, exec_id: str, process: Mapping[str, Any]) -> int:
+        """``Task.exec`` without stdio, then ``wait`` and ``delete``: Exec, Start, Wait, DeleteProcess."""
+        any_spec = any_pb2.Any(type_url=PROCESS_URL, value=json.dumps(process).encode())
+        request = tasks_pb2.ExecProcessRequest(container_id=cid, exec_id=exec_id, spec=any_spec)
+        self.tasks.Exec(request, metadata=self.md)
+        self.tasks.Start(tasks_pb2.StartRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
+        code = self.wait(cid, exec_id)
+        self.tasks.DeleteProcess(tasks_pb2.DeleteProcessRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
+        return code
+
+
+class Ctr:
+    """Debian's ``ctr`` on the private daemon; FIFOs go to a private dir, never /run/containerd."""
+
+    def __init__(self, address: str, namespace: str, work_dir: str, binary: Optional[str] = None) -> None:
+        found = binary or shutil.which("ctr")
+        if found is None:
+            raise FileNotFoundError("ctr is not installed (apt-get install containerd)")
+        self.binary = found
+        self.base = [found, "--address", address, "--namespace", namespace]
+        self.work_dir = work_dir
+        self.fifo_dir = os.path.join(work_dir, "ctr-fifo")
+        os.makedirs(self.fifo_dir, exist_ok=True)
+
+    def write_spec(self, name: str, spec: Mapping[str, Any]) -> str:
+        path = os.path.join(self.work_dir, f"{name}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(spec, f)
+        return path
+
+    def run_rm(self, cid: str, config: str, *, null_io: bool = True, **popen: Any) -> subprocess.Popen[bytes]:
+        """``ctr run --rm [--null-io] --config <spec> <id>`` (the spec's root.path is the rootfs)."""
+        argv = [*self.base, "run", "--rm", "--fifo-dir", self.fifo_dir, "--config", config, cid]
+        if null_io:
+            argv.insert(argv.index("--rm") + 1, "--null-io")
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        popen.setdefault("stdout", subprocess.DEVNULL)
+        popen.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(argv, **popen)
+
+    def exec(self, cid: str, exec_id: str, *args: str) -> subprocess.Popen[bytes]:
+        """``ctr task exec --exec-id <id> <container> <args>`` (ctr always gives an exec FIFO stdio)."""
+        argv = [*self.base, "task", "exec", "--fifo-dir", self.fifo_dir, "--exec-id", exec_id, cid, *args]
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def check(proc: subprocess.Popen[bytes], what: str, timeout: float = 120.0) -> None:
+    """Wait for a ctr process; raise with its stderr when it failed."""
+    _, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed with rc {proc.returncode}: {(err or b'').decode(errors='replace').strip()}")

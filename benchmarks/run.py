@@ -1,0 +1,180 @@
+"""Benchmarks of libcontainerd against ctr and the raw gRPC stubs, on a private containerd.
+
+Run with ``tox -e bench`` or ``python benchmarks/run.py [--quick] [--only a,b] [--json [PATH]]``.
+This script owns the run: it starts a private containerd under a temp dir (never the system
+one), builds a busybox rootfs, runs the chosen cases from ``cases.py``, prints a table of
+medians and SDK/reference ratios with PASS/MISS against the targets, and removes everything
+it made. It never fails because a target was missed; it fails only when a case breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cases import BENCHMARKS, Env, Result
+
+import libcontainerd
+from libcontainerd import testing
+
+
+def machine(address: str) -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with libcontainerd.new_client(address, tempfile.gettempdir(), "bench-info", None) as client:
+        version = client.version()
+    try:
+        import grpc
+
+        grpc_version = grpc.__version__
+    except Exception:
+        grpc_version = "?"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "containerd": version.version,
+        "python": platform.python_version(),
+        "grpcio": grpc_version,
+        "cgroup": "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1",
+    }
+
+
+def _fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if value != value:  # NaN
+        return "n/a"
+    if abs(value) >= 10000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(results: list[Result]) -> str:
+    head = ["bench", "metric", "unit", "SDK", "reference", "ref", "ratio", "target", "check", "n"]
+    rows = [head]
+    for r in results:
+        ratio = r.ratio
+        verdict = "" if r.verdict is None else ("PASS" if r.verdict else "MISS")
+        rows.append([
+            r.bench, r.metric, r.unit, _fmt(r.sdk), r.reference, _fmt(r.ref_value),
+            "-" if ratio is None else f"{ratio:.2f}x", r.target, verdict, str(r.n),
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    notes = [f"  [{r.bench}] {r.metric}: {r.note}" for r in results if r.note]
+    if notes:
+        lines += ["", "notes:", *notes]
+    return "\n".join(lines)
+
+
+def parse(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a short run: few iterations, 128 MiB of stdout")
+    p.add_argument("--only", action="append", default=[], metavar="NAMES",
+                   help=f"comma-separated benchmarks to run (of: {', '.join(BENCHMARKS)}); repeatable")
+    p.add_argument("--skip", action="append", default=[], metavar="NAMES", help="comma-separated benchmarks to skip")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                   help="write the results as JSON to PATH (or stdout, instead of the table)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="log libcontainerd warnings")
+    args = p.parse_args(argv)
+    only = [n for group in args.only for n in group.split(",") if n]
+    skip = {n for group in args.skip for n in group.split(",") if n}
+    unknown = [n for n in [*only, *skip] if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    args.selected = [n for n in (only or list(BENCHMARKS)) if n not in skip]
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse(argv)
+    if args.list:
+        print("\n".join(BENCHMARKS))
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, stream=sys.stderr)
+    testing.require_containerd()
+    if shutil.which("ctr") is None:
+        print("ctr is needed for the references (apt-get install containerd)", file=sys.stderr)
+        return 2
+    tmp = tempfile.mkdtemp(prefix="lcd-bench-")
+    daemon = None
+    results: list[Result] = []
+    failed: list[str] = []
+    to_json = args.json == "-"
+    log = sys.stderr if to_json else sys.stdout
+    try:
+        daemon = testing.start_daemon(tmp, health_failures=0)
+        rootfs = testing.busybox_rootfs(os.path.join(tmp, "rootfs"))
+        env = Env(address=daemon.address, rootfs=rootfs, work=tmp, quick=args.quick)
+        info = machine(daemon.address)
+        print(f"machine: {info['nproc']} x {info['cpu']}, kernel {info['kernel']}, containerd {info['containerd']}, "
+              f"cgroup {info['cgroup']}, python {info['python']}, grpcio {info['grpcio']}; {info['date']}"
+              + (" (quick)" if args.quick else ""), file=log, flush=True)
+        t_start = time.monotonic()
+        for name in args.selected:
+            t0 = time.monotonic()
+            print(f"running {name} ...", file=log, flush=True)
+            try:
+                rows = BENCHMARKS[name](env)
+            except Exception as exc:
+                logging.getLogger("bench").exception("benchmark %s failed", name)
+                failed.append(f"{name}: {exc}")
+                continue
+            results.extend(rows)
+            print(f"  {name}: {time.monotonic() - t0:.1f} s", file=log, flush=True)
+        info["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    finally:
+        if daemon is not None:
+            daemon.stop()
+            testing.cleanup_root(daemon)
+        _rmtree(tmp)
+    if to_json:
+        json.dump({"machine": info, "quick": args.quick, "results": [r.as_dict() for r in results],
+                   "failed": failed}, sys.stdout, indent=2)
+        print()
+    else:
+        print()
+        print(table(results))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"machine": info, "quick": args.quick, "results": [r.as_dict() for r in results],
+                           "failed": failed}, f, indent=2)
+    for f_ in failed:
+        print(f"FAILED {f_}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _rmtree(path: str) -> None:
+    # cleanup_root unmounted what containerd mounted; the rootfs and scratch files are plain files.
+    subprocess.run(["rm", "-rf", "--one-file-system", path], check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

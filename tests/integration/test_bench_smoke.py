@@ -1,0 +1,36 @@
+"""The benchmark script still runs: a quick lifecycle benchmark prints its ratio lines.
+
+Only that the code works is checked here, never how fast anything is (no timed asserts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from libcontainerd import testing
+
+RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks", "run.py")
+
+
+def test_quick_lifecycle_benchmark_prints_ratios(tmp_path):
+    testing.require_containerd()
+    testing.require_tools("ctr")
+    out_json = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, RUN, "--quick", "--only", "lifecycle", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("lifecycle")]
+    assert len(lines) == 2, result.stdout
+    for line in lines:
+        assert re.search(r"\s\d+\.\d\dx\s", line), line
+        assert re.search(r"\s(PASS|MISS)\s", line), line
+    data = json.loads(out_json.read_text())
+    assert {r["reference"] for r in data["results"]} == {"raw stubs", "ctr run --rm"}
+    assert all(r["ratio"] > 0 for r in data["results"])
+    assert data["machine"]["containerd"]
