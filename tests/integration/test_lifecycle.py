@@ -361,3 +361,39 @@ def test_two_hundred_cycles_leak_nothing(client, rootfs, state_dir):
     assert os.listdir(state_dir) == []
     assert fd_count() == fds
     assert lcd_threads() == threads
+
+
+def test_user_namespace_bundle_is_owned_by_the_remapped_root(client, rootfs, state_dir):
+    """moby's WithBundle: components the remapped root cannot traverse get a private .uid.gid twin."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from libcontainerd import testing
+
+    base = tempfile.mkdtemp(prefix="lcd-userns-")
+    os.chmod(base, 0o755)
+    mapped_rootfs = testing.busybox_rootfs(os.path.join(base, "rootfs"))
+    subprocess.run(["chown", "-R", "100000:100000", mapped_rootfs], check=True)
+    s = oci.with_user_namespace(spec(mapped_rootfs, "sh", "-c", "id -u; cat /proc/self/uid_map"),
+                                [(0, 100000, 65536)])
+    os.chmod(state_dir, 0o700)  # not traversable by uid 100000
+    ctr = client.new_container("userns", s)
+    twin = state_dir + ".100000.100000"
+    try:
+        bundle = ctr.bundle_dir
+        assert bundle == os.path.join(twin, "userns.100000.100000")
+        for path in (twin, bundle):
+            st = os.stat(path)
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (100000, 100000, 0o700)
+        out = stdio.capture()
+        task = ctr.start(attach_stdio=out)
+        assert task.wait(timeout=20).code == 0, out.wait(timeout=5).stderr
+        text = out.wait(timeout=10).stdout.split()
+        assert text[:4] == [b"0", b"0", b"100000", b"65536"]
+        task.delete()
+        ctr.delete()
+        assert not os.path.exists(bundle)
+    finally:
+        shutil.rmtree(twin, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
