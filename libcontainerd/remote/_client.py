@@ -36,6 +36,7 @@ from ._rpc import Connection
 log = logging.getLogger("libcontainerd")
 
 DEFAULT_SHIM = "io.containerd.runc.v2"
+_MAX_HOST_ID = 2**32 - 1  # uid_t / gid_t
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _atexit_lock = threading.Lock()
 _atexit_registered = False
@@ -88,10 +89,31 @@ def check_spec(spec: object) -> Mapping[str, Any]:
     root = spec.get("root")
     if root is not None and (not isinstance(root, Mapping) or not isinstance(root.get("path"), str)):
         raise errdefs.InvalidParameter("spec 'root' must be a dict with a string 'path'")
-    for key in ("linux", "mounts", "annotations"):
-        if key in spec and not isinstance(spec[key], (Mapping, list)):
-            raise errdefs.InvalidParameter(f"spec {key!r} has the wrong type")
+    for key, kind in (("linux", Mapping), ("annotations", Mapping), ("mounts", list)):
+        if key in spec and spec[key] is not None and not isinstance(spec[key], kind):
+            raise errdefs.InvalidParameter(f"spec {key!r} must be a {'dict' if kind is Mapping else 'list'}")
+    _check_user_namespace(spec.get("linux") or {})
     return spec
+
+
+def _is_host_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_HOST_ID
+
+
+def _check_user_namespace(linux: Mapping[str, Any]) -> None:
+    """The parts of ``linux`` that the bundle dir is made from (it is chowned to the remapped root)."""
+    namespaces = linux.get("namespaces") or []
+    if not isinstance(namespaces, list) or not all(
+            isinstance(ns, Mapping) and isinstance(ns.get("type"), str) for ns in namespaces):
+        raise errdefs.InvalidParameter("spec 'linux.namespaces' must be a list of dicts with a string 'type'")
+    for key in ("uidMappings", "gidMappings"):
+        mappings = linux.get(key) or []
+        if not isinstance(mappings, list) or not all(
+                isinstance(m, Mapping) and all(_is_host_id(m.get(f, 0)) for f in ("containerID", "hostID", "size"))
+                for m in mappings):
+            raise errdefs.InvalidParameter(
+                f"spec 'linux.{key}' must be a list of dicts of integers 'containerID', 'hostID', 'size' "
+                f"from 0 to {_MAX_HOST_ID}")
 
 
 class Client:
