@@ -293,6 +293,14 @@ def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) ->
     target = os.fspath(checkpoint_dir)
     if os.path.exists(target) and not os.path.isdir(target):
         raise errdefs.InvalidParameter(f"checkpoint dir {target} exists and is not a directory")
+    if "\x00" in target:
+        raise errdefs.InvalidParameter("checkpoint dir must not contain NUL characters")
+    # A missing dir is made after the dump; find out now whether it can be, not after CRIU ran.
+    ancestor = os.path.dirname(os.path.abspath(target))
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise errdefs.InvalidParameter(f"checkpoint dir {target} cannot be made: {ancestor} is not a directory")
     lease = _create_lease(client)
     image_name = ""
     try:
