@@ -23,11 +23,13 @@ import datetime
 import functools
 import logging
 import threading
+import time
+import uuid
 from typing import Any, Optional
 
 import grpc
 import tenacity
-from google.protobuf import empty_pb2
+from google.protobuf import any_pb2, empty_pb2
 
 from .. import errdefs
 from .._api.containerd.api.services.events.v1 import events_pb2
@@ -42,6 +44,7 @@ log = logging.getLogger("libcontainerd.events")
 
 READER_THREAD_NAME = "libcontainerd-events-reader"
 _EXITED_MEMORY = 8192
+_SYNC_TYPE = "libcontainerd.v1.SubscriptionSync"
 
 
 def timestamp_to_datetime(ts: Any) -> Optional[datetime.datetime]:
@@ -152,11 +155,32 @@ class EventStream:
         self._call: Optional[Any] = None
         self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
         self.subscriptions = 0
-        self.filters = [f"namespace=={namespace},topic~=|^/tasks/|"]
+        # A private topic that only this stream subscribes to: seeing our own event on it
+        # proves that containerd has registered the subscription (gRPC gives no such signal).
+        self._sync_topic = f"/libcontainerd/sync/{uuid.uuid4().hex}"
+        self._synced = threading.Event()
+        self.filters = [
+            f"namespace=={namespace},topic~=|^/tasks/|",
+            f"namespace=={namespace},topic~=|^{self._sync_topic}$|",
+        ]
 
-    def start(self) -> None:
+    def start(self, ready_timeout: float = 2.0) -> bool:
+        """Start the reader; return once containerd delivers to it (True) or cannot yet (False).
+
+        Without this barrier the events of a container created right after ``new_client``
+        could be published before containerd registered the subscription, and be lost.
+        """
         self._thread.start()
         self._started.wait()
+        deadline = time.monotonic() + ready_timeout
+        request = events_pb2.PublishRequest(topic=self._sync_topic, event=any_pb2.Any(type_url=_SYNC_TYPE))
+        while not self._synced.is_set() and time.monotonic() < deadline:
+            try:
+                self._conn.events.Publish(request, metadata=self._conn.metadata, timeout=1.0)
+            except grpc.RpcError:
+                return False  # nothing serves yet: the reader waits for containerd on its own
+            self._synced.wait(0.05)
+        return self._synced.is_set()
 
     @property
     def alive(self) -> bool:
@@ -271,6 +295,9 @@ class EventStream:
 
     def _handle(self, envelope: Any) -> None:
         if envelope.namespace != self._namespace:
+            return
+        if envelope.topic == self._sync_topic:
+            self._synced.set()
             return
         if not envelope.HasField("event"):
             log.warning("event envelope on topic %s without an event; skipped", envelope.topic)

@@ -204,3 +204,25 @@ def test_survives_a_containerd_restart_and_reports_missed_exits(rootfs):
         daemon.stop()
         testing.cleanup_root(daemon)
         subprocess.run(["rm", "-rf", tmp], check=False)
+
+
+def test_new_client_returns_with_a_live_subscription(containerd, rootfs, state_dir, namespace):
+    """Events of a container made right after new_client are not lost to a late subscription."""
+    for attempt in range(5):
+        rec = Recorder()
+        with libcontainerd.new_client(containerd.address, state_dir, namespace, rec) as c:
+            assert c._events._synced.is_set()
+            ctr = c.new_container(f"first-{attempt}", oci.default_spec(rootfs, ["true"]))
+            task = ctr.start()
+            task.wait(timeout=20)
+            rec.wait_for(ctr.id, E.EXIT)
+            task.delete()
+            ctr.delete()
+        assert [t for t, _ in rec.of(ctr.id)] == [E.CREATE, E.START, E.EXIT]
+
+
+def test_new_client_to_a_dead_address_returns_quickly(state_dir, namespace):
+    started = time.monotonic()
+    with libcontainerd.new_client(os.path.join(state_dir, "nothing.sock"), state_dir, namespace, Recorder()) as c:
+        assert not c._events._synced.is_set()
+    assert time.monotonic() - started < 5
