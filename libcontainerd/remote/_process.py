@@ -65,7 +65,7 @@ def parse_signal(sig: Union[int, str, _signal.Signals]) -> int:
         try:
             return int(_signal.Signals[name])
         except KeyError:
-            if sig.isdigit():
+            if sig.isascii() and sig.isdigit():  # str.isdigit() is also true of '²', which int() refuses
                 return parse_signal(int(sig))
             raise errdefs.InvalidParameter(f"unknown signal {sig!r}") from None
     if isinstance(sig, bool) or not isinstance(sig, int):
