@@ -97,10 +97,10 @@ def check_process_spec(spec: object, what: str = "process spec") -> Mapping[str,
         raise errdefs.InvalidParameter(f"{what}: 'cwd' must be an absolute path")
     user = spec.get("user", {})
     if not isinstance(user, Mapping) or any(
-        isinstance(user.get(k, 0), bool) or not isinstance(user.get(k, 0), int) or user.get(k, 0) < 0
+        isinstance(user.get(k, 0), bool) or not isinstance(user.get(k, 0), int) or not 0 <= user.get(k, 0) <= 2**32 - 1
         for k in ("uid", "gid")
     ):
-        raise errdefs.InvalidParameter(f"{what}: 'user' must have non-negative integer 'uid' and 'gid'")
+        raise errdefs.InvalidParameter(f"{what}: 'user' must have integer 'uid' and 'gid' from 0 to {2**32 - 1}")
     env = spec.get("env", [])
     if not isinstance(env, (list, tuple)) or not all(isinstance(e, str) for e in env):
         raise errdefs.InvalidParameter(f"{what}: 'env' must be a list of 'KEY=value' strings")
