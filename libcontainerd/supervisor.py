@@ -46,8 +46,9 @@ __all__ = ["CONFIG_NAME", "LOG_NAME", "MAX_SOCKET_PATH", "PID_NAME", "Daemon", "
 
 log = logging.getLogger(__name__)
 
-#: Longest unix socket path the kernel accepts (``sun_path`` is 108 bytes with the NUL).
-MAX_SOCKET_PATH = 107
+#: Longest socket path containerd listens on: it refuses more than 104 bytes ("BSDs have a 104 limit",
+#: containerd's pkg/sys CreateUnixSocket), below the kernel's 107 (``sun_path`` is 108 bytes with the NUL).
+MAX_SOCKET_PATH = 104
 #: File names inside the root directory.
 CONFIG_NAME = "containerd.toml"
 PID_NAME = "containerd.pid"
@@ -162,8 +163,8 @@ def _check_socket_path(path: str, what: str) -> None:
     size = len(os.fsencode(path))
     if size > MAX_SOCKET_PATH:
         raise errdefs.InvalidParameter(
-            f"the {what} socket path {path} is {size} bytes long, more than the {MAX_SOCKET_PATH} bytes a unix "
-            "socket path can have; pass a shorter state_dir"
+            f"the {what} socket path {path} is {size} bytes long, more than the {MAX_SOCKET_PATH} bytes containerd "
+            "accepts for a unix socket path; pass a shorter state_dir"
         )
 
 
@@ -692,7 +693,7 @@ def start(
 
     Args:
         root_dir: directory of this daemon; created if missing.
-        state_dir: containerd's state directory; the socket path in it must fit in 107 bytes.
+        state_dir: containerd's state directory; the socket path in it must fit in 104 bytes.
         binary: the containerd executable, a name on PATH or a path.
         log_level: containerd's ``[debug] level``.
         debug_address: a unix socket path for containerd's debug endpoint, or None.

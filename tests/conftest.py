@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def containerd() -> Iterator[supervisor.Daemon]:
     testing.require_containerd()
-    tmp = tempfile.mkdtemp(prefix="lcd-")  # short: the socket path must fit in 107 bytes
+    tmp = tempfile.mkdtemp(prefix="lcd-")  # short: the socket path must fit in 104 bytes
     try:
         daemon = testing.start_daemon(tmp, health_failures=0, log_level="debug")
     except BaseException:
