@@ -91,12 +91,14 @@ class ProcessTracker:
     """Which processes of this client are believed running, and which exits were delivered.
 
     Fed by the client (on start/exec/delete) and by the stream (START, EXEC_STARTED, EXIT).
+    The exits it remembers also answer :meth:`exit_of`, for a ``wait()`` whose process
+    containerd forgot (a shim that died takes its ``Wait`` down with it; only the event tells).
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._running: dict[tuple[str, str], int] = {}
-        self._exited: collections.OrderedDict[tuple[str, str, int], None] = collections.OrderedDict()
+        self._exited: collections.OrderedDict[tuple[str, str, int], Optional[EventInfo]] = collections.OrderedDict()
 
     def started(self, container_id: str, process_id: str, pid: int) -> None:
         with self._lock:
@@ -112,18 +114,28 @@ class ProcessTracker:
                 for key in [k for k in self._running if k[0] == container_id]:
                     del self._running[key]
 
-    def first_exit(self, container_id: str, process_id: str, pid: int) -> bool:
+    def first_exit(self, container_id: str, process_id: str, pid: int, info: Optional[EventInfo] = None) -> bool:
         """Record an exit; True if it was not delivered before."""
         key = (container_id, process_id, pid)
         with self._lock:
             if key in self._exited:
                 return False
-            self._exited[key] = None
+            self._exited[key] = info
             if len(self._exited) > _EXITED_MEMORY:
                 self._exited.popitem(last=False)
             if self._running.get((container_id, process_id)) == pid:
                 del self._running[(container_id, process_id)]
+            self._lock.notify_all()
             return True
+
+    def exit_of(self, container_id: str, process_id: str, pid: int, timeout: float) -> Optional[EventInfo]:
+        """The recorded exit of a process; waits up to ``timeout`` s if it is believed running, else None."""
+        key = (container_id, process_id, pid)
+        with self._lock:
+            if key not in self._exited and self._running.get((container_id, process_id)) != pid:
+                return None
+            self._lock.wait_for(lambda: key in self._exited, timeout)
+            return self._exited.get(key)
 
     def running(self) -> list[tuple[str, str, int]]:
         with self._lock:
@@ -320,7 +332,7 @@ class EventStream:
         self._dispatch(event_type, info)
 
     def _dispatch_exit(self, info: EventInfo) -> None:
-        if self._tracker.first_exit(info.container_id, info.process_id, info.pid):
+        if self._tracker.first_exit(info.container_id, info.process_id, info.pid, info):
             self._dispatch(EventType.EXIT, info)
 
     def _dispatch(self, event_type: EventType, info: EventInfo) -> None:

@@ -49,6 +49,8 @@ IO_DRAIN_TIMEOUT = 5.0
 #: moby deletes an exec whose start failed with a fresh deadline of this many seconds.
 EXEC_CLEANUP_TIMEOUT = 45.0
 _WAIT_SLICE = 0.25
+#: How long wait() waits for the exit event of a process whose shim died under it.
+SHIM_EXIT_GRACE = 10.0
 #: How long force_delete() waits for the task to stop after SIGKILL.
 FORCE_DELETE_WAIT = 10.0
 
@@ -270,7 +272,16 @@ class _ProcessBase:
                 raise errdefs.Deadline(f"{self._what}: still running after {timeout} s") from err
             if conn.closed:
                 raise errdefs.Cancelled(f"{self._what}: the client was closed during wait") from err
-            raise errdefs.from_grpc(err, self._what) from err
+            mapped = errdefs.from_grpc(err, self._what)
+            if isinstance(mapped, (errdefs.NotFound, errdefs.Unknown)) and self.pid:
+                # A dead shim takes the Wait down ("ttrpc: closed") and containerd then deletes the task;
+                # the exit it reports as an event is the one to return.
+                grace = SHIM_EXIT_GRACE if timeout is None else min(SHIM_EXIT_GRACE, timeout)
+                cid = self._container.id
+                info = self._container._client._tracker.exit_of(cid, self._exec_id or cid, self.pid, grace)
+                if info is not None:
+                    return ExitStatus(int(info.exit_code), info.exited_at)
+            raise mapped from err
         except BaseException:
             future.cancel()
             raise
@@ -296,6 +307,12 @@ class _ProcessBase:
         stdio, self._stdio = self._stdio, None
         if stdio is not None:
             stdio.release()
+
+    def _gone(self) -> None:
+        """containerd no longer knows the process (it cleaned up after a dead shim): drop what we hold of it."""
+        cid = self._container.id
+        self._container._client._tracker.forget(cid, self._exec_id or cid)
+        self._release()
 
     def _map_delete_error(self, exc: errdefs.LibcontainerdError) -> errdefs.LibcontainerdError:
         text = str(exc)
@@ -335,6 +352,8 @@ class Process(_ProcessBase):
             resp = self._call(self._tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
                 container_id=self._container.id, exec_id=self._exec_id))
         except errdefs.LibcontainerdError as exc:
+            if isinstance(exc, errdefs.NotFound):
+                self._gone()
             raise self._map_delete_error(exc) from exc.__cause__
         self._container._client._tracker.forget(self._container.id, self._exec_id)
         self._release()
@@ -479,6 +498,8 @@ class Task(_ProcessBase):
         try:
             resp = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self._container.id))
         except errdefs.LibcontainerdError as exc:
+            if isinstance(exc, errdefs.NotFound):
+                self._gone()
             raise self._map_delete_error(exc) from exc.__cause__
         self._container._client._tracker.forget(self._container.id)
         self._release()
