@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.abspath(".."))
 
 project = "libcontainerd"
 author = "the libcontainerd authors"
-copyright = "the libcontainerd authors"  # noqa: A001 - Sphinx's name for it
+copyright = "the libcontainerd authors"
 
 import libcontainerd  # noqa: E402 - after the path is set
 
