@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -133,7 +134,12 @@ def test_workers_are_bounded_and_lazy() -> None:
             ex.submit(f"k{i}", release.wait, WAIT)
         assert ex.workers == 2
         assert len(_worker_threads(name)) == 2
+        # each worker takes one key as soon as it is scheduled; until then more are pending
+        deadline = time.monotonic() + WAIT
+        while ex.pending != 18 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert ex.pending == 18
+        assert ex.workers == 2
     finally:
         release.set()
         ex.close(timeout=WAIT)
