@@ -1,0 +1,274 @@
+"""``libcontainerd demo``: the SDK driving a private containerd, step by step, for a newcomer.
+
+This module owns the demo's script: start a supervised containerd under a temporary
+root (or ``--root``), build a busybox rootfs, run a container and show its output,
+exec into a second one (with stdin), read its stats and processes, pause and resume
+it, stop it, and print every task event as the backend receives it. It must clean up
+everything it made — containers, tasks, shims, the daemon and its directories — on
+success, on error and on Ctrl-C, and it must use the public API only (the same calls
+a user would type). It writes to the stream it is given, as the command line does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Optional, TextIO
+
+import libcontainerd
+from libcontainerd import errdefs, oci, stdio, supervisor, testing
+from libcontainerd._cli import describe_event, human_bytes, human_duration, stats_numbers
+from libcontainerd.types import EventInfo, EventType
+
+__all__ = ["run_demo"]
+
+NAMESPACE = "demo"
+_EVENT_WAIT = 10.0  # an event normally arrives within milliseconds; this only bounds a broken daemon
+_STEPS = 9
+
+_HELLO = ('echo "Hello from container $(hostname): I am pid $$ in my own pid namespace."; '
+          'echo "The kernel is $(uname -sr); my root filesystem holds $(ls /bin | wc -l) busybox applets."')
+# `sleep & wait` so that the TERM trap runs at once instead of after the current sleep.
+_SERVICE = "trap 'echo got SIGTERM, bye; exit 0' TERM; while true; do sleep 1 & wait $!; done"
+
+
+class _Screen:
+    """Serialises the demo's lines and the event lines written from the client's event workers."""
+
+    def __init__(self, out: TextIO, pause_on: Optional[TextIO] = None) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._pause_on = pause_on
+        self.started = time.monotonic()
+
+    def line(self, text: str = "") -> None:
+        with self._lock:
+            self._out.write(text + "\n")
+            self._out.flush()
+
+    def step(self, number: int, text: str) -> None:
+        if self._pause_on is not None and number > 1:
+            self.line("      (press Enter for the next step)")
+            if not self._pause_on.readline():
+                self._pause_on = None  # stdin ended: go on without pausing
+        self.line()
+        self.line(f"[{number}/{_STEPS}] {text}")
+
+    def detail(self, text: str) -> None:
+        self.line(f"      {text}")
+
+
+class _EventBackend:
+    """The demo's backend: prints each event as it arrives and lets the script wait for one."""
+
+    def __init__(self, screen: _Screen) -> None:
+        self._screen = screen
+        self._cond = threading.Condition()
+        self._seen: list[tuple[str, EventType, str]] = []
+
+    def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
+        elapsed = time.monotonic() - self._screen.started
+        self._screen.line(f"        event  +{elapsed:5.2f}s  {event_type.value:<12} {container_id}"
+                          f"{describe_event(container_id, event_type, info)}")
+        with self._cond:
+            self._seen.append((container_id, event_type, info.process_id))
+            self._cond.notify_all()
+
+    def wait_for(self, container_id: str, event_type: EventType, process_id: Optional[str] = None) -> bool:
+        """Wait until that event was printed, so that the demo's lines and the events stay in order."""
+        pid = process_id or container_id
+        with self._cond:
+            return self._cond.wait_for(lambda: (container_id, event_type, pid) in self._seen, _EVENT_WAIT)
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class _Demo:
+    def __init__(self, root: Optional[str], out: TextIO, pause_on: Optional[TextIO]) -> None:
+        self.screen = _Screen(out, pause_on)
+        self.events = _EventBackend(self.screen)
+        self.given_root = root
+        self.root = ""
+        self.made_root = False
+        self.daemon: Optional[supervisor.Daemon] = None
+        self.client: Optional[libcontainerd.Client] = None
+
+    # -- the script ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        s = self.screen
+        s.line("libcontainerd demo: the Python SDK driving a private containerd, step by step.")
+
+        if self.given_root is None:
+            self.root = tempfile.mkdtemp(prefix="lcd-demo-")  # short: containerd's socket path must fit
+            self.made_root = True
+        else:
+            self.root = os.path.abspath(self.given_root)
+            self.made_root = not os.path.exists(self.root)
+            os.makedirs(self.root, exist_ok=True)
+        s.step(1, f"Starting a private containerd under {self.root}   (libcontainerd.supervisor)")
+        self.daemon = testing.start_daemon(self.root)
+        s.detail(f"pid {self.daemon.pid}, serving at {self.daemon.address}")
+
+        s.step(2, "Building a busybox root filesystem   (libcontainerd.testing.busybox_rootfs)")
+        rootfs = testing.busybox_rootfs(os.path.join(self.root, "rootfs"))
+        s.detail(f"{rootfs}: {len(os.listdir(os.path.join(rootfs, 'bin')))} entries in /bin")
+
+        s.step(3, f"Connecting a client to namespace {NAMESPACE!r} with a backend that prints events   (new_client)")
+        self.client = client = libcontainerd.new_client(
+            self.daemon.address, os.path.join(self.root, "state"), NAMESPACE, self.events, timeout=60)
+        version = client.version()
+        s.detail(f"containerd {version.version}, revision {version.revision}")
+
+        s.step(4, "Running container 'hello' and capturing its output   (new_container, start, stdio.capture)")
+        hello = client.new_container("hello", oci.default_spec(rootfs, ["sh", "-c", _HELLO], hostname="hello"))
+        out = stdio.capture()
+        task = hello.start(attach_stdio=out)
+        code = task.wait().code
+        out.wait(timeout=10)
+        self.events.wait_for("hello", EventType.EXIT)
+        for text in out.stdout.decode(errors="replace").splitlines():
+            s.detail(f"| {text}")
+        s.detail(f"exit code {code}; deleting its task and the container")
+        task.delete()
+        hello.delete()
+
+        s.step(5, "Starting container 'box', a small service that keeps running   (start)")
+        box = client.new_container("box", oci.default_spec(rootfs, ["sh", "-c", _SERVICE], hostname="box"))
+        service_out = stdio.capture()
+        task = box.start(attach_stdio=service_out)
+        self.events.wait_for("box", EventType.START)
+        s.detail(f"running as host pid {task.pid}, status {task.status().value}")
+
+        s.step(6, "Exec'ing into 'box': `ps`, then `tr` fed from our stdin   (Task.exec)")
+        ps_out = stdio.capture()
+        proc = task.exec("ps", oci.process_spec(["ps", "-o", "pid,user,args"]), attach_stdio=ps_out)
+        proc.wait()
+        ps_out.wait(timeout=10)
+        self.events.wait_for("box", EventType.EXIT, "ps")
+        for text in ps_out.stdout.decode(errors="replace").splitlines():
+            s.detail(f"| {text}")
+        proc.delete()
+        tr_out = stdio.capture(stdin=b"hello from the host, through a FIFO\n")
+        proc = task.exec("upper", oci.process_spec(["tr", "a-z", "A-Z"]), with_stdin=True, attach_stdio=tr_out)
+        proc.wait()
+        tr_out.wait(timeout=10)
+        self.events.wait_for("box", EventType.EXIT, "upper")
+        s.detail(f"| {tr_out.stdout.decode(errors='replace').strip()}")
+        proc.delete()
+
+        s.step(7, "Reading its stats and processes   (Task.stats, Task.summary)")
+        n = stats_numbers(task.stats())
+        limit = n["memory_limit_bytes"]
+        s.detail(f"memory {human_bytes(n['memory_bytes'] or 0)}" + (f" of {human_bytes(limit)}" if limit else "")
+                 + f", CPU time {human_duration(n['cpu_ns'] or 0)}, {n['pids']} processes")
+        s.detail("processes (host pids): " + ", ".join(
+            f"{p.pid}{' (exec ' + p.exec_id + ')' if p.exec_id else ''}" for p in task.summary()))
+
+        s.step(8, "Pausing and resuming it   (Task.pause, Task.resume)")
+        task.pause()
+        self.events.wait_for("box", EventType.PAUSED)
+        s.detail(f"status {task.status().value}")
+        task.resume()
+        self.events.wait_for("box", EventType.RESUMED)
+        s.detail(f"status {task.status().value}")
+
+        s.step(9, "Stopping it with SIGTERM, then deleting task and container   (Task.kill, wait, delete)")
+        task.kill("TERM")
+        status = task.wait()
+        service_out.wait(timeout=10)
+        self.events.wait_for("box", EventType.EXIT)
+        for text in service_out.stdout.decode(errors="replace").splitlines():
+            s.detail(f"| {text}")
+        s.detail(f"exit code {status.code}")
+        task.delete()
+        box.delete()
+
+    # -- cleanup ------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Remove everything the demo made; safe at any point of the script, and more than once."""
+        s = self.screen
+        s.line()
+        s.line("Cleaning up: containers, tasks, client, containerd, shims and directories ...")
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                for ctr in client.list_containers():
+                    with contextlib.suppress(errdefs.NotFound):
+                        ctr.task().force_delete()
+                    ctr.delete()
+            except errdefs.LibcontainerdError as exc:
+                s.detail(f"(the client could not remove everything itself: {exc}; the daemon cleanup will)")
+            client.close()
+        daemon, self.daemon = self.daemon, None
+        containerd_root = os.path.join(self.root, "containerd") if self.root else ""
+        remaining: dict[int, list[str]] = {}
+        if daemon is not None:
+            testing.cleanup_root(daemon)
+            remaining = testing.daemon_processes(daemon)
+        elif containerd_root and os.path.exists(containerd_root):
+            testing.cleanup_root(containerd_root)  # interrupted while the daemon was starting
+        if self.root:
+            if self.made_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            else:
+                for name in ("rootfs", "state", "containerd"):
+                    shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        if remaining:
+            s.detail(f"processes still running: {sorted(remaining)}")
+        elif self.made_root and os.path.exists(self.root):
+            s.detail(f"could not remove {self.root}")
+        else:
+            s.detail("nothing left behind")
+
+
+def run_demo(root: Optional[str], out: TextIO, *, pause_on: Optional[TextIO] = None) -> int:
+    """Run the demo, writing its narration to ``out``; returns the exit code (130 after Ctrl-C).
+
+    Args:
+        root: the directory to work under; None makes (and removes) a temporary one.
+        out: where the step-by-step narration goes.
+        pause_on: wait for a line from this stream before each step (for presenting); its end
+            stops the pausing.
+
+    Raises:
+        errdefs.LibcontainerdError: a step failed (after everything was cleaned up).
+
+    >>> run_demo(None, sys.stdout)  # doctest: +SKIP
+    0
+    """
+    demo = _Demo(root, out, pause_on)
+    interrupted = False
+    try:
+        demo.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        demo.screen.line()
+        demo.screen.line("Interrupted.")
+    finally:
+        with _no_interrupts():
+            demo.cleanup()
+    if interrupted:
+        return 130
+    elapsed = time.monotonic() - demo.screen.started
+    demo.screen.line()
+    demo.screen.line(f"Done in {elapsed:.1f} s. Next: `python -m libcontainerd --help`, or in Python:")
+    demo.screen.line("    import libcontainerd; help(libcontainerd)")
+    return 0

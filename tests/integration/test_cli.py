@@ -1,0 +1,421 @@
+"""The command line (``python -m libcontainerd``) as a user runs it: a subprocess against the session's containerd."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import IO, Any, Optional
+
+import pytest
+
+from libcontainerd import oci, testing
+
+SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
+               "events", "checkpoint", "rm", "demo"]
+DEMO_STEPS = ["[1/9]", "[2/9]", "[3/9]", "[4/9]", "[5/9]", "[6/9]", "[7/9]", "[8/9]", "[9/9]"]
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIBCONTAINERD_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def cli(containerd: Any, state_dir: str, namespace: str) -> Any:
+    """Run ``python -m libcontainerd --address … --namespace … --state-dir … ARGS``; returns the CompletedProcess."""
+    globals_ = ["--address", containerd.address, "--namespace", namespace, "--state-dir", state_dir]
+
+    def run(*args: str, input: Optional[str] = None, timeout: float = 60, where: str = "before",
+            env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
+        argv = [*globals_, *args] if where == "before" else list(args)
+        return subprocess.run([sys.executable, "-m", "libcontainerd", *argv], input=input, capture_output=True,
+                              text=True, timeout=timeout, env=env or _base_env())
+
+    run.globals = globals_  # type: ignore[attr-defined]
+    return run
+
+
+class Lines:
+    """Reads a pipe line by line on a thread, so that a test can wait for a line with a timeout."""
+
+    def __init__(self, stream: IO[str], name: str) -> None:
+        self.q: queue.Queue[Optional[str]] = queue.Queue()
+        self.seen: list[str] = []
+        self._stream = stream
+        self._thread = threading.Thread(target=self._pump, name=f"test-cli-{name}", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for line in self._stream:
+            self.q.put(line)
+        self.q.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> Optional[str]:
+        """The first next line matching ``pattern``; None on EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                line = self.q.get(timeout=left)
+            except queue.Empty:
+                return None
+            if line is None:
+                return None
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def rest(self) -> str:
+        self._thread.join(timeout=10)
+        while True:
+            try:
+                line = self.q.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.seen.append(line)
+        return "".join(self.seen)
+
+
+class Procs:
+    """CLI subprocesses and their line readers, killed, reaped and joined at teardown whatever happened."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.readers: list[Lines] = []
+
+    def start(self, *argv: str, stdin: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "libcontainerd", *argv], stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=_base_env())
+        self.procs.append(proc)
+        return proc
+
+    def lines(self, stream: IO[str], name: str) -> Lines:
+        reader = Lines(stream, name)
+        self.readers.append(reader)
+        return reader
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+        for reader in self.readers:
+            reader.rest()  # the process is gone: its pipes are at EOF and the reader ends
+        for proc in self.procs:
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _alive(pids: dict[int, list[str]]) -> list[int]:
+    """Which of these processes still run (same pid and command line, not a zombie)."""
+    alive = []
+    for pid, argv in pids.items():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                same = [a.decode() for a in f.read().split(b"\0") if a] == argv
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except OSError:
+            continue
+        if same and not zombie:
+            alive.append(pid)
+    return alive
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("libcontainerd: error: "), stderr
+    return lines[0]
+
+
+def _our_processes(path: str) -> list[str]:
+    """Command lines of live processes that mention ``path`` (containerd, shims, containers of a root)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").replace("\0", " ")
+        except OSError:
+            continue
+        if path in argv:
+            found.append(f"{entry}: {argv}")
+    return found
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+
+def test_version(cli, client):
+    res = cli("version")
+    assert res.returncode == 0, res.stderr
+    assert f"containerd {client.version().version}" in res.stdout
+    assert "libcontainerd 0.1.0" in res.stdout
+
+
+def test_run_rm_prints_the_output_and_returns_the_exit_code(cli, client):
+    res = cli("run", "--rm", "--busybox", "x", "sh", "-c", "echo hi; exit 3")
+    assert (res.returncode, res.stdout) == (3, "hi\n"), res.stderr
+    assert client.list_containers() == []
+
+
+def test_run_interactive_reads_stdin(cli, client):
+    res = cli("run", "--rm", "-i", "--busybox", "up", "tr", "a-z", "A-Z", input="hello, stdin\n" * 1000)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "HELLO, STDIN\n" * 1000
+
+
+def test_run_with_a_terminal_user_env_and_cwd(cli, client):
+    res = cli("run", "--rm", "-t", "--busybox", "--user", "user", "-e", "GREETING=hey", "--cwd", "/tmp",
+              "box", "sh", "-c", "tty; id -u; echo $GREETING; pwd")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.replace("\r\n", "\n").splitlines()
+    assert lines[0].startswith("/dev/pts/")
+    assert lines[1:] == ["1000", "hey", "/tmp"]
+    assert client.list_containers() == []
+
+
+def test_global_options_after_the_subcommand_and_from_the_environment(cli, containerd, state_dir, namespace, client):
+    # After the subcommand; whatever follows the id belongs to the container's command.
+    res = cli("run", "--address", containerd.address, "--namespace", namespace, "--state-dir", state_dir,
+              "--rm", "--busybox", "echoer", "echo", "--namespace", "--rm", where="after")
+    assert (res.returncode, res.stdout) == (0, "--namespace --rm\n"), res.stderr
+    # Given in both places, the one after the subcommand wins.
+    res = cli("--address", "/nonexistent/containerd.sock", "version", "--address", containerd.address,
+              "--namespace", namespace, "--state-dir", state_dir, where="after")
+    assert res.returncode == 0, res.stderr
+    # From the environment.
+    env = {**_base_env(), "LIBCONTAINERD_ADDRESS": containerd.address, "LIBCONTAINERD_NAMESPACE": namespace,
+           "LIBCONTAINERD_STATE_DIR": state_dir}
+    client.new_container("from-env", oci.default_spec("/nonexistent", ["true"]))
+    res = cli("ps", where="none", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "from-env" in res.stdout
+    res = cli("rm", "from-env", where="none", env=env)
+    assert (res.returncode, res.stdout) == (0, "from-env\n"), res.stderr
+
+
+def test_a_detached_container_through_every_command(cli, client):
+    res = cli("run", "-d", "--busybox", "--memory", "64m", "web", "sleep", "300")
+    assert (res.returncode, res.stdout) == (0, "web\n"), res.stderr
+    task = client.load_container("web").task()
+
+    for name in ("ps", "list"):
+        res = cli(name)
+        assert res.returncode == 0, res.stderr
+        header, row = res.stdout.splitlines()
+        assert header.split() == ["CONTAINER", "STATUS", "PID", "COMMAND"]
+        assert row.split() == ["web", "running", str(task.pid), "sleep", "300"]
+        # Aligned columns: each value starts under (or, right-aligned, ends under) its header.
+        assert row.index("running") == header.index("STATUS")
+        assert row.index(str(task.pid)) + len(str(task.pid)) == header.index("PID") + len("PID")
+
+    res = cli("exec", "web", "sh", "-c", "echo from exec; exit 4")
+    assert (res.returncode, res.stdout) == (4, "from exec\n"), res.stderr
+    res = cli("exec", "-i", "--exec-id", "cat1", "web", "cat", input="piped\n")
+    assert (res.returncode, res.stdout) == (0, "piped\n"), res.stderr
+
+    res = cli("top", "web")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].split() == ["PID", "EXEC", "COMMAND"]
+    assert any(line.split()[:3] == [str(task.pid), "(main)", "sleep"] for line in res.stdout.splitlines())
+
+    res = cli("stats", "--json", "web")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["id"] == "web" and doc["memory_bytes"] > 0 and doc["pids"] >= 1 and "metrics" in doc
+    assert doc["memory_limit_bytes"] == 64 << 20
+    res = cli("stats")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].split() == ["CONTAINER", "CPU", "TIME", "MEMORY", "LIMIT", "PIDS"]
+    assert re.search(r"^web\s+[\d.]+ [µm]?s\s+[\d.]+ (B|KiB|MiB)\s+64.0 MiB\s+\d+$", res.stdout, re.M), res.stdout
+
+    assert cli("pause", "web").returncode == 0
+    assert cli("ps").stdout.splitlines()[1].split()[1] == "paused"
+    assert cli("resume", "web").returncode == 0
+    assert cli("ps").stdout.splitlines()[1].split()[1] == "running"
+
+    res = cli("rm", "web")  # running: refused without -f
+    assert res.returncode == 1
+    assert "running" in _one_error_line(res.stderr)
+    res = cli("kill", "--signal", "KILL", "web")
+    assert res.returncode == 0, res.stderr
+    assert task.wait(timeout=30).code == 137
+    assert cli("ps").stdout.splitlines()[1].split()[:2] == ["web", "stopped"]
+    res = cli("rm", "web")  # stopped: removed with its task
+    assert (res.returncode, res.stdout) == (0, "web\n"), res.stderr
+
+    assert cli("run", "-d", "--busybox", "db", "sleep", "300").returncode == 0
+    res = cli("rm", "-f", "db")
+    assert (res.returncode, res.stdout) == (0, "db\n"), res.stderr
+    assert client.list_containers() == []
+
+
+def test_checkpoint_writes_files_or_says_why_not_in_one_line(cli, client, tmp_path):
+    assert cli("run", "-d", "--busybox", "ck", "sleep", "300").returncode == 0
+    res = cli("checkpoint", "ck", str(tmp_path / "ck"), timeout=120)
+    if res.returncode == 0:
+        assert os.listdir(tmp_path / "ck")
+    else:  # CRIU cannot dump on some kernels (this machine's among them): a clear error, no traceback
+        assert res.returncode == 1
+        assert "criu" in _one_error_line(res.stderr).lower()
+    assert cli("rm", "-f", "ck").returncode == 0
+
+
+def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, rootfs, procs):
+    proc = procs.start(*cli.globals, "events", "--json")
+    err = procs.lines(proc.stderr, "events-stderr")
+    out = procs.lines(proc.stdout, "events-stdout")
+    assert err.wait_for("watching events") is not None, err.rest()
+    exit_line = None
+    # The stream is subscribed right after the notice; another container only covers a slow subscription.
+    for attempt in range(3):
+        cid = f"ev{attempt}"
+        ctr = client.new_container(cid, oci.default_spec(rootfs, ["true"]))
+        task = ctr.start()
+        task.wait(timeout=30)
+        task.delete()
+        ctr.delete()
+        exit_line = out.wait_for(f'"type": "exit", "container": "{cid}"', timeout=10)
+        if exit_line is not None:
+            break
+    assert exit_line is not None, out.rest()
+    event = json.loads(exit_line)
+    assert event["exit_code"] == 0 and event["pid"] > 0 and event["process"] == cid and event["exited_at"]
+    kinds = [json.loads(line)["type"] for line in out.seen if f'"{cid}"' in line]
+    assert kinds == ["create", "start", "exit"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) in (0, 130)
+    assert "Traceback" not in err.rest()
+
+
+def test_events_human_lines(cli, client, rootfs, procs):
+    proc = procs.start(*cli.globals, "events")
+    err = procs.lines(proc.stderr, "events-stderr")
+    out = procs.lines(proc.stdout, "events-stdout")
+    assert err.wait_for("watching events") is not None, err.rest()
+    line = None
+    for attempt in range(3):
+        cid = f"hv{attempt}"
+        ctr = client.new_container(cid, oci.default_spec(rootfs, ["sh", "-c", "exit 7"]))
+        task = ctr.start()
+        task.wait(timeout=30)
+        task.delete()
+        ctr.delete()
+        line = out.wait_for(rf"\bexit\s+{cid}\b", timeout=10)
+        if line is not None:
+            break
+    assert line is not None, out.rest()
+    assert re.match(rf"^\d{{4}}-\d\d-\d\dT[\d:.]+Z\s+exit\s+{cid}\s+pid \d+, exit code 7$", line), line
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) in (0, 130)
+    assert "Traceback" not in err.rest()
+
+
+def test_an_error_is_one_line_and_a_nonzero_exit(cli, client):
+    res = cli("rm", "nosuch")
+    assert res.returncode != 0
+    assert "nosuch" in _one_error_line(res.stderr)
+    res = cli("--address", "/nonexistent/containerd.sock", "version", where="after")
+    assert res.returncode != 0
+    assert "/nonexistent/containerd.sock" in _one_error_line(res.stderr)
+    res = cli("run", "--rm", "--busybox", "bad", "no-such-command")
+    assert res.returncode != 0
+    assert "no-such-command" in _one_error_line(res.stderr)
+    assert client.list_containers() == []  # nothing left of the failed run
+    res = cli("run", "--memory", "lots", "--busybox", "m", "true")
+    assert res.returncode == 2
+    assert "--memory" in _one_error_line(res.stderr)
+
+
+def test_help_of_every_subcommand_shows_an_example(cli):
+    for name in ["", *SUBCOMMANDS]:
+        res = cli(*([name] if name else []), "--help", where="none")
+        assert res.returncode == 0, (name, res.stderr)
+        assert "example" in res.stdout, name
+        assert "--address" in res.stdout, name
+
+
+def test_daemon_runs_until_ctrl_c(cli, procs):
+    root = tempfile.mkdtemp(prefix="lcd-clid-")
+    try:
+        proc = procs.start("daemon", "--root", os.path.join(root, "d"))
+        out = procs.lines(proc.stdout, "daemon-stdout")
+        line = out.wait_for("is serving at", timeout=60)
+        assert line is not None, proc.stderr.read() if proc.poll() is not None else out.rest()
+        address = line.split("is serving at ")[1].strip()
+        res = cli("version", "--address", address, "--state-dir", os.path.join(root, "state"), where="after")
+        assert res.returncode == 0, res.stderr
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        out.rest()
+        assert "containerd stopped" in proc.stderr.read()
+        assert _our_processes(root) == []
+    finally:
+        testing.cleanup_root(os.path.join(root, "d"))
+        subprocess.run(["rm", "-rf", root], check=False)
+
+
+# -- the demo -------------------------------------------------------------------------------------
+
+
+def test_demo_end_to_end_leaves_nothing_behind():
+    res = subprocess.run([sys.executable, "-m", "libcontainerd", "demo"], capture_output=True, text=True,
+                         timeout=90, env=_base_env())
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    for step in DEMO_STEPS:
+        assert step in out, out
+    for words in ("Hello from container hello", "exit code 0", "HELLO FROM THE HOST", "memory", "status paused",
+                  "status running", "got SIGTERM", "event", "paused", "resumed", "exec-started", "nothing left behind"):
+        assert words in out, (words, out)
+    root = re.search(r"under (/\S+)", out).group(1)
+    assert root.startswith(tempfile.gettempdir())
+    assert not os.path.exists(root)
+    assert _our_processes(root) == []
+    assert "Traceback" not in res.stderr
+
+
+def test_demo_cleans_up_after_ctrl_c(procs, tmp_path):
+    root = str(tmp_path / "demo")
+    proc = procs.start("demo", "--pause", "--root", root, stdin=subprocess.PIPE)
+    out = procs.lines(proc.stdout, "demo-stdout")
+    proc.stdin.write("\n" * 4)  # go on to step 5, then stop at the prompt before step 6 with 'box' running
+    proc.stdin.flush()
+    assert out.wait_for(r"\[5/9\]", timeout=60) is not None, out.rest()
+    assert out.wait_for("press Enter", timeout=30) is not None, out.rest()
+    running = testing.daemon_processes(os.path.join(root, "containerd"))
+    assert any("shim" in argv[0] for argv in running.values()), running  # containerd and the shim of 'box'
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    text = out.rest()
+    assert "Interrupted" in text and "nothing left behind" in text, text
+    assert "Traceback" not in proc.stderr.read()
+    assert not os.path.exists(root)
+    assert _alive(running) == []
