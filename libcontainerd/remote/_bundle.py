@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,11 +58,19 @@ def process_host_user(spec: Mapping[str, Any]) -> tuple[int, int]:
     return _host_id(uid, linux.get("uidMappings") or ()), _host_id(gid, linux.get("gidMappings") or ())
 
 
+def _check_existing(path: str) -> None:
+    """Reuse an existing bundle path only if it is a real directory: a symlink there would make the
+    FIFOs (and the chown of a remapped root) land wherever it points, outside the state dir."""
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise errdefs.Conflict(f"bundle path {path} exists and is not a directory (a symlink or a file); remove it")
+
+
 def create(path: str, spec: Mapping[str, Any]) -> tuple[str, bool]:
     """Create the bundle dir; return (the path to record in the label, whether we made it).
 
     Raises:
         errdefs.System: the directory cannot be made.
+        errdefs.Conflict: something that is not a directory (e.g. a symlink) is at the path.
     """
     uid, gid = remapped_root(spec)
     try:
@@ -69,6 +78,7 @@ def create(path: str, spec: Mapping[str, Any]) -> tuple[str, bool]:
             try:
                 os.mkdir(path, 0o755)
             except FileExistsError:
+                _check_existing(path)
                 return path, False
             os.chmod(path, 0o755)  # whatever the umask
             return path, True
@@ -87,7 +97,7 @@ def create(path: str, spec: Mapping[str, Any]) -> tuple[str, bool]:
                     os.mkdir(current, 0o700)
                     made = True
                 except FileExistsError:
-                    pass
+                    _check_existing(current)
                 os.chown(current, uid, gid)
                 os.chmod(current, 0o700)
         return current, made
