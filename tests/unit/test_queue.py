@@ -203,8 +203,15 @@ def test_on_error_hook_gets_key_exception_and_context(caplog: pytest.LogCaptureF
 def test_close_drains_queued_work() -> None:
     ex = KeyedSerialExecutor(max_workers=2, name="libcontainerd-test-drain")
     gate = threading.Event()
+    started = threading.Event()
     seen: list[int] = []
-    ex.submit("a", gate.wait, WAIT)
+
+    def first() -> None:
+        started.set()
+        assert gate.wait(WAIT)
+
+    ex.submit("a", first)
+    assert started.wait(WAIT)  # the first callback is running, not pending
     for i in range(100):
         ex.submit("a", seen.append, i)
     assert ex.pending == 100
