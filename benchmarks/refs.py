@@ -71,8 +71,24 @@ class RawClient:
         return int(resp.exit_status)
 
     def delete_container(self, cid: str) -> None:
+        """``Container.delete``: Tasks.Get (refuse while a task exists, as Go's client does), Containers.Delete."""
+        try:
+            self.tasks.Get(tasks_pb2.GetRequest(container_id=cid), metadata=self.md)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        else:
+            raise RuntimeError(f"container {cid} still has a task")
         self.containers.Delete(containers_pb2.DeleteContainerRequest(id=cid), metadata=self.md)
         shutil.rmtree(os.path.join(self.state_dir, cid), ignore_errors=True)
+
+    def kill_and_delete(self, cid: str) -> None:
+        """SIGKILL the task, wait for it, delete it and the container (clean-up, not measured)."""
+        waiter = self.tasks.Wait.future(tasks_pb2.WaitRequest(container_id=cid), metadata=self.md)
+        self.tasks.Kill(tasks_pb2.KillRequest(container_id=cid, signal=9, all=True), metadata=self.md)
+        waiter.result(timeout=30)
+        self.delete_task(cid)
+        self.delete_container(cid)
 
     def lifecycle(self, cid: str, spec: Mapping[str, Any]) -> int:
         """create -> start -> wait -> delete, as ``new_container``/``start``/``wait``/``delete``/``delete``."""
