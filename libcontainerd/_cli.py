@@ -706,10 +706,10 @@ def cmd_demo(args: argparse.Namespace, ctx: _Context) -> int:
 # -- the parser -------------------------------------------------------------------------------------
 
 
-def _global_options(parser: argparse.ArgumentParser) -> None:
+def _global_options(parser: argparse.ArgumentParser, where: str) -> None:
     # SUPPRESS: an option given neither before nor after the subcommand leaves no attribute, so
     # the env var and then the default apply, and one given after the subcommand wins.
-    group = parser.add_argument_group("global options (also accepted before the subcommand)")
+    group = parser.add_argument_group(f"global options (also accepted {where} the subcommand)")
     group.add_argument("--address", metavar="SOCKET", default=argparse.SUPPRESS,
                        help=f"containerd's socket or host:port (${ENV_ADDRESS}; default {DEFAULT_ADDRESS})")
     group.add_argument("--namespace", metavar="NS", default=argparse.SUPPRESS,
@@ -762,7 +762,8 @@ _COMMANDS: list[tuple[str, list[str], str, str]] = [
     ("rm", [], "remove containers (their stopped tasks too; -f kills running ones first)",
      f"examples:\n  {PROG} rm web\n  {PROG} rm -f web db"),
     ("demo", [], "a private containerd, a busybox container, exec, stats, pause/resume and events, step by step",
-     f"examples:\n  {PROG} demo\n  {PROG} demo --root /tmp/lcd-demo\n\n"
+     f"examples:\n  {PROG} demo\n  {PROG} demo --pause       # wait for Enter before each step\n"
+     f"  {PROG} demo --root /tmp/lcd-demo\n\n"
      "Everything the demo makes is removed at the end, also on Ctrl-C."),
 ]
 
@@ -781,9 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
                f"`{PROG} COMMAND --help` shows the options and an example of each command.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {libcontainerd.__version__}")
-    _global_options(parser)
+    _global_options(parser, "after")
     common = _Parser(add_help=False)
-    _global_options(common)
+    _global_options(common, "before")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", title="commands")
     subparsers: dict[str, argparse.ArgumentParser] = {}
     for name, aliases, help_text, example in _COMMANDS:
@@ -901,18 +902,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     >>> main(["version", "--address", "/nonexistent.sock"])  # doctest: +SKIP
     1
     """
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    handler: Optional[Handler] = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    ctx = _Context(args)
-    undo_logging = _setup_logging(ctx.debug, quiet_event_stream=handler is not cmd_events)
     try:
-        return _dispatch(handler, args, ctx)
-    finally:
-        undo_logging()
+        parser = build_parser()
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        handler: Optional[Handler] = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        ctx = _Context(args)
+        undo_logging = _setup_logging(ctx.debug, quiet_event_stream=handler is not cmd_events)
+        try:
+            return _dispatch(handler, args, ctx)
+        finally:
+            undo_logging()
+    except KeyboardInterrupt:  # before or after the command ran: nothing to clean up, nothing to say
+        sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
 
 
 def _dispatch(handler: Handler, args: argparse.Namespace, ctx: _Context) -> int:
