@@ -94,7 +94,7 @@ def check_process_spec(spec: object, what: str = "process spec") -> Mapping[str,
         raise errdefs.InvalidParameter(f"{what}: 'args' must not contain NUL characters")
     if "terminal" in spec and not isinstance(spec["terminal"], bool):
         raise errdefs.InvalidParameter(f"{what}: 'terminal' must be a bool")
-    cwd = spec.get("cwd", "/")
+    cwd = spec.get("cwd")  # runc refuses a missing cwd ("Cwd property must not be empty"), so no default here
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise errdefs.InvalidParameter(f"{what}: 'cwd' must be an absolute path")
     user = spec.get("user", {})
