@@ -1,0 +1,233 @@
+"""Shared pieces of the hardening suite: a private daemon per module, leak probes, state-dir checks.
+
+The hardening modules inject faults (SIGKILL, SIGSTOP, removed sockets, dead shims) into a containerd
+of their own, never into the session's ``containerd`` fixture. This module only observes: it lists
+files, threads and descriptors, and starts/stops the private daemon for a module.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Collection, Iterator
+from typing import Any
+
+import libcontainerd
+from libcontainerd import errdefs, oci, stdio, supervisor, testing
+from libcontainerd.types import EventType
+
+from .conftest import Recorder
+
+
+class PrivateDaemon:
+    """One containerd for one test module, which tests may kill, freeze, stop and start again."""
+
+    def __init__(self) -> None:
+        testing.require_containerd()
+        self.tmp = tempfile.mkdtemp(prefix="lcd-h-")  # short: the socket path must fit
+        try:
+            self.daemon: supervisor.Daemon = testing.start_daemon(self.tmp, health_failures=0)
+        except BaseException:
+            testing.cleanup_root(os.path.join(self.tmp, "containerd"))
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.daemon.pid
+
+    @property
+    def address(self) -> str:
+        return self.daemon.address
+
+    def kill(self) -> None:
+        """SIGKILL containerd and wait until the supervisor has restarted it."""
+        restarts = self.daemon.restarts
+        os.kill(self.daemon.pid, signal.SIGKILL)
+        assert self.daemon.wait_for_restarts(restarts + 1, timeout=60), "containerd was not restarted"
+
+    def thaw(self) -> None:
+        try:
+            os.kill(self.daemon.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def restart(self) -> None:
+        """Start containerd again on the same root after :meth:`stop_daemon` (same socket path)."""
+        self.daemon = testing.start_daemon(self.tmp, health_failures=0)
+
+    def shim_pid(self, namespace: str, container_id: str) -> int:
+        """The pid of the runc shim serving ``container_id`` (its bundle's ``shim.pid``, or /proc cmdlines)."""
+        path = os.path.join(self.daemon.state_dir, "io.containerd.runtime.v2.task", namespace, container_id,
+                            "shim.pid")
+        try:
+            with open(path, encoding="ascii") as f:
+                return int(f.read().strip())
+        except FileNotFoundError:  # containerd 1.6's runc v2 shim writes no shim.pid
+            pids = list(iter_shims(container_id, self.daemon.address))
+        assert len(pids) == 1, f"shims of {container_id}: {pids}"
+        return pids[0]
+
+    def close(self) -> None:
+        self.thaw()
+        procs = testing.daemon_processes(self.daemon.root_dir)
+        try:
+            leftovers = testing.cleanup_root(self.daemon)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        assert not testing.daemon_processes(self.daemon.root_dir)
+        assert not leftovers, f"the hardening tests left processes or mounts behind: {leftovers} of {procs}"
+
+
+def spec(rootfs: str, *args: str, **kw: Any) -> dict[str, Any]:
+    return oci.default_spec(rootfs, list(args), **kw)
+
+
+def listing(path: str) -> list[str]:
+    """Every path under ``path`` (relative), sorted; ``[]`` for a missing dir."""
+    out = []
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            out.append(os.path.relpath(os.path.join(root, name), path))
+    return sorted(out)
+
+
+def assert_state_dir_matches(client: libcontainerd.Client) -> None:
+    """The state dir holds a bundle for live containers only, and FIFOs only of known processes."""
+    live = {c.id for c in client.list_containers()}
+    for name in os.listdir(client.state_dir):
+        assert name in live, f"state dir holds {name!r}, which is no container of namespace {client.namespace}"
+
+
+def lifecycle_works(client: libcontainerd.Client, recorder: Recorder, rootfs: str, cid: str) -> None:
+    """A whole container lifecycle with stdio and events, on the client under test."""
+    ctr = client.new_container(cid, spec(rootfs, "sh", "-c", f"echo alive-{cid}"))
+    out = stdio.capture()
+    task = ctr.start(attach_stdio=out)
+    assert task.wait(timeout=30).code == 0
+    assert out.wait(timeout=30).stdout == f"alive-{cid}\n".encode()
+    recorder.wait_for(cid, EventType.EXIT, timeout=30)
+    assert task.delete().code == 0
+    ctr.delete()
+    assert not os.path.exists(os.path.join(client.state_dir, cid))
+
+
+def wait_for_threads(baseline: Collection[threading.Thread], timeout: float = 15.0) -> list[str]:
+    """libcontainerd threads not in ``baseline``, after giving ending ones up to ``timeout`` s to end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # The supervisor's monitor belongs to the daemon (a test may restart it), not to the client.
+        left = [n for n in testing.leftover_threads(baseline) if n != "libcontainerd-supervisor"]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def force_cleanup(client: libcontainerd.Client) -> list[str]:
+    """Remove every container of the client's namespace, whatever state a fault left it in."""
+    removed = []
+    for ctr in client.list_containers():
+        try:
+            ctr.task().force_delete()
+        except errdefs.NotFound:
+            pass
+        ctr.delete()
+        removed.append(ctr.id)
+    return removed
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def run_in_thread(fn: Any, *args: Any, **kw: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``fn`` on a named thread; the dict gets ``result`` or ``error``."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(*args, **kw)
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="hardening-call", daemon=True)
+    t.start()
+    return t, box
+
+
+def shims(address: str, namespace: str = "", container_id: str = "") -> dict[int, list[str]]:
+    """The runc v2 shims of the containerd at ``address`` (optionally of one namespace / container), from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith("containerd-shim-runc-v2"):
+            continue
+        flags = dict(zip(argv[1:], argv[2:]))
+        if flags.get("-address") != address:
+            continue
+        if namespace and flags.get("-namespace") != namespace:
+            continue
+        if container_id and flags.get("-id") != container_id:
+            continue
+        found[int(entry)] = argv
+    return found
+
+
+def reap_orphan_shim(pid: int, namespace: str, container_id: str) -> None:
+    """SIGKILL a shim containerd forgot, and what runs under it; remove the runc state it made."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    below, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - below
+        below |= frontier
+    for victim in [*below, pid]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    runc_root = os.path.join("/run/containerd/runc", namespace)
+    if shutil.which("runc") and os.path.isdir(os.path.join(runc_root, container_id)):
+        subprocess.run(["runc", "--root", runc_root, "delete", "--force", container_id], capture_output=True,
+                       check=False, timeout=30)
+    for cgroup in glob.glob(f"/sys/fs/cgroup/*/{namespace}/{container_id}"):
+        try:
+            os.rmdir(cgroup)
+        except OSError:
+            pass
+
+
+def iter_shims(container_id: str, address: str) -> Iterator[int]:
+    """Pids of the runc v2 shims of ``container_id`` serving the containerd at ``address``."""
+    yield from shims(address, container_id=container_id)

@@ -1,0 +1,166 @@
+"""Isolation and permissions: namespaces do not see each other, bundles and FIFOs are private, ids stay inside.
+
+Against the session's containerd: two clients in two namespaces use the same container id without
+seeing or touching each other's containers or events; bundle dirs are not writable by others and
+FIFOs are 0600 or stricter even under a umask of 0; and no id -- traversal, symlink planted in the
+state dir, exec id -- can make the client write outside its state dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import libcontainerd
+from libcontainerd import errdefs, oci, stdio
+from libcontainerd.types import EventType as E
+from libcontainerd.types import Status
+
+from ._hardening import listing, spec
+from .conftest import Recorder, cleanup_namespace
+
+
+@pytest.fixture
+def two(containerd, namespace) -> Iterator[tuple[libcontainerd.Client, Recorder, libcontainerd.Client, Recorder]]:
+    parent = tempfile.mkdtemp(prefix="lcd-iso-")
+    ra, rb = Recorder(), Recorder()
+    a = libcontainerd.new_client(containerd.address, os.path.join(parent, "a"), namespace + "-a", ra, timeout=30)
+    b = libcontainerd.new_client(containerd.address, os.path.join(parent, "b"), namespace + "-b", rb, timeout=30)
+    try:
+        yield a, ra, b, rb
+    finally:
+        for c in (a, b):
+            cleanup_namespace(c)
+            c.close()
+        shutil.rmtree(parent)
+
+
+def test_namespaces_do_not_see_or_touch_each_other(two, rootfs):
+    a, ra, b, rb = two
+    ctr_a = a.new_container("same", spec(rootfs, "sleep", "300"))
+    task_a = ctr_a.start()
+    ra.wait_for("same", E.START)
+
+    assert b.list_containers() == []
+    with pytest.raises(errdefs.NotFound):
+        b.load_container("same")
+    ctr_b = b.new_container("same", spec(rootfs, "sh", "-c", "echo b"))  # the same id is free in b
+    out = stdio.capture()
+    task_b = ctr_b.start(attach_stdio=out)
+    assert task_b.wait(timeout=30).code == 0
+    assert out.wait(timeout=30).stdout == b"b\n"
+    rb.wait_for("same", E.EXIT)
+    task_b.delete()
+    ctr_b.delete()
+    with pytest.raises(errdefs.NotFound):  # b's handle cannot reach a's task
+        ctr_b.task()
+    with pytest.raises(errdefs.NotFound):
+        task_b.kill(signal.SIGKILL)
+
+    assert task_a.status() is Status.RUNNING
+    assert [c.id for c in a.list_containers()] == ["same"]
+    assert [t for t, _ in ra.of("same")] == [E.CREATE, E.START], "a saw b's events"
+    assert [t for t, _ in rb.of("same")] == [E.CREATE, E.START, E.EXIT], "b saw a's events"
+    task_a.kill(signal.SIGKILL)
+    assert task_a.wait(timeout=30).code == 137
+    ra.wait_for("same", E.EXIT)
+    assert [t for t, _ in rb.of("same")] == [E.CREATE, E.START, E.EXIT]
+    task_a.delete()
+    ctr_a.delete()
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_bundles_and_fifos_are_private_even_with_umask_0(client, rootfs):
+    old = os.umask(0)
+    try:
+        ctr = client.new_container("private", spec(rootfs, "sleep", "300"))
+        task = ctr.start(with_stdin=True, attach_stdio=stdio.capture())
+        proc = task.exec("ex", oci.process_spec(["sleep", "300"]), with_stdin=True, attach_stdio=stdio.capture())
+    finally:
+        os.umask(old)
+    try:
+        assert _mode(client.state_dir) & 0o022 == 0, oct(_mode(client.state_dir))
+        bundle = ctr.bundle_dir
+        assert os.path.dirname(bundle) == client.state_dir
+        assert _mode(bundle) & 0o022 == 0, f"bundle dir is writable by others: {oct(_mode(bundle))}"
+        fifos = sorted(os.listdir(bundle))
+        assert fifos == ["ex-stderr", "ex-stdin", "ex-stdout", "private-stderr", "private-stdin", "private-stdout"]
+        for name in fifos:
+            path = os.path.join(bundle, name)
+            assert stat.S_ISFIFO(os.lstat(path).st_mode)
+            assert _mode(path) & 0o077 == 0, f"{name} is open to other users: {oct(_mode(path))}"
+            assert os.lstat(path).st_uid == os.geteuid()
+    finally:
+        proc.kill(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.delete()
+        task.force_delete()
+        ctr.delete()
+
+
+def test_a_symlink_planted_in_the_state_dir_is_not_followed(client, rootfs):
+    outside = tempfile.mkdtemp(prefix="lcd-outside-")
+    try:
+        os.symlink(outside, os.path.join(client.state_dir, "planted"))
+        with pytest.raises(errdefs.LibcontainerdError):
+            ctr = client.new_container("planted", spec(rootfs, "sh", "-c", "echo hi"))
+            try:
+                task = ctr.start(attach_stdio=stdio.capture())
+                task.wait(timeout=30)
+                task.delete()
+            finally:
+                ctr.delete()
+        assert os.listdir(outside) == [], "files were written outside the state dir"
+        assert os.path.islink(os.path.join(client.state_dir, "planted"))
+        assert client.list_containers() == []
+    finally:
+        os.unlink(os.path.join(client.state_dir, "planted"))
+        shutil.rmtree(outside)
+
+
+@given(st.one_of(
+    st.sampled_from(["..", "../x", "../../tmp/x", "x/../..", "/tmp/x", "./x", "x/y", "~", "x\x00", "..\\x"]),
+    st.text(alphabet=st.sampled_from("./\\x\x00~"), min_size=1, max_size=12),
+))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_id_writes_outside_the_state_dir(client, rootfs, evil):
+    parent = os.path.dirname(client.state_dir)
+    before = os.listdir(parent)
+    try:
+        client.new_container(evil, spec(rootfs, "true"))
+    except errdefs.InvalidParameter:
+        pass
+    else:  # a harmless id such as 'x': it must live inside the state dir
+        ctr = client.load_container(evil)
+        assert os.path.dirname(ctr.bundle_dir) == client.state_dir
+        ctr.delete()
+    assert os.listdir(parent) == before
+    assert listing(client.state_dir) == []
+
+
+def test_no_exec_id_writes_outside_the_bundle(client, rootfs):
+    ctr = client.new_container("exec-host", spec(rootfs, "sleep", "300"))
+    task = ctr.start()
+    parent = os.path.dirname(client.state_dir)
+    before = os.listdir(parent)
+    try:
+        for evil in ["../x", "../../x", "/tmp/x", "..", ".", "x/y", "x\x00y", "a" * 200]:
+            with pytest.raises(errdefs.InvalidParameter):
+                task.exec(evil, oci.process_spec(["true"]), attach_stdio=stdio.capture())
+        assert os.listdir(ctr.bundle_dir) == []
+        assert os.listdir(parent) == before
+        assert sorted(os.listdir(client.state_dir)) == ["exec-host"]
+    finally:
+        task.force_delete()
+        ctr.delete()
