@@ -27,9 +27,8 @@ def test_every_status_code_but_ok_has_a_class():
 @pytest.mark.parametrize("code, cls", sorted(errdefs.GRPC_CODE_MAP.items(), key=lambda kv: kv[0].name))
 def test_mapping_keeps_cause_and_message(code, cls):
     err = FakeRpcError(code, "something odd happened")
-    with pytest.raises(errdefs.LibcontainerdError) as info:
-        with errdefs.grpc_errors("container web-1"):
-            raise err
+    with pytest.raises(errdefs.LibcontainerdError) as info, errdefs.grpc_errors("container web-1"):
+        raise err
     assert type(info.value) is cls
     assert info.value.__cause__ is err
     assert str(info.value) == "container web-1: something odd happened"
