@@ -363,6 +363,27 @@ def _no_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block is done, then raise it.
+
+    Creating and starting are RPCs that containerd completes even when the caller stops
+    waiting: interrupted half-way, the caller would not know what exists. Deferred, the
+    interrupt arrives when the container or process is known, and the usual cleanup runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if pending:
+        raise KeyboardInterrupt
+
+
 # -- subcommands ------------------------------------------------------------------------------------
 
 
@@ -436,16 +457,26 @@ def cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
         raise UsageError("-d/--detach cannot be combined with --rm or -i: nothing would stay attached")
     spec = _build_run_spec(args, ctx)
     with ctx.client() as client:
-        ctr = client.new_container(args.id, spec)
+        ctr: Optional[libcontainerd.Container] = None
+        task: Optional[libcontainerd.Task] = None
         try:
-            if args.detach:
-                task = ctr.start()
-            else:
-                task = ctr.start(with_stdin=args.interactive, attach_stdio=_stdio_callback(args.tty, args.interactive))
+            with _deferred_interrupts():
+                ctr = client.new_container(args.id, spec)
+                if args.detach:
+                    task = ctr.start()
+                else:
+                    task = ctr.start(with_stdin=args.interactive,
+                                     attach_stdio=_stdio_callback(args.tty, args.interactive))
         except BaseException:
-            with _no_interrupts(), contextlib.suppress(errdefs.LibcontainerdError):
-                ctr.delete()  # a container whose task never started is of no use to anyone
+            with _no_interrupts():
+                if task is not None:  # Ctrl-C during the start: it is stopped and removed as below
+                    with contextlib.suppress(errdefs.LibcontainerdError):
+                        task.force_delete()
+                if ctr is not None:  # a container whose task never started is of no use to anyone
+                    with contextlib.suppress(errdefs.LibcontainerdError):
+                        ctr.delete()
             raise
+        assert ctr is not None and task is not None  # the block above either made both or raised
         if args.detach:
             _out(args.id)
             return 0
@@ -489,18 +520,21 @@ def cmd_exec(args: argparse.Namespace, ctx: _Context) -> int:
         spec = oci.process_spec(list(args.command), env=env, cwd=args.cwd or process.get("cwd") or "/",
                                 terminal=args.tty, user=user)
         if args.detach:
-            proc = task.exec(exec_id, spec)
+            task.exec(exec_id, spec)
             _out(exec_id)
             return 0
-        proc = task.exec(exec_id, spec, with_stdin=args.interactive,
-                         attach_stdio=_stdio_callback(args.tty, args.interactive))
+        proc: Optional[libcontainerd.Process] = None
         try:
+            with _deferred_interrupts():
+                proc = task.exec(exec_id, spec, with_stdin=args.interactive,
+                                 attach_stdio=_stdio_callback(args.tty, args.interactive))
             code = _follow(proc, args.tty, args.interactive)
         except BaseException:
-            with _no_interrupts(), contextlib.suppress(errdefs.LibcontainerdError, TimeoutError):
-                proc.kill(signal.SIGKILL)
-                proc.wait(timeout=10)
-                proc.delete()
+            if proc is not None:
+                with _no_interrupts(), contextlib.suppress(errdefs.LibcontainerdError, TimeoutError):
+                    proc.kill(signal.SIGKILL)
+                    proc.wait(timeout=10)
+                    proc.delete()
             raise
         with _no_interrupts():
             proc.delete()

@@ -23,7 +23,7 @@ from typing import Optional, TextIO
 
 import libcontainerd
 from libcontainerd import errdefs, oci, stdio, supervisor, testing
-from libcontainerd._cli import describe_event, human_bytes, human_duration, stats_numbers
+from libcontainerd._cli import _deferred_interrupts, describe_event, human_bytes, human_duration, stats_numbers
 from libcontainerd.types import EventInfo, EventType
 
 __all__ = ["run_demo"]
@@ -137,9 +137,10 @@ class _Demo:
         s.detail(f"containerd {version.version}, revision {version.revision}")
 
         s.step(4, "Running container 'hello' and capturing its output   (new_container, start, stdio.capture)")
-        hello = client.new_container("hello", oci.default_spec(rootfs, ["sh", "-c", _HELLO], hostname="hello"))
         out = stdio.capture()
-        task = hello.start(attach_stdio=out)
+        with _deferred_interrupts():  # see there: an interrupted start would leave containerd and us disagreeing
+            hello = client.new_container("hello", oci.default_spec(rootfs, ["sh", "-c", _HELLO], hostname="hello"))
+            task = hello.start(attach_stdio=out)
         code = task.wait().code
         out.wait(timeout=10)
         self.events.wait_for("hello", EventType.EXIT)
@@ -150,15 +151,17 @@ class _Demo:
         hello.delete()
 
         s.step(5, "Starting container 'box', a small service that keeps running   (start)")
-        box = client.new_container("box", oci.default_spec(rootfs, ["sh", "-c", _SERVICE], hostname="box"))
         service_out = stdio.capture()
-        task = box.start(attach_stdio=service_out)
+        with _deferred_interrupts():
+            box = client.new_container("box", oci.default_spec(rootfs, ["sh", "-c", _SERVICE], hostname="box"))
+            task = box.start(attach_stdio=service_out)
         self.events.wait_for("box", EventType.START)
         s.detail(f"running as host pid {task.pid}, status {task.status().value}")
 
         s.step(6, "Exec'ing into 'box': `ps`, then `tr` fed from our stdin   (Task.exec)")
         ps_out = stdio.capture()
-        proc = task.exec("ps", oci.process_spec(["ps", "-o", "pid,user,args"]), attach_stdio=ps_out)
+        with _deferred_interrupts():
+            proc = task.exec("ps", oci.process_spec(["ps", "-o", "pid,user,args"]), attach_stdio=ps_out)
         proc.wait()
         ps_out.wait(timeout=10)
         self.events.wait_for("box", EventType.EXIT, "ps")
@@ -166,7 +169,8 @@ class _Demo:
             s.detail(f"| {text}")
         proc.delete()
         tr_out = stdio.capture(stdin=b"hello from the host, through a FIFO\n")
-        proc = task.exec("upper", oci.process_spec(["tr", "a-z", "A-Z"]), with_stdin=True, attach_stdio=tr_out)
+        with _deferred_interrupts():
+            proc = task.exec("upper", oci.process_spec(["tr", "a-z", "A-Z"]), with_stdin=True, attach_stdio=tr_out)
         proc.wait()
         tr_out.wait(timeout=10)
         self.events.wait_for("box", EventType.EXIT, "upper")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
 import re
+import select
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +32,7 @@ DEMO_STEPS = ["[1/9]", "[2/9]", "[3/9]", "[4/9]", "[5/9]", "[6/9]", "[7/9]", "[8
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIBCONTAINERD_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a hung CLI can be made to show its threads (SIGABRT)
     return env
 
 
@@ -198,6 +204,67 @@ def test_run_with_a_terminal_user_env_and_cwd(cli, client):
     lines = res.stdout.replace("\r\n", "\n").splitlines()
     assert lines[0].startswith("/dev/pts/")
     assert lines[1:] == ["1000", "hey", "/tmp"]
+    assert client.list_containers() == []
+
+
+def test_run_interactive_terminal_in_raw_mode_with_its_size(cli, client):
+    """-it on a real terminal: keystrokes reach the container's shell, its size is forwarded, exit code comes back."""
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+        proc = subprocess.Popen([sys.executable, "-m", "libcontainerd", *cli.globals, "run", "--rm", "-it",
+                                 "--busybox", "term", "sh"], stdin=slave, stdout=slave, stderr=slave,
+                                env=_base_env(), start_new_session=True)
+        os.close(slave)
+        slave = -1
+        output = b""
+        sent = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: every holder of the terminal is gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not sent and b"# " in output:
+                os.write(master, b"stty size; echo $((6*7)); exit 5\r")
+                sent = True
+            if proc.poll() is not None and not ready:
+                break
+        assert proc.wait(timeout=30) == 5, output
+        text = output.decode(errors="replace")
+        assert "33 111" in text and "42" in text, text
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert client.list_containers() == []
+
+
+def test_ctrl_c_of_an_attached_run_removes_the_container(cli, client, procs):
+    proc = procs.start(*cli.globals, "run", "--rm", "--busybox", "sleeper", "sleep", "300")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until the task runs (the command prints nothing before the exit)
+        if any(c.id == "sleeper" for c in client.list_containers()):
+            try:
+                if client.load_container("sleeper").task().status().value == "running":
+                    break
+            except Exception:
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait()
+        raise AssertionError(proc.stderr.read()) from None
+    assert proc.wait(timeout=30) == 130
+    assert "Traceback" not in proc.stderr.read()
     assert client.list_containers() == []
 
 
