@@ -26,7 +26,7 @@ import grpc
 from refs import Ctr, RawClient, check
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio
+from libcontainerd import oci, stdio, testing
 from libcontainerd._api.containerd.api.events import task_pb2 as task_events
 from libcontainerd._api.containerd.api.services.events.v1 import events_pb2, events_pb2_grpc
 from libcontainerd.queue import KeyedSerialExecutor
@@ -135,12 +135,7 @@ def sdk_client(env: Env, name: str, backend: Any = None, **kw: Any) -> Iterator[
     try:
         yield client
     finally:
-        for ctr in client.list_containers():
-            try:
-                ctr.task().force_delete()
-            except errdefs.NotFound:
-                pass
-            ctr.delete()
+        testing.remove_containers(client)
         client.close()
 
 

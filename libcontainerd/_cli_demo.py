@@ -14,16 +14,21 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from typing import Optional, TextIO
 
 import libcontainerd
 from libcontainerd import errdefs, oci, stdio, supervisor, testing
-from libcontainerd._cli import _deferred_interrupts, describe_event, human_bytes, human_duration, stats_numbers
+from libcontainerd._cli import (
+    _deferred_interrupts,
+    _no_interrupts,
+    describe_event,
+    human_bytes,
+    human_duration,
+    stats_numbers,
+)
 from libcontainerd.types import EventInfo, EventType
 
 __all__ = ["run_demo"]
@@ -85,18 +90,6 @@ class _EventBackend:
         pid = process_id or container_id
         with self._cond:
             return self._cond.wait_for(lambda: (container_id, event_type, pid) in self._seen, _EVENT_WAIT)
-
-
-@contextlib.contextmanager
-def _no_interrupts() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 class _Demo:

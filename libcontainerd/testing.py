@@ -27,11 +27,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterator
-from typing import Any, NoReturn, Optional, Union
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 import attrs
 
 from libcontainerd import errdefs, supervisor
+
+if TYPE_CHECKING:
+    from libcontainerd.remote import Client
 
 __all__ = [
     "Leftovers",
@@ -41,6 +44,7 @@ __all__ = [
     "find_busybox",
     "leftover_threads",
     "open_fds",
+    "remove_containers",
     "require_containerd",
     "require_tools",
     "start_daemon",
@@ -549,3 +553,23 @@ def leftover_threads(baseline: Collection[threading.Thread], prefix: str = "libc
     """
     known = set(baseline)
     return sorted(t.name for t in threading.enumerate() if t not in known and t.name.startswith(prefix))
+
+
+def remove_containers(client: Client) -> list[str]:
+    """Force-delete every task and container in the client's namespace; return their ids.
+
+    For test teardown and scripts that start over: whatever state a test or a fault left a
+    container in, its task is killed and deleted, then the container and its bundle dir.
+
+    >>> remove_containers(client)  # doctest: +SKIP
+    ['web-1', 'web-2']
+    """
+    removed = []
+    for ctr in client.list_containers():
+        try:
+            ctr.task().force_delete()
+        except errdefs.NotFound:
+            pass
+        ctr.delete()
+        removed.append(ctr.id)
+    return removed

@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio, supervisor, testing
+from libcontainerd import oci, stdio, supervisor, testing
 from libcontainerd.types import EventType
 
 from .conftest import Recorder
@@ -138,17 +138,7 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) ->
     return True
 
 
-def force_cleanup(client: libcontainerd.Client) -> list[str]:
-    """Remove every container of the client's namespace, whatever state a fault left it in."""
-    removed = []
-    for ctr in client.list_containers():
-        try:
-            ctr.task().force_delete()
-        except errdefs.NotFound:
-            pass
-        ctr.delete()
-        removed.append(ctr.id)
-    return removed
+force_cleanup = testing.remove_containers
 
 
 def rss_kb() -> int:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 import libcontainerd
-from libcontainerd import errdefs
+from libcontainerd import testing
 from libcontainerd.types import EventInfo, EventType
 
 
@@ -52,17 +52,7 @@ class Recorder:
                 self.cond.wait(left)
 
 
-def cleanup_namespace(client: libcontainerd.Client) -> list[str]:
-    """Force-delete every task and container of the client's namespace; return their ids."""
-    removed = []
-    for ctr in client.list_containers():
-        try:
-            ctr.task().force_delete()
-        except errdefs.NotFound:
-            pass
-        ctr.delete()
-        removed.append(ctr.id)
-    return removed
+cleanup_namespace = testing.remove_containers
 
 
 @pytest.fixture

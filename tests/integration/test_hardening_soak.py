@@ -25,7 +25,7 @@ from typing import Any, Callable
 import pytest
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio, testing
+from libcontainerd import oci, stdio, testing
 from libcontainerd.types import EventInfo, EventType
 
 from ._hardening import rss_kb, spec
@@ -131,12 +131,7 @@ def soak_client(containerd: Any, state_dir: str, namespace: str) -> Iterator[tup
     try:
         yield client, checker
     finally:
-        for ctr in client.list_containers():
-            try:
-                ctr.task().force_delete()
-            except errdefs.NotFound:
-                pass
-            ctr.delete()
+        testing.remove_containers(client)
         client.close()
 
 
