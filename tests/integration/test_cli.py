@@ -22,7 +22,7 @@ from typing import IO, Any, Optional
 
 import pytest
 
-from libcontainerd import oci, testing
+from libcontainerd import errdefs, oci, testing
 
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
                "events", "checkpoint", "rm", "demo"]
@@ -247,15 +247,19 @@ def test_run_interactive_terminal_in_raw_mode_with_its_size(cli, client):
 
 def test_ctrl_c_of_an_attached_run_removes_the_container(cli, client, procs):
     proc = procs.start(*cli.globals, "run", "--rm", "--busybox", "sleeper", "sleep", "300")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # until the task runs (the command prints nothing before the exit)
+    deadline = time.monotonic() + 60
+    running = False
+    while not running and proc.poll() is None and time.monotonic() < deadline:
+        # Until the task runs (the command prints nothing before the exit).
         if any(c.id == "sleeper" for c in client.list_containers()):
             try:
-                if client.load_container("sleeper").task().status().value == "running":
-                    break
-            except Exception:
+                running = client.load_container("sleeper").task().status().value == "running"
+            except errdefs.NotFound:  # between the container's creation and its task's
                 pass
         time.sleep(0.05)
+    if not running:
+        proc.kill()
+        raise AssertionError(f"the task never ran (exit {proc.wait()}): {proc.stderr.read()}")
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=10)
@@ -263,8 +267,9 @@ def test_ctrl_c_of_an_attached_run_removes_the_container(cli, client, procs):
         proc.send_signal(signal.SIGABRT)
         proc.wait()
         raise AssertionError(proc.stderr.read()) from None
-    assert proc.wait(timeout=30) == 130
-    assert "Traceback" not in proc.stderr.read()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130, err
+    assert "Traceback" not in err
     assert client.list_containers() == []
 
 
