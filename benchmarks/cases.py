@@ -590,7 +590,7 @@ else:
     sub = events_pb2_grpc.EventsStub(ch).Subscribe(events_pb2.SubscribeRequest(filters=["namespace==bench-idle"]),
                                                    metadata=(("containerd-namespace", "bench-idle"),))
 time.sleep(1.0)
-print(rss() - before, rss(), threading.active_count())
+print(rss() - before, rss(), threading.active_count(), flush=True)  # os._exit skips the flush
 os._exit(0)
 """
 

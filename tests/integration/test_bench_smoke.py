@@ -35,3 +35,14 @@ def test_quick_lifecycle_benchmark_prints_ratios(tmp_path):
     assert {r["verdict"] for r in data["results"]} <= {True, False, None}
     assert all(r["ratio"] > 0 for r in data["results"])
     assert data["machine"]["containerd"]
+
+
+def test_startup_benchmark_runs_without_unbuffered_output(tmp_path):
+    """As under tox, which does not pass PYTHONUNBUFFERED: the measuring subprocesses still report."""
+    testing.require_containerd()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, RUN, "--quick", "--only", "startup"],
+                            capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("startup")]
+    assert len(rows) == 3 and any("idle client RSS growth" in row for row in rows), result.stdout
