@@ -52,6 +52,17 @@ class PrivateDaemon:
         os.kill(self.daemon.pid, signal.SIGKILL)
         assert self.daemon.wait_for_restarts(restarts + 1, timeout=60), "containerd was not restarted"
 
+    def freeze(self) -> None:
+        """SIGSTOP containerd and return once every one of its threads has stopped.
+
+        kill() only queues the signal: a thread running at that moment goes on until the kernel
+        next looks at its signals, which on a loaded machine is long enough to answer one more call.
+        """
+        pid = self.daemon.pid
+        os.kill(pid, signal.SIGSTOP)
+        assert wait_until(lambda: _all_threads_stopped(pid), timeout=10, interval=0.005), \
+            f"containerd (pid {pid}) did not stop on SIGSTOP"
+
     def thaw(self) -> None:
         try:
             os.kill(self.daemon.pid, signal.SIGCONT)
@@ -127,6 +138,22 @@ def wait_for_threads(baseline: Collection[threading.Thread], timeout: float = 15
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True  # gone: nothing of it can answer
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # that thread ended
+        if state not in ("T", "t"):
+            return False
+    return True
 
 
 def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) -> bool:

@@ -91,7 +91,7 @@ def test_containerd_killed_during_start(daemon, h, rootfs):
     c = h.client
     ctr = c.new_container("k-start", spec(rootfs, "echo", "again"))
     bundle = os.path.join(c.state_dir, "k-start")
-    os.kill(daemon.pid, signal.SIGSTOP)
+    daemon.freeze()
     try:
         t, box = run_in_thread(ctr.start, attach_stdio=stdio.capture())
         _wait_for_fifos(bundle, "k-start")
@@ -151,7 +151,7 @@ def test_containerd_killed_during_exec(daemon, h, rootfs):
     ctr = c.new_container("k-exec", spec(rootfs, "sleep", "300"))
     task = ctr.start()
     bundle = ctr.bundle_dir
-    os.kill(daemon.pid, signal.SIGSTOP)
+    daemon.freeze()
     try:
         t, box = run_in_thread(task.exec, "ex1", oci.process_spec(["echo", "x"]), attach_stdio=stdio.capture())
         _wait_for_fifos(bundle, "ex1")
@@ -242,7 +242,7 @@ def test_frozen_containerd_gives_deadline_then_works_again(daemon, state_dir, na
         ctr = c.new_container("frozen", spec(rootfs, "sleep", "300"))
         task = ctr.start()
         rec.wait_for("frozen", E.START)
-        os.kill(daemon.pid, signal.SIGSTOP)
+        daemon.freeze()
         try:
             with pytest.raises(errdefs.Deadline):
                 c.version()
