@@ -13,6 +13,13 @@ process this client believes to be running, and delivers an ``EXIT`` for each th
 stopped meanwhile (once: an exit is delivered at most once per container, process and pid,
 whichever of the stream and this reconciliation sees it first).
 
+That question is asked only once containerd has registered the new subscription: a
+``Subscribe`` call returns before containerd listens for it, and an exit published in
+between would reach neither the stream nor a reconciliation made too early. A helper thread
+(``libcontainerd-events-resync``, owned and joined by the reader) publishes to a topic private
+to this stream until the reader sees it come back; the reader then reconciles. A
+subscription that never shows it is cancelled and made anew.
+
 This module must not call the backend directly and must not block in ``close()``.
 """
 
@@ -43,6 +50,7 @@ from ._rpc import Connection
 log = logging.getLogger("libcontainerd.events")
 
 READER_THREAD_NAME = "libcontainerd-events-reader"
+RESYNC_THREAD_NAME = "libcontainerd-events-resync"
 _EXITED_MEMORY = 8192
 _SYNC_TYPE = "libcontainerd.v1.SubscriptionSync"
 
@@ -166,6 +174,8 @@ class EventStream:
         self._lock = threading.Lock()
         self._call: Optional[Any] = None
         self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
+        self._reconcile_pending = False  # set on a resubscribe, done by the reader on the sync event
+        self._resync_timeout = 10.0
         self.subscriptions = 0
         # A private topic that only this stream subscribes to: seeing our own event on it
         # proves that containerd has registered the subscription (gRPC gives no such signal).
@@ -236,9 +246,15 @@ class EventStream:
             call.cancel()
             return
         self.subscriptions += 1
+        resync: Optional[threading.Thread] = None
+        stop_resync = threading.Event()
         if resubscribe:
             log.info("event stream of namespace %s resubscribed", self._namespace)
-            self._reconcile()
+            self._synced.clear()
+            self._reconcile_pending = True
+            resync = threading.Thread(target=self._resync, args=(call, stop_resync), name=RESYNC_THREAD_NAME,
+                                      daemon=True)
+            resync.start()
         try:
             for envelope in call:
                 self._handle(envelope)
@@ -253,8 +269,28 @@ class EventStream:
                 self._namespace, err.code().name, err.details(),
             )
         finally:
+            stop_resync.set()
+            if resync is not None:
+                resync.join()
             with self._lock:
                 self._call = None
+
+    def _resync(self, call: Any, stop: threading.Event) -> None:
+        """Publish to the private topic until the reader sees it; cancel a subscription that never does."""
+        request = events_pb2.PublishRequest(topic=self._sync_topic, event=any_pb2.Any(type_url=_SYNC_TYPE))
+        deadline = time.monotonic() + self._resync_timeout
+        while not (self._synced.is_set() or stop.is_set() or self._closing.is_set()):
+            if time.monotonic() > deadline:
+                log.warning("event stream of namespace %s: containerd did not deliver to the new subscription "
+                            "within %s s; subscribing again", self._namespace, self._resync_timeout)
+                call.cancel()
+                return
+            try:
+                self._conn.events.Publish(request, metadata=self._conn.metadata, timeout=0.5)
+            except grpc.RpcError as err:
+                log.debug("sync publish failed: %s", err.code().name)
+                stop.wait(0.1)
+            self._synced.wait(0.05)
 
     def _wait_until_serving(self) -> None:
         retrying = tenacity.Retrying(
@@ -310,6 +346,9 @@ class EventStream:
             return
         if envelope.topic == self._sync_topic:
             self._synced.set()
+            if self._reconcile_pending:  # the new subscription is registered: nothing can slip by now
+                self._reconcile_pending = False
+                self._reconcile()
             return
         if not envelope.HasField("event"):
             log.warning("event envelope on topic %s without an event; skipped", envelope.topic)

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 
+import grpc
 import pytest
 
 import libcontainerd
@@ -200,6 +201,71 @@ def test_survives_a_containerd_restart_and_reports_missed_exits(rootfs):
                 ctr.delete()
             time.sleep(0.5)
             assert [t for t, _ in rec.of("victim")].count(E.EXIT) == 1
+    finally:
+        daemon.stop()
+        testing.cleanup_root(daemon)
+        subprocess.run(["rm", "-rf", tmp], check=False)
+
+
+class _Cancelled(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "cancelled before it was made"
+
+
+class _LateCall:
+    """A Subscribe call that containerd registers only ``delay`` s after it returned (as on a loaded machine)."""
+
+    def __init__(self, real, request, metadata, delay):
+        self._args = (real, request, metadata)
+        self._delay = delay
+        self._cancelled = threading.Event()
+        self._call = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._call is None:
+            if self._cancelled.wait(self._delay):
+                raise _Cancelled()
+            real, request, metadata = self._args
+            self._call = real(request, metadata=metadata)
+            if self._cancelled.is_set():
+                self._call.cancel()
+        return next(self._call)
+
+    def cancel(self):
+        self._cancelled.set()
+        if self._call is not None:
+            self._call.cancel()
+
+
+def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
+    """containerd comes back; the new subscription is registered late; a task runs and exits before that."""
+    tmp = tempfile.mkdtemp(prefix="lcd-late-")
+    daemon = testing.start_daemon(tmp, health_failures=0)
+    rec = Recorder()
+    try:
+        with libcontainerd.new_client(daemon.address, os.path.join(tmp, "state"), "late", rec, timeout=30) as c:
+            real = c._conn.events.Subscribe
+            c._conn.events.Subscribe = lambda request, metadata=None: _LateCall(real, request, metadata, 1.5)
+            subscriptions, old_pid = c._events.subscriptions, daemon.pid
+            os.kill(old_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while c._events.subscriptions == subscriptions and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert daemon.pid != old_pid and c._events.subscriptions > subscriptions
+            # The reader has made its new Subscribe call; containerd will not hear of it for 1.5 s.
+            ctr = c.new_container("quick", oci.default_spec(rootfs, ["sh", "-c", "exit 7"]))
+            task = ctr.start()
+            assert task.wait(timeout=30).code == 7
+            assert rec.wait_for("quick", E.EXIT, timeout=30).exit_code == 7
+            task.delete()
+            ctr.delete()
+            assert [t for t, _ in rec.of("quick")].count(E.EXIT) == 1
     finally:
         daemon.stop()
         testing.cleanup_root(daemon)

@@ -138,3 +138,26 @@ def test_callbacks_never_run_on_the_reader_thread(stream):
     s._handle(envelope(ev.TaskStart(container_id="c", pid=1)))
     s._executor.close(timeout=5)
     assert names and names[0] != threading.current_thread().name
+
+
+def test_reconcile_waits_until_the_new_subscription_is_registered():
+    """After a resubscribe, exits are looked up only once our own sync event came back on the stream.
+
+    Asked earlier, an exit published before containerd registered the subscription would be
+    missed by both the stream and the lookup.
+    """
+    backend = Backend()
+    executor = KeyedSerialExecutor(max_workers=2)
+    tracker = ProcessTracker()
+    conn = FakeConn({("a", ""): task_types.Process(pid=11, status=task_types.STOPPED, exit_status=3),
+                     ("b", ""): task_types.Process(pid=20, status=task_types.RUNNING)})
+    s = EventStream(conn, "ns", backend, executor, tracker)
+    tracker.started("a", "a", 11)
+    s._reconcile_pending = True  # what a resubscribe sets
+    s._handle(envelope(ev.TaskStart(container_id="b", pid=20)))
+    sync = events_pb2.Envelope(namespace="ns", topic=s._sync_topic, event=pack_message(ev.TaskStart()))
+    s._handle(sync)
+    s._handle(sync)  # later sync events change nothing
+    executor.close(timeout=5)
+    assert [(c, t) for c, t, _ in backend.got] == [("b", E.START), ("a", E.EXIT)]
+    assert s._synced.is_set() and not s._reconcile_pending
