@@ -15,7 +15,8 @@ whichever of the stream and this reconciliation sees it first).
 
 That question is asked only once containerd has registered the new subscription: a
 ``Subscribe`` call returns before containerd listens for it, and an exit published in
-between would reach neither the stream nor a reconciliation made too early. A helper thread
+between would reach neither the stream nor a reconciliation made too early. For every
+subscription (the first too, which ``new_client`` waits for up to 2 s) a helper thread
 (``libcontainerd-events-resync``, owned and joined by the reader) publishes to a topic private
 to this stream until the reader sees it come back; the reader then reconciles. A
 subscription that never shows it is cancelled and made anew.
@@ -174,7 +175,8 @@ class EventStream:
         self._lock = threading.Lock()
         self._call: Optional[Any] = None
         self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
-        self._reconcile_pending = False  # set on a resubscribe, done by the reader on the sync event
+        self._reconcile_pending = False  # set on every subscription, done by the reader on the sync event
+        self._first_attempt_over = threading.Event()  # the first subscription failed or ended
         self._resync_timeout = 10.0
         self.subscriptions = 0
         # A private topic that only this stream subscribes to: seeing our own event on it
@@ -190,18 +192,18 @@ class EventStream:
         """Start the reader; return once containerd delivers to it (True) or cannot yet (False).
 
         Without this barrier the events of a container created right after ``new_client``
-        could be published before containerd registered the subscription, and be lost.
+        could be published before containerd registered the subscription, and be lost. If
+        it times out (a slow daemon), the first subscription is still synced by the resync
+        thread, and the processes started meanwhile are reconciled as after a reconnect.
         """
         self._thread.start()
         self._started.wait()
         deadline = time.monotonic() + ready_timeout
-        request = events_pb2.PublishRequest(topic=self._sync_topic, event=any_pb2.Any(type_url=_SYNC_TYPE))
-        while not self._synced.is_set() and time.monotonic() < deadline:
-            try:
-                self._conn.events.Publish(request, metadata=self._conn.metadata, timeout=1.0)
-            except grpc.RpcError:
-                return False  # nothing serves yet: the reader waits for containerd on its own
-            self._synced.wait(0.05)
+        while not self._synced.is_set() and not self._first_attempt_over.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._synced.wait(min(left, 0.02))
         return self._synced.is_set()
 
     @property
@@ -228,6 +230,7 @@ class EventStream:
                 self._subscribe_and_read(resubscribe)
             except Exception:  # never let the reader die: log and reconnect
                 log.exception("event stream of namespace %s failed", self._namespace)
+            self._first_attempt_over.set()
             if self._closing.is_set():
                 break
             resubscribe = True
@@ -246,15 +249,14 @@ class EventStream:
             call.cancel()
             return
         self.subscriptions += 1
-        resync: Optional[threading.Thread] = None
-        stop_resync = threading.Event()
         if resubscribe:
             log.info("event stream of namespace %s resubscribed", self._namespace)
-            self._synced.clear()
-            self._reconcile_pending = True
-            resync = threading.Thread(target=self._resync, args=(call, stop_resync), name=RESYNC_THREAD_NAME,
-                                      daemon=True)
-            resync.start()
+        self._synced.clear()
+        self._reconcile_pending = True
+        stop_resync = threading.Event()
+        resync = threading.Thread(target=self._resync, args=(call, stop_resync), name=RESYNC_THREAD_NAME,
+                                  daemon=True)
+        resync.start()
         try:
             for envelope in call:
                 self._handle(envelope)
@@ -270,8 +272,7 @@ class EventStream:
             )
         finally:
             stop_resync.set()
-            if resync is not None:
-                resync.join()
+            resync.join()
             with self._lock:
                 self._call = None
 

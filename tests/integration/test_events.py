@@ -272,6 +272,29 @@ def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
+def test_an_exit_before_a_late_first_subscription_is_registered_is_not_lost(containerd, rootfs, state_dir,
+                                                                              namespace, monkeypatch):
+    """new_client gives up waiting for a slow subscription after 2 s; what runs meanwhile still reports its exit."""
+    from libcontainerd.remote import _rpc
+
+    class LateStub(_rpc.events_pb2_grpc.EventsStub):
+        def __init__(self, channel):
+            super().__init__(channel)
+            real = self.Subscribe
+            self.Subscribe = lambda request, metadata=None: _LateCall(real, request, metadata, 3.5)
+
+    monkeypatch.setattr(_rpc.events_pb2_grpc, "EventsStub", LateStub)
+    rec = Recorder()
+    with libcontainerd.new_client(containerd.address, state_dir, namespace, rec, timeout=30) as c:
+        assert not c._events._synced.is_set()  # returned after its 2 s, before containerd registered it
+        ctr = c.new_container("early", oci.default_spec(rootfs, ["sh", "-c", "exit 9"]))
+        task = ctr.start()
+        assert task.wait(timeout=30).code == 9
+        assert rec.wait_for("early", E.EXIT, timeout=30).exit_code == 9
+        task.delete()
+        ctr.delete()
+
+
 def test_new_client_returns_with_a_live_subscription(containerd, rootfs, state_dir, namespace):
     """Events of a container made right after new_client are not lost to a late subscription."""
     for attempt in range(5):
