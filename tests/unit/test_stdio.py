@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -261,6 +262,11 @@ def test_attach_round_trip_with_stdin_eof(tmp_path: Path, clean: None) -> None:
         assert attached.wait(timeout=WAIT) is attached  # cat ended: the file's EOF reached it
         assert not user_stdin.closed  # the caller's files stay open
     assert sink.getvalue() == data
+    # attach's wait() covers the output only (a terminal's stdin need never end): the stdin pump
+    # closes the FIFO -- which is what let cat end -- and reports that a moment later.
+    deadline = time.monotonic() + WAIT
+    while not closes and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert closes == ["CloseIO"]
     assert proc.wait(WAIT) == 0
     attached.close()
