@@ -370,8 +370,12 @@ def _deferred_interrupts() -> Iterator[None]:
     Creating and starting are RPCs that containerd completes even when the caller stops
     waiting: interrupted half-way, the caller would not know what exists. Deferred, the
     interrupt arrives when the container or process is known, and the usual cleanup runs.
+
+    Only Python's own Ctrl-C handling is deferred: a process started with SIGINT ignored (a
+    background job, nohup) keeps ignoring it, and an embedding program's handler is left alone.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     pending: list[int] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 import warnings
@@ -26,6 +27,14 @@ import pytest
 from libcontainerd import supervisor, testing
 
 _INTEGRATION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration") + os.sep
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A CI runner or a shell's background job may start the tests with SIGINT ignored, and every
+    # child inherits an ignored signal: the tests that press Ctrl-C on a child interpreter or on
+    # the CLI would then test nothing (and hang). Children get SIGINT's default again.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import signal
 
 import pytest
 
@@ -125,3 +127,29 @@ def test_every_subcommand_has_an_example_in_its_help():
                                 "stats", "events", "checkpoint", "rm", "demo"}
     for name, p in sub.choices.items():
         assert "example" in p.format_help(), name
+
+
+@pytest.fixture
+def sigint_restored():
+    old = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_deferred_interrupts_hold_a_ctrl_c_back_until_the_block_ends(sigint_restored):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    reached = []
+    with pytest.raises(KeyboardInterrupt), _cli._deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        reached.append("end of block")  # the interrupt did not cut the block short
+    assert reached == ["end of block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_deferred_interrupts_leave_an_ignored_sigint_ignored(sigint_restored):
+    """Started with SIGINT ignored (a background job, nohup): Ctrl-C must not start to count during start."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with _cli._deferred_interrupts():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
