@@ -56,11 +56,18 @@ def test_paused_and_resumed_events(client, recorder, rootfs):
     assert kinds.index(E.PAUSED) < kinds.index(E.RESUMED) < kinds.index(E.EXIT)
 
 
-def test_oom_event(client, recorder, rootfs):
-    s = oci.default_spec(rootfs, ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"])
+def test_oom_event(client, recorder, rootfs, tmp_path):
+    # The shim watches for OOM only once its Start returned (containerd's runc shim adds the cgroup
+    # to its OOM monitor after starting the process): allocate only after that, or, on a loaded
+    # machine, the kill can come first and containerd never publishes a TaskOOM.
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    script = "while [ ! -e /tmp/go ]; do sleep 0.02; done; dd if=/dev/zero of=/dev/null bs=128M count=1"
+    s = oci.with_mounts(oci.default_spec(rootfs, ["sh", "-c", script]), [oci.bind_mount(gate, "/tmp")])
     s["linux"].setdefault("resources", {})["memory"] = {"limit": 16 << 20, "swap": 16 << 20}
     ctr = client.new_container("oom", s)
     task = ctr.start()
+    (gate / "go").touch()
     assert task.wait(timeout=30).code == 137
     recorder.wait_for("oom", E.OOM)
     recorder.wait_for("oom", E.EXIT)
