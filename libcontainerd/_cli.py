@@ -328,7 +328,7 @@ def _terminal(proc: _Proc, tty_mode: bool, interactive: bool) -> Iterator[None]:
     if interactive and sys.stdin.isatty():
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd)
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSANOW)  # not tty's default TCSAFLUSH: that would drop what was typed ahead
     try:
         yield
     finally:

@@ -217,8 +217,9 @@ def test_run_interactive_terminal_in_raw_mode_with_its_size(cli, client):
                                 env=_base_env(), start_new_session=True)
         os.close(slave)
         slave = -1
+        # Typed ahead, before the CLI switched the terminal to raw mode: it must not be lost.
+        os.write(master, b"stty size; echo $((6*7)); exit 5\r")
         output = b""
-        sent = False
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 1.0)
@@ -230,12 +231,15 @@ def test_run_interactive_terminal_in_raw_mode_with_its_size(cli, client):
                 if not chunk:
                     break
                 output += chunk
-            if not sent and b"# " in output:
-                os.write(master, b"stty size; echo $((6*7)); exit 5\r")
-                sent = True
             if proc.poll() is not None and not ready:
                 break
-        assert proc.wait(timeout=30) == 5, output
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"the CLI did not exit; the terminal showed {output!r}") from None
+        assert code == 5, output
         text = output.decode(errors="replace")
         assert "33 111" in text and "42" in text, text
     finally:
