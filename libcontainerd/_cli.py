@@ -295,6 +295,17 @@ def _stdio_callback(tty_mode: bool, interactive: bool) -> Any:
     )
 
 
+def _with_console_size(process: dict[str, Any], tty_mode: bool) -> dict[str, Any]:
+    """Give a terminal process the local terminal's size from its first moment (OCI ``consoleSize``).
+
+    Resizing after the start leaves a window in which the process sees a 0x0 terminal.
+    """
+    size = _terminal_size() if tty_mode else None
+    if size is not None and size[0] > 0 and size[1] > 0:
+        process["consoleSize"] = {"width": size[0], "height": size[1]}
+    return process
+
+
 def _terminal_size() -> Optional[tuple[int, int]]:
     for stream in (sys.stdout, sys.stdin, sys.stderr):
         try:
@@ -453,6 +464,7 @@ def _build_run_spec(args: argparse.Namespace, ctx: _Context) -> dict[str, Any]:
                             hostname=args.hostname or args.id)
     if memory is not None:
         spec = oci.with_memory_limit(spec, memory)
+    _with_console_size(spec["process"], args.tty)
     return spec
 
 
@@ -521,8 +533,8 @@ def cmd_exec(args: argparse.Namespace, ctx: _Context) -> int:
             spec_user = process.get("user") or {}
             user = (int(spec_user.get("uid", 0)), int(spec_user.get("gid", 0)))
         env = [e for e in process.get("env") or [] if not e.startswith("TERM=")] + list(args.env)
-        spec = oci.process_spec(list(args.command), env=env, cwd=args.cwd or process.get("cwd") or "/",
-                                terminal=args.tty, user=user)
+        spec = _with_console_size(oci.process_spec(list(args.command), env=env, cwd=args.cwd or process.get("cwd")
+                                                   or "/", terminal=args.tty, user=user), args.tty)
         if args.detach:
             task.exec(exec_id, spec)
             _out(exec_id)
