@@ -250,6 +250,17 @@ class _LateCall:
             self._call.cancel()
 
 
+def _short_task_reports_its_exit(c, rec, rootfs, cid, code):
+    """A task that lives a moment: its exit reaches the backend once, whatever the stream was doing."""
+    ctr = c.new_container(cid, oci.default_spec(rootfs, ["sh", "-c", f"exit {code}"]))
+    task = ctr.start()
+    assert task.wait(timeout=30).code == code
+    assert rec.wait_for(cid, E.EXIT, timeout=30).exit_code == code
+    task.delete()
+    ctr.delete()
+    assert [t for t, _ in rec.of(cid)].count(E.EXIT) == 1
+
+
 def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
     """containerd comes back; the new subscription is registered late; a task runs and exits before that."""
     tmp = tempfile.mkdtemp(prefix="lcd-late-")
@@ -266,13 +277,7 @@ def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
                 time.sleep(0.01)
             assert daemon.pid != old_pid and c._events.subscriptions > subscriptions
             # The reader has made its new Subscribe call; containerd will not hear of it for 1.5 s.
-            ctr = c.new_container("quick", oci.default_spec(rootfs, ["sh", "-c", "exit 7"]))
-            task = ctr.start()
-            assert task.wait(timeout=30).code == 7
-            assert rec.wait_for("quick", E.EXIT, timeout=30).exit_code == 7
-            task.delete()
-            ctr.delete()
-            assert [t for t, _ in rec.of("quick")].count(E.EXIT) == 1
+            _short_task_reports_its_exit(c, rec, rootfs, "quick", 7)
     finally:
         daemon.stop()
         testing.cleanup_root(daemon)
@@ -294,12 +299,7 @@ def test_an_exit_before_a_late_first_subscription_is_registered_is_not_lost(cont
     rec = Recorder()
     with libcontainerd.new_client(containerd.address, state_dir, namespace, rec, timeout=30) as c:
         assert not c._events._synced.is_set()  # returned after its 2 s, before containerd registered it
-        ctr = c.new_container("early", oci.default_spec(rootfs, ["sh", "-c", "exit 9"]))
-        task = ctr.start()
-        assert task.wait(timeout=30).code == 9
-        assert rec.wait_for("early", E.EXIT, timeout=30).exit_code == 9
-        task.delete()
-        ctr.delete()
+        _short_task_reports_its_exit(c, rec, rootfs, "early", 9)
 
 
 def test_new_client_returns_with_a_live_subscription(containerd, rootfs, state_dir, namespace):
