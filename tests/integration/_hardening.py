@@ -165,8 +165,6 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) ->
     return True
 
 
-force_cleanup = testing.remove_containers
-
 
 def rss_kb() -> int:
     with open("/proc/self/status", encoding="ascii") as f:

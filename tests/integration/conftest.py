@@ -52,8 +52,6 @@ class Recorder:
                 self.cond.wait(left)
 
 
-cleanup_namespace = testing.remove_containers
-
 
 @pytest.fixture
 def recorder() -> Recorder:
@@ -66,7 +64,7 @@ def client(containerd: Any, state_dir: str, namespace: str, recorder: Recorder) 
     try:
         yield c
     finally:
-        leftovers = [] if c.closed else cleanup_namespace(c)
+        leftovers = [] if c.closed else testing.remove_containers(c)
         c.close()
     assert not leftovers, f"test left containers behind: {leftovers}"
 

@@ -19,7 +19,7 @@ import libcontainerd
 from libcontainerd import oci, stdio, testing
 from libcontainerd.types import EventType
 
-from .conftest import Recorder, cleanup_namespace, lcd_threads
+from .conftest import Recorder, lcd_threads
 
 E = EventType
 
@@ -108,8 +108,8 @@ def test_events_of_another_namespace_never_arrive(containerd, rootfs, state_dir,
                 two.load_container("lonely")
             assert other.events == []
         finally:
-            cleanup_namespace(one)
-            cleanup_namespace(two)
+            testing.remove_containers(one)
+            testing.remove_containers(two)
     os.rmdir(state_dir + "-two")
 
 
@@ -143,7 +143,7 @@ def test_close_from_a_backend_callback(containerd, rootfs, state_dir, namespace)
     assert closed.wait(10), "close() from a callback deadlocked"
     assert c.closed
     with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as again:
-        cleanup_namespace(again)
+        testing.remove_containers(again)
     deadline = time.monotonic() + 10
     while any(n.startswith("libcontainerd-events-") for n in lcd_threads()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -166,7 +166,7 @@ def test_interpreter_with_an_open_client_exits_promptly(containerd, rootfs, stat
     assert "Traceback" not in proc.stderr and "Exception" not in proc.stderr
     assert time.monotonic() - started < 15
     with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as c:
-        assert cleanup_namespace(c) == ["lingering"]
+        assert testing.remove_containers(c) == ["lingering"]
 
 
 def test_survives_a_containerd_restart_and_reports_missed_exits(rootfs):

@@ -26,7 +26,6 @@ from libcontainerd.types import Status
 from ._hardening import (
     PrivateDaemon,
     assert_state_dir_matches,
-    force_cleanup,
     lifecycle_works,
     reap_orphan_shim,
     run_in_thread,
@@ -73,7 +72,7 @@ def h(daemon: PrivateDaemon, state_dir: str, namespace: str) -> Iterator[Harness
         daemon.thaw()
         c = harness.client
         assert c.is_serving(timeout=60)
-        force_cleanup(c)
+        testing.remove_containers(c)
         c.close()
         assert wait_until(lambda: not shims(daemon.address, namespace), timeout=20), \
             f"shims outlived their containers: {shims(daemon.address, namespace)}"
@@ -270,12 +269,12 @@ def test_frozen_containerd_gives_deadline_then_works_again(daemon, state_dir, na
         task.kill(signal.SIGKILL)
         assert task.wait(timeout=30).code == 137
         rec.wait_for("frozen", E.EXIT)
-        force_cleanup(c)
+        testing.remove_containers(c)
         assert os.listdir(state_dir) == []
         lifecycle_works(c, rec, rootfs, "thawed")
     finally:
         daemon.thaw()
-        force_cleanup(c)
+        testing.remove_containers(c)
         c.close()
     assert wait_for_threads(baseline) == []
 
@@ -302,7 +301,7 @@ def test_socket_gone_before_connecting_then_recreated(daemon, state_dir, namespa
             assert wait_until(lambda: c._events.subscriptions >= 1, timeout=30)
             lifecycle_works(c, rec, rootfs, "sock-back")
         finally:
-            force_cleanup(c) if restored else None
+            testing.remove_containers(c) if restored else None
             c.close()
     finally:
         if not restored:

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio
+from libcontainerd import errdefs, oci, stdio, testing
 from libcontainerd.types import EventType as E
 from libcontainerd.types import Status
 
 from ._hardening import listing, spec
-from .conftest import Recorder, cleanup_namespace
+from .conftest import Recorder
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def two(containerd, namespace) -> Iterator[tuple[libcontainerd.Client, Recorder,
         yield a, ra, b, rb
     finally:
         for c in (a, b):
-            cleanup_namespace(c)
+            testing.remove_containers(c)
             c.close()
         shutil.rmtree(parent)
 

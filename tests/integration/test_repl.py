@@ -21,8 +21,6 @@ import libcontainerd
 from libcontainerd import cio, oci, queue, stdio, testing
 from libcontainerd.types import EventType
 
-from .conftest import cleanup_namespace
-
 # Generous: a child that ignores SIGINT would hang until then, which is the failure.
 CHILD_TIMEOUT = 60
 
@@ -108,7 +106,7 @@ def test_ctrl_c_interrupts_a_blocking_call_and_the_client_stays_usable(
         result = _interrupt_child(code)
     finally:
         with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as c:
-            leftovers = cleanup_namespace(c)
+            leftovers = testing.remove_containers(c)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "blocking"
@@ -167,7 +165,7 @@ def test_interpreter_exits_cleanly_in_the_middle_of_things(containerd, rootfs, s
         assert result.stderr == ""
     finally:
         with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as c:
-            assert cleanup_namespace(c) == ["busy"]
+            assert testing.remove_containers(c) == ["busy"]
 
 
 def test_reprs_are_short_and_informative(client, rootfs, tmp_path):
