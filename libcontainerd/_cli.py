@@ -295,7 +295,7 @@ def _stdio_callback(tty_mode: bool, interactive: bool) -> Any:
     )
 
 
-def _with_console_size(process: dict[str, Any], tty_mode: bool) -> dict[str, Any]:
+def _with_console_size(process: dict[str, Any], tty_mode: bool) -> None:
     """Give a terminal process the local terminal's size from its first moment (OCI ``consoleSize``).
 
     Resizing after the start leaves a window in which the process sees a 0x0 terminal.
@@ -303,7 +303,6 @@ def _with_console_size(process: dict[str, Any], tty_mode: bool) -> dict[str, Any
     size = _terminal_size() if tty_mode else None
     if size is not None and size[0] > 0 and size[1] > 0:
         process["consoleSize"] = {"width": size[0], "height": size[1]}
-    return process
 
 
 def _terminal_size() -> Optional[tuple[int, int]]:
@@ -533,8 +532,9 @@ def cmd_exec(args: argparse.Namespace, ctx: _Context) -> int:
             spec_user = process.get("user") or {}
             user = (int(spec_user.get("uid", 0)), int(spec_user.get("gid", 0)))
         env = [e for e in process.get("env") or [] if not e.startswith("TERM=")] + list(args.env)
-        spec = _with_console_size(oci.process_spec(list(args.command), env=env, cwd=args.cwd or process.get("cwd")
-                                                   or "/", terminal=args.tty, user=user), args.tty)
+        cwd = args.cwd or process.get("cwd") or "/"
+        spec = oci.process_spec(list(args.command), env=env, cwd=cwd, terminal=args.tty, user=user)
+        _with_console_size(spec, args.tty)
         if args.detach:
             task.exec(exec_id, spec)
             _out(exec_id)
