@@ -272,15 +272,20 @@ def test_close_times_out_with_deadline_then_second_close_joins() -> None:
 def test_close_from_inside_a_callback_does_not_deadlock() -> None:
     name = "libcontainerd-test-inner-close"
     ex = KeyedSerialExecutor(max_workers=2, name=name)
+    queued = threading.Event()
     closed_inside = threading.Event()
     seen: list[str] = []
 
     def close_me() -> None:
+        # Close only once the second callback is queued: otherwise the worker may close the
+        # executor before the test's second submit, which then (rightly) raises.
+        assert queued.wait(WAIT)
         ex.close(timeout=WAIT)
         closed_inside.set()
 
     ex.submit("a", close_me)
     ex.submit("a", seen.append, "after-close")  # queued before close: drained by the same worker
+    queued.set()
     assert closed_inside.wait(WAIT)
     with pytest.raises(ExecutorClosedError):
         ex.submit("a", seen.append, "too late")
