@@ -116,6 +116,12 @@ def _check_user_namespace(linux: Mapping[str, Any]) -> None:
                 f"from 0 to {_MAX_HOST_ID}")
 
 
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise errdefs.InvalidParameter(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+
+
 class Client:
     """A containerd client bound to one namespace and one state dir.
 
@@ -140,8 +146,7 @@ class Client:
         validate(namespace, "namespace")
         if backend is not None and not callable(getattr(backend, "process_event", None)):
             raise errdefs.InvalidParameter("backend must have a process_event(container_id, event_type, info) method")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise errdefs.InvalidParameter(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        _check_timeout(timeout)
         self.address = address
         self.namespace = namespace
         self.state_dir = _prepare_state_dir(state_dir)
@@ -159,8 +164,18 @@ class Client:
 
     @property
     def timeout(self) -> Optional[float]:
-        """The default deadline of unary calls, in seconds."""
+        """The default deadline of unary calls, in seconds (``None``: none).
+
+        It can be changed at any time; calls already made keep the deadline they started with.
+
+        >>> client.timeout = 5  # doctest: +SKIP
+        """
         return self._conn.timeout
+
+    @timeout.setter
+    def timeout(self, timeout: Optional[float]) -> None:
+        _check_timeout(timeout)
+        self._conn.timeout = timeout
 
     # -- daemon ----------------------------------------------------------------------
 

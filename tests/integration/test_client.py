@@ -85,3 +85,18 @@ def test_bad_client_arguments(containerd, state_dir):
         libcontainerd.new_client(containerd.address, state_dir, "ns", None, timeout=-1)
     with pytest.raises(errdefs.InvalidParameter):
         libcontainerd.new_client("no-port", state_dir, "ns", None)
+
+
+def test_default_timeout_can_be_changed(containerd, state_dir):
+    with libcontainerd.new_client(containerd.address, state_dir, "ns-timeout", None, timeout=30) as c:
+        assert c.timeout == 30
+        for bad in (0, -1, True, "5"):
+            with pytest.raises(errdefs.InvalidParameter, match="timeout"):
+                c.timeout = bad
+        assert c.timeout == 30
+        c.timeout = 2.5
+        assert c.timeout == 2.5
+        c.timeout = None
+        assert c.timeout is None
+        assert c.version().version
+        # That a new deadline applies to the next call is tested on a frozen containerd (test_hardening_faults).
