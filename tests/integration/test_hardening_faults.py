@@ -236,15 +236,20 @@ def test_containerd_killed_while_idle(daemon, h, rootfs):
 def test_frozen_containerd_gives_deadline_then_works_again(daemon, state_dir, namespace, rootfs):
     baseline = threading.enumerate()
     rec = Recorder()
-    c = libcontainerd.new_client(daemon.address, state_dir, namespace, rec, timeout=1.5)
+    # A generous default for the work around the freeze (a loaded machine can take seconds to
+    # create a task); the short deadline only while containerd is frozen.
+    c = libcontainerd.new_client(daemon.address, state_dir, namespace, rec, timeout=60)
     try:
         ctr = c.new_container("frozen", spec(rootfs, "sleep", "300"))
         task = ctr.start()
         rec.wait_for("frozen", E.START)
         daemon.freeze()
+        c.timeout = 1.5
         try:
+            asked = time.monotonic()
             with pytest.raises(errdefs.Deadline):
                 c.version()
+            assert time.monotonic() - asked < 30, "the call kept the client's old 60 s deadline"
             with pytest.raises(errdefs.Deadline):
                 task.status()
             with pytest.raises(errdefs.Deadline):
@@ -260,6 +265,7 @@ def test_frozen_containerd_gives_deadline_then_works_again(daemon, state_dir, na
             assert c.is_serving(timeout=1.0) is False
         finally:
             daemon.thaw()
+            c.timeout = 60
         assert c.is_serving(timeout=30)
         assert c.version().version
         assert task.status() is Status.RUNNING
@@ -297,6 +303,7 @@ def test_socket_gone_before_connecting_then_recreated(daemon, state_dir, namespa
             assert os.listdir(state_dir) == []
             os.rename(moved, daemon.address)
             restored = True
+            c.timeout = 60  # 5 s bounds the calls without a socket; a create under load may take longer
             assert c.is_serving(timeout=30)
             assert wait_until(lambda: c._events.subscriptions >= 1, timeout=30)
             lifecycle_works(c, rec, rootfs, "sock-back")
@@ -345,6 +352,8 @@ def test_shim_killed_under_a_running_task(daemon, h, rootfs, namespace):
     ctr = c.new_container("shimless", spec(rootfs, "sh", "-c", "echo up; exec sleep 300"))
     task = ctr.start(attach_stdio=out)
     h.recorder.wait_for("shimless", E.START)
+    # START can come before the shell wrote, or before the shim copied it to our FIFO.
+    assert wait_until(lambda: out.stdout == b"up\n", timeout=30), out.stdout
     shim = daemon.shim_pid(namespace, "shimless")
     os.kill(shim, signal.SIGKILL)
     info = h.recorder.wait_for("shimless", E.EXIT, timeout=60)
@@ -356,5 +365,6 @@ def test_shim_killed_under_a_running_task(daemon, h, rootfs, namespace):
         task.delete()
     ctr.delete()
     assert not os.path.exists(os.path.join(c.state_dir, "shimless"))
+    wait_until(lambda: testing.open_fds() == fds, timeout=10)
     assert testing.open_fds() == fds, "the task's FIFO descriptors leaked"
     h.recovered(rootfs)

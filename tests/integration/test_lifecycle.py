@@ -6,7 +6,6 @@ import io
 import os
 import signal
 import threading
-import time
 
 import pytest
 
@@ -14,6 +13,7 @@ import libcontainerd
 from libcontainerd import errdefs, oci, stdio
 from libcontainerd.types import Status
 
+from ._hardening import wait_until
 from .conftest import fd_count, lcd_threads
 
 
@@ -100,7 +100,11 @@ def test_one_gib_of_stdout_streams_with_flat_memory(client, rootfs):
 
 
 def test_terminal_mode_and_resize(client, rootfs):
-    s = spec(rootfs, "sh", "-c", "sleep 1; stty size; echo done", terminal=True)
+    # The pty starts at 0x0 (the spec has no consoleSize), where busybox's stty size prints nothing
+    # (and still exits 0): wait for the resize to land, however slow the machine.
+    script = ('i=0; until [ -n "$(stty size 2>/dev/null)" ] || [ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done; '
+              'stty size; echo done')
+    s = spec(rootfs, "sh", "-c", script, terminal=True)
     ctr = client.new_container("tty", s)
     out = stdio.capture()
     task = ctr.start(attach_stdio=out)
@@ -189,9 +193,12 @@ def test_duplicate_exec_id_is_a_conflict(sleeper):
 
 
 def test_kill_with_a_signal_gives_its_exit_code(client, rootfs):
-    ctr = client.new_container("trap", spec(rootfs, "sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done"))
-    task = ctr.start()
-    time.sleep(0.5)  # let the shell install its trap
+    script = "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done"
+    ctr = client.new_container("trap", spec(rootfs, "sh", "-c", script))
+    out = stdio.capture()
+    task = ctr.start(attach_stdio=out)
+    # The shell is PID 1 of its namespace: a TERM before the trap exists would be dropped.
+    assert wait_until(lambda: out.stdout == b"ready\n", timeout=30), out.stdout
     task.kill(signal.SIGTERM)
     assert task.wait(timeout=20).code == 42
     assert task.status() is Status.STOPPED
@@ -357,8 +364,9 @@ def test_two_hundred_cycles_leak_nothing(client, rootfs, state_dir):
     threads, fds = lcd_threads(), fd_count()
     for i in range(5, 205):
         cycle(i)
-    time.sleep(0.2)
     assert os.listdir(state_dir) == []
+    # Ending threads (idle event workers) may take a moment on a loaded machine; a leak never ends.
+    wait_until(lambda: fd_count() == fds and lcd_threads() == threads, timeout=15)
     assert fd_count() == fds
     assert lcd_threads() == threads
 

@@ -125,10 +125,11 @@ def test_killed_daemon_is_restarted(start_own: StartFn) -> None:
 
 def test_frozen_daemon_is_killed_after_failed_health_checks(start_own: StartFn) -> None:
     daemon = start_own(health_interval=0.2, health_failures=2)
-    frozen = daemon.pid
+    # Slow probes on a loaded machine may have restarted it already: count from now.
+    restarts, frozen = daemon.restarts, daemon.pid
     os.kill(frozen, signal.SIGSTOP)
     try:
-        assert daemon.wait_for_restarts(1, timeout=30)
+        assert daemon.wait_for_restarts(restarts + 1, timeout=30)
     finally:
         if daemon.pid == frozen:
             os.kill(frozen, signal.SIGCONT)
@@ -160,7 +161,12 @@ def test_stop_leaves_no_process_thread_or_fd(start_own: StartFn) -> None:
     assert daemon.stopped
     assert testing.daemon_processes(daemon) == {}
     assert testing.leftover_threads(threads) == []
-    assert testing.open_fds() == fds
+    # gRPC's own threads close a channel's socket a moment after the stop (the warm-up's too, so
+    # the baseline may still hold one): no more than before, once they had their moment.
+    deadline = time.monotonic() + 10
+    while testing.open_fds() > fds and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert testing.open_fds() <= fds
     assert not os.path.exists(daemon.pid_path)
     assert repr(daemon) == f"<Daemon stopped address={daemon.address}>"
     daemon.stop()  # idempotent
@@ -250,7 +256,7 @@ def test_daemon_not_serving_in_time_is_a_deadline(tmp_root: str) -> None:
     binary = _fake_containerd(tmp_root, f"echo $$ > {pid_file}; exec sleep 600")
     root, threads = os.path.join(tmp_root, "r"), threading.enumerate()
     with pytest.raises(errdefs.Deadline, match="did not serve"):
-        supervisor.start(root, binary=binary, start_timeout=1.0)
+        supervisor.start(root, binary=binary, start_timeout=3.0)  # time for the fake to write its pid
     assert not os.path.exists(os.path.join(root, supervisor.PID_NAME))
     assert not os.path.exists(f"/proc/{int(Path(pid_file).read_text())}")  # killed and reaped
     _nothing_left(root, threads)

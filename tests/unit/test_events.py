@@ -147,7 +147,7 @@ def test_reconcile_waits_until_the_new_subscription_is_registered():
     missed by both the stream and the lookup.
     """
     backend = Backend()
-    executor = KeyedSerialExecutor(max_workers=2)
+    executor = KeyedSerialExecutor(max_workers=1)  # one worker: delivery order is submission order across keys
     tracker = ProcessTracker()
     conn = FakeConn({("a", ""): task_types.Process(pid=11, status=task_types.STOPPED, exit_status=3),
                      ("b", ""): task_types.Process(pid=20, status=task_types.RUNNING)})
