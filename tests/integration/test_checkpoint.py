@@ -253,24 +253,45 @@ def test_hostile_archives_write_nothing_outside(client, tmp_path, hostile):
     assert not (tmp_path / "escaped").exists()
 
 
+def _read_count(task, name: str):
+    out = stdio.capture()
+    p = task.exec(name, oci.process_spec(["cat", "/tmp/count"]), attach_stdio=out)
+    try:
+        p.wait(timeout=30)
+        text = out.wait(timeout=30).stdout.strip()
+    finally:
+        p.delete()
+    return int(text) if text else None  # None: the loop has not written yet
+
+
+def _wait_for_count(task, name: str, ok, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    for attempt in range(10_000):
+        n = _read_count(task, f"{name}-{attempt}")
+        if n is not None and ok(n):
+            return n
+        assert time.monotonic() < deadline, f"count still {n} after {timeout} s"
+        time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.criu
 @pytest.mark.skipif(not criu_works(), reason="`criu check` fails on this kernel (CRIU cannot dump here)")
 def test_checkpoint_and_restore_round_trip(client, rootfs, tmp_path):
-    loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
-    counter = oci.default_spec(rootfs, ["sh", "-c", loop])
-    ctr = client.new_container("counter", counter)
+    # The count lives in the shell's memory; the file is written whole (mv), never read half-written.
+    loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; sleep 0.1; done"
+    ctr = client.new_container("counter", oci.default_spec(rootfs, ["sh", "-c", loop]))
     task = ctr.start()
-    time.sleep(1)
+    before = _wait_for_count(task, "before", lambda n: n >= 30)  # 3 s or more of counting
     task.create_checkpoint(str(tmp_path / "cp"), exit=True)
     assert task.wait(timeout=30)
     task.delete()
     restored = ctr.start(checkpoint_dir=str(tmp_path / "cp"))
-    time.sleep(1)
-    out = stdio.capture()
-    p = restored.exec("read", oci.process_spec(["cat", "/tmp/count"]), attach_stdio=out)
-    p.wait(timeout=10)
-    assert int(out.wait(timeout=10).stdout) > 10
-    p.delete()
+    # Restored, the count goes on from where it was; started afresh, it would be back at 1 and need
+    # 3 s to get there again.
+    first = _read_count(restored, "after-0")
+    assert first is not None and first >= before, (first, before)
+    _wait_for_count(restored, "after", lambda n: n > first)  # and it keeps counting
     restored.force_delete()
     ctr.delete()
     nothing_left(client)
