@@ -294,10 +294,14 @@ def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
             c._conn.events.Subscribe = lambda request, metadata=None: _LateCall(real, request, metadata, 1.5)
             subscriptions, old_pid = c._events.subscriptions, daemon.pid
             os.kill(old_pid, signal.SIGKILL)
+            # The reader's (late) Subscribe call is made at once; the new containerd comes up when
+            # the supervisor notices: wait for both.
             deadline = time.monotonic() + 60
             while c._events.subscriptions == subscriptions and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert daemon.pid != old_pid and c._events.subscriptions > subscriptions
+            assert c._events.subscriptions > subscriptions
+            assert daemon.wait_for_restarts(1, timeout=60) and daemon.pid != old_pid
+            assert c.is_serving(timeout=60)  # this client's channel may still be in its reconnect backoff
             # The reader has made its new Subscribe call; containerd will not hear of it for 1.5 s.
             _short_task_reports_its_exit(c, rec, rootfs, "quick", 7)
     finally:
