@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
@@ -29,10 +28,11 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import IO, Any, Callable, Optional, Union
+from typing import IO, Any, Optional, Union
 
 import attrs
 import grpc
@@ -63,7 +63,6 @@ _LETHAL = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQU
 _POLL = 0.1  # how often the monitor looks at the process (cheap: a waitpid or a /proc read)
 _STABLE_AFTER = 10.0  # a daemon that lived this long before dying is restarted without delay
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
-_PR_SET_PDEATHSIG = 1
 _CHANNEL_OPTIONS = [
     # The daemon comes back on the same socket within a second or so: keep gRPC's reconnect backoff short.
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -83,25 +82,30 @@ class _Stopping(Exception):
     """stop() was called while the monitor was (re)starting the daemon."""
 
 
-def _libc_prctl() -> Callable[..., int]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn: Callable[..., int] = libc.prctl
-    return fn
+# Sets PR_SET_PDEATHSIG, which only the child can do, then becomes containerd (same pid). A
+# preexec_fn could do it between fork and exec, but it makes CPython fork() where it would otherwise
+# vfork(), and fork() runs gRPC's pthread_atfork handlers, which wait for this process's gRPC threads
+# and can block for good while a client has calls in flight: seen with grpcio 1.49, the monitor stuck
+# in fork() during a restart (grpc/grpc#17986, #31885).
+_LAUNCHER = """\
+import ctypes, os, sys
+ul = ctypes.c_ulong
+if ctypes.CDLL(None, use_errno=True).prctl(1, ul(9), ul(0), ul(0), ul(0)) != 0:  # PR_SET_PDEATHSIG, SIGKILL
+    sys.exit("prctl(PR_SET_PDEATHSIG): " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):  # the parent died before prctl: nobody would ever send the signal
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
-# Looked up once in the parent: the child between fork and exec should do as little as possible.
-_prctl = _libc_prctl()
-
-
-def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
-    def preexec() -> None:
-        zero = ctypes.c_ulong(0)
-        _prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), zero, zero, zero)
-        # The parent may have died between fork and prctl: then nobody would ever send the signal.
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+def _launch_argv(argv: list[str], kill_with_parent: bool) -> list[str]:
+    """The command that runs ``argv`` (containerd), through the PDEATHSIG launcher when asked to."""
+    if not kill_with_parent:
+        return argv
+    if not sys.executable:  # an embedding application without an interpreter binary
+        log.warning("no Python executable to launch %s with PR_SET_PDEATHSIG; it will outlive this process", argv[0])
+        return argv
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
 
 
 def _toml_string(value: str) -> str:
@@ -554,13 +558,12 @@ class Daemon:
         try:
             with open(self.log_path, "ab") as logf:
                 proc = subprocess.Popen(
-                    [self.binary, "--config", self.config_path],
+                    _launch_argv([self.binary, "--config", self.config_path], self.kill_with_parent),
                     stdin=subprocess.DEVNULL,
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     cwd="/",
                     start_new_session=True,
-                    preexec_fn=_pdeathsig_preexec(os.getpid()) if self.kill_with_parent else None,
                 )
         except OSError as err:
             raise errdefs.System(f"cannot launch {self.binary} for {self.root_dir}: {err}") from err

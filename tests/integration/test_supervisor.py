@@ -299,6 +299,20 @@ def test_daemon_started_from_a_short_lived_thread_survives_it(start_own: StartFn
     assert daemon.restarts == 0
 
 
+def test_launching_the_daemon_never_forks_the_interpreter(start_own: StartFn) -> None:
+    """fork() runs gRPC's at-fork handlers, which can block for good while calls are in flight (seen
+    with grpcio 1.49: the monitor hung in fork() during a restart). The daemon is launched and
+    relaunched without one (vfork and exec: Python's at-fork hooks never run)."""
+    forks: list[str] = []
+    os.register_at_fork(before=lambda: forks.append(threading.current_thread().name))
+    daemon = start_own(health_failures=0)
+    daemon.kill(signal.SIGKILL)
+    assert daemon.wait_for_restarts(1, timeout=30)
+    assert daemon.wait_serving(10)
+    # (The hook stays registered for the session: it only records thread names.)
+    assert [name for name in forks if name.startswith("libcontainerd")] == []
+
+
 def test_daemon_dies_with_its_process(tmp_root: str) -> None:
     script = textwrap.dedent(
         f"""
