@@ -259,7 +259,7 @@ def default_spec(
     ``lo``); containerd's default mounts, masked and read-only paths; a device cgroup that
     denies everything (runc itself then allows and creates ``/dev/null``, ``/dev/zero``,
     ``/dev/tty`` and the other standard devices). ``linux.cgroupsPath`` is left out unless
-    given, so the shim and runc choose it.
+    given: :meth:`Client.new_container` then sets ``/<namespace>/<id>``, as containerd does.
 
     Args:
         rootfs: the root filesystem directory; a relative path is relative to the bundle.

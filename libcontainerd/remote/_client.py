@@ -79,6 +79,28 @@ def _runc_options(value: Union[Message, Mapping[str, Any], None]) -> Optional[An
         raise errdefs.InvalidParameter(f"invalid runc options: {exc}") from exc
 
 
+def _with_cgroups_path(spec: Mapping[str, Any], namespace: str, id: str,
+                       runtime_options: Union[Message, Mapping[str, Any], None]) -> Mapping[str, Any]:
+    """The spec with ``linux.cgroupsPath`` ``/<namespace>/<id>`` when it has none, as containerd's own
+    default spec does.
+
+    Without one, runc names the cgroup after the bare id, so same-named containers of two namespaces
+    (or of two daemons) share a cgroup: their limits add up and pausing one freezes the other. A
+    given path is kept, and so is a spec for runc's systemd driver (whose paths read
+    ``slice:prefix:name``). The caller's dict is not changed.
+    """
+    linux = spec.get("linux")
+    if not isinstance(linux, Mapping) or "cgroupsPath" in linux:
+        return spec
+    if isinstance(runtime_options, Mapping):
+        systemd = runtime_options.get("systemd_cgroup", False)
+    else:
+        systemd = getattr(runtime_options, "systemd_cgroup", False)
+    if systemd:
+        return spec
+    return {**spec, "linux": {**linux, "cgroupsPath": f"/{namespace}/{id}"}}
+
+
 def check_spec(spec: object) -> Mapping[str, Any]:
     """Reject a runtime spec that can be known bad locally, before any RPC or file."""
     if not isinstance(spec, Mapping):
@@ -218,7 +240,9 @@ class Client:
 
         Args:
             id: container id (letters, digits, single ``.``/``_``/``-``; at most 76 chars).
-            spec: the OCI runtime spec, e.g. ``oci.default_spec(rootfs, ["sh"])``.
+            spec: the OCI runtime spec, e.g. ``oci.default_spec(rootfs, ["sh"])``. Without a
+                ``linux.cgroupsPath`` it is sent with ``/<namespace>/<id>`` (containerd's default),
+                so that same-named containers of two namespaces never share a cgroup.
             shim: the runtime (containerd shim) name.
             runtime_options: runc ``Options`` message or a dict of its fields.
             labels: extra container labels.
@@ -231,6 +255,7 @@ class Client:
         """
         validate(id)
         check_spec(spec)
+        spec = _with_cgroups_path(spec, self.namespace, id, runtime_options)
         any_spec = pack_json(SPEC_URL, spec, "spec")
         any_options = _runc_options(runtime_options)
         if not isinstance(shim, str) or not shim:

@@ -77,6 +77,43 @@ def test_namespaces_do_not_see_or_touch_each_other(two, rootfs):
     ctr_a.delete()
 
 
+def _cgroups(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/cgroup", encoding="ascii") as f:
+        return {line.rstrip("\n") for line in f}
+
+
+def test_the_same_id_in_two_namespaces_gets_two_cgroups(two, rootfs):
+    """Without a cgroupsPath runc names the cgroup after the bare id: pausing a's "twin" froze b's."""
+    a, _, b, _ = two
+    ca = a.new_container("twin", spec(rootfs, "sleep", "300"))
+    cb = b.new_container("twin", spec(rootfs, "sleep", "300"))
+    assert a.load_container("twin").spec["linux"]["cgroupsPath"] == f"/{a.namespace}/twin"  # as stored
+    ta, tb = ca.start(), cb.start()
+    assert _cgroups(ta.pid).isdisjoint(_cgroups(tb.pid))
+    ta.pause()
+    try:
+        with open(f"/proc/{tb.pid}/status", encoding="ascii") as f:
+            state = next(line for line in f if line.startswith("State:"))
+        assert "D (" not in state, f"b's twin is frozen: {state}"
+        out = stdio.capture()
+        p = tb.exec("alive", oci.process_spec(["echo", "alive"]), attach_stdio=out)
+        assert p.wait(timeout=30).code == 0 and out.wait(timeout=30).stdout == b"alive\n"
+        p.delete()
+    finally:
+        ta.resume()
+    for task in (ta, tb):
+        task.force_delete()
+    # A path of the caller's own, and runc's systemd driver (paths "slice:prefix:name"), are left alone.
+    own = spec(rootfs, "true")
+    own["linux"]["cgroupsPath"] = f"/mine/{a.namespace}"
+    a.new_container("own", own)
+    assert a.load_container("own").spec["linux"]["cgroupsPath"] == f"/mine/{a.namespace}"
+    plain = spec(rootfs, "true")
+    a.new_container("sd", plain, runtime_options={"systemd_cgroup": True})
+    assert "cgroupsPath" not in a.load_container("sd").spec["linux"]
+    assert "cgroupsPath" not in plain["linux"]  # the caller's dict is not changed
+
+
 def _mode(path: str) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
