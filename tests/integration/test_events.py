@@ -11,6 +11,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import uuid
 
 import grpc
 import pytest
@@ -102,10 +103,15 @@ def test_backend_exceptions_are_logged_and_delivery_goes_on(client, recorder, ro
     assert failures and "boom" in failures[0].getMessage() and "create" in failures[0].getMessage()
 
 
-def test_events_of_another_namespace_never_arrive(containerd, rootfs, state_dir, recorder):
+def _unique(prefix: str) -> str:
+    """A namespace of this run only: runc keeps its state machine-wide, under /run/containerd/runc/<ns>/<id>."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_events_of_another_namespace_never_arrive(containerd, rootfs, state_dir, namespace, recorder):
     other = Recorder()
-    with libcontainerd.new_client(containerd.address, state_dir, "ns-one", recorder) as one, \
-            libcontainerd.new_client(containerd.address, state_dir + "-two", "ns-two", other) as two:
+    with libcontainerd.new_client(containerd.address, state_dir, namespace + "-one", recorder) as one, \
+            libcontainerd.new_client(containerd.address, state_dir + "-two", namespace + "-two", other) as two:
         try:
             ctr = one.new_container("lonely", oci.default_spec(rootfs, ["true"]))
             task = ctr.start()
@@ -197,7 +203,7 @@ def test_survives_a_containerd_restart_and_reports_missed_exits(rootfs):
     rec = Recorder()
     state = os.path.join(tmp, "client-state")
     try:
-        with libcontainerd.new_client(daemon.address, state, "restart", rec, timeout=30) as c:
+        with libcontainerd.new_client(daemon.address, state, _unique("restart"), rec, timeout=30) as c:
             keeper = c.new_container("keeper", oci.default_spec(rootfs, ["sleep", "300"]))
             keeper_task = keeper.start()
             victim = c.new_container("victim", oci.default_spec(rootfs, ["sleep", "300"]))
@@ -289,7 +295,8 @@ def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
     daemon = testing.start_daemon(tmp, health_failures=0)
     rec = Recorder()
     try:
-        with libcontainerd.new_client(daemon.address, os.path.join(tmp, "state"), "late", rec, timeout=30) as c:
+        state = os.path.join(tmp, "state")
+        with libcontainerd.new_client(daemon.address, state, _unique("late"), rec, timeout=30) as c:
             real = c._conn.events.Subscribe
             c._conn.events.Subscribe = lambda request, metadata=None: _LateCall(real, request, metadata, 1.5)
             subscriptions, old_pid = c._events.subscriptions, daemon.pid
