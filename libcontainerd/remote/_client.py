@@ -138,7 +138,6 @@ def _check_user_namespace(linux: Mapping[str, Any]) -> None:
                 f"from 0 to {_MAX_HOST_ID}")
 
 
-
 def _check_timeout(timeout: object) -> None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise errdefs.InvalidParameter(f"timeout must be a positive number of seconds or None, not {timeout!r}")

@@ -20,6 +20,7 @@ import libcontainerd
 from libcontainerd import oci, stdio, testing
 from libcontainerd.types import EventType
 
+from ._hardening import wait_until
 from .conftest import Recorder, lcd_threads
 
 E = EventType
@@ -138,9 +139,7 @@ def test_close_is_quick_and_leaves_no_thread(containerd, state_dir, namespace, r
     elapsed = time.monotonic() - started
     # Waiting for a next event would hang forever; a few seconds only mean a loaded machine.
     assert elapsed < 5.0, f"close took {elapsed:.2f} s"
-    deadline = time.monotonic() + 10
-    while lcd_threads() != baseline and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: lcd_threads() == baseline, timeout=10)
     assert lcd_threads() == baseline
     c.close()  # idempotent
     assert "closed" in repr(c)
@@ -303,10 +302,7 @@ def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
             os.kill(old_pid, signal.SIGKILL)
             # The reader's (late) Subscribe call is made at once; the new containerd comes up when
             # the supervisor notices: wait for both.
-            deadline = time.monotonic() + 60
-            while c._events.subscriptions == subscriptions and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert c._events.subscriptions > subscriptions
+            assert wait_until(lambda: c._events.subscriptions > subscriptions, timeout=60, interval=0.01)
             assert daemon.wait_for_restarts(1, timeout=60) and daemon.pid != old_pid
             assert c.is_serving(timeout=60)  # this client's channel may still be in its reconnect backoff
             # The reader has made its new Subscribe call; containerd will not hear of it for 1.5 s.

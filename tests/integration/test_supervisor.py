@@ -22,6 +22,8 @@ from google.protobuf import empty_pb2
 from libcontainerd import errdefs, supervisor, testing
 from libcontainerd._api.containerd.api.services.version.v1.version_pb2_grpc import VersionStub
 
+from ._hardening import wait_until
+
 StartFn = Callable[..., supervisor.Daemon]
 
 
@@ -163,9 +165,7 @@ def test_stop_leaves_no_process_thread_or_fd(start_own: StartFn) -> None:
     assert testing.leftover_threads(threads) == []
     # gRPC's own threads close a channel's socket a moment after the stop (the warm-up's too, so
     # the baseline may still hold one): no more than before, once they had their moment.
-    deadline = time.monotonic() + 10
-    while testing.open_fds() > fds and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: testing.open_fds() <= fds, timeout=10)
     assert testing.open_fds() <= fds
     assert not os.path.exists(daemon.pid_path)
     assert repr(daemon) == f"<Daemon stopped address={daemon.address}>"
