@@ -305,6 +305,7 @@ class FifoReader(io.RawIOBase):
         super().__init__()
         self.name = path
         self._canceller = canceller
+        self._fd = -1  # close() and __del__ run on an object whose open failed, too
         self._fd = _open_fifo(path, os.O_RDONLY)
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
@@ -336,7 +337,7 @@ class FifoReader(io.RawIOBase):
                     continue  # another reader of the FIFO took the data
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and self._fd >= 0:
             os.close(self._fd)
         super().close()
 
