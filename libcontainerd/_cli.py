@@ -409,7 +409,7 @@ def cmd_version(args: argparse.Namespace, ctx: _Context) -> int:
     rows = [
         ("client", f"libcontainerd {libcontainerd.__version__} "
                    f"(Python {sys.version.split()[0]}, grpcio {grpc.__version__})"),
-        ("server", f"containerd {v.version} (revision {v.revision})"),
+        ("server", f"containerd {v}"),
         ("address", ctx.address),
         ("namespace", ctx.namespace),
     ]

@@ -127,7 +127,7 @@ class _Demo:
         self.client = client = libcontainerd.new_client(
             self.daemon.address, os.path.join(self.root, "state"), NAMESPACE, self.events, timeout=60)
         version = client.version()
-        s.detail(f"containerd {version.version}, revision {version.revision}")
+        s.detail(f"containerd {version}")
 
         s.step(4, "Running container 'hello' and capturing its output   (new_container, start, stdio.capture)")
         out = stdio.capture()

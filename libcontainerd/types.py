@@ -19,12 +19,19 @@ __all__ = ["Backend", "EventInfo", "EventType", "ExitStatus", "Stats", "Status",
 class Version:
     """containerd's version and git revision.
 
+    The revision may be empty: some builds (Debian's containerd 2.x) carry none.
+
     >>> Version("1.6.20", "1.6.20~ds1-1")
     Version(version='1.6.20', revision='1.6.20~ds1-1')
+    >>> print(Version("1.6.20", "1.6.20~ds1-1"), Version("2.1.9+unknown", ""), sep="; ")
+    1.6.20 (revision 1.6.20~ds1-1); 2.1.9+unknown
     """
 
     version: str
     revision: str
+
+    def __str__(self) -> str:
+        return f"{self.version} (revision {self.revision})" if self.revision else self.version
 
 
 @attrs.frozen
