@@ -8,10 +8,12 @@ maps gRPC errors to :mod:`libcontainerd.errdefs`. It knows nothing of containers
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any, Callable, Optional, TypeVar
 
 import grpc
+from google.protobuf import empty_pb2
 
 from .. import errdefs
 from .._api.containerd.api.services.containers.v1 import containers_pb2_grpc
@@ -29,6 +31,30 @@ T = TypeVar("T")
 
 #: Sentinel meaning "use the client's default timeout".
 DEFAULT: Any = object()
+#: After containerd came back, how long a call waits for this channel to reconnect (gRPC backs off up
+#: to ``grpc.max_reconnect_backoff_ms`` = 1 s between attempts, failing every call in between).
+RECONNECT_GRACE = 3.0
+# What gRPC says of a call it failed because no connection could be made: the request never left.
+_NOT_SENT = ("failed to connect", "connection refused", "no such file or directory", "connect failed")
+
+
+def never_sent(err: grpc.RpcError) -> bool:
+    """Whether an UNAVAILABLE error means the request was never sent (so a retry cannot repeat it)."""
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (err.details() or "").lower()
+    return any(text in details for text in _NOT_SENT)
+
+
+def accepts_connections(path: str) -> bool:
+    """Whether something listens on the unix socket ``path`` now (a connect, nothing sent)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def target_for(address: str) -> tuple[str, bool]:
@@ -66,7 +92,8 @@ class Connection:
         timeout: Optional[float] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
     ) -> None:
-        target, _ = target_for(address)
+        target, unix = target_for(address)
+        self._socket_path: Optional[str] = target[len("unix://"):] if unix else None
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
             ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
@@ -124,7 +151,13 @@ class Connection:
         if timeout is DEFAULT:
             timeout = self.timeout
         try:
-            return method(request, metadata=self.metadata, timeout=timeout, **kw)
+            try:
+                return method(request, metadata=self.metadata, timeout=timeout, **kw)
+            except grpc.RpcError as err:
+                if self._closed.is_set() or not never_sent(err) or not self.reconnected():
+                    raise
+                log.debug("%s: containerd serves again; retrying on the reconnected channel", what or "call")
+                return method(request, metadata=self.metadata, timeout=timeout, **kw)
         except grpc.RpcError as err:
             if self._closed.is_set():
                 raise errdefs.Cancelled(f"{what + ': ' if what else ''}the client is closed") from err
@@ -133,6 +166,23 @@ class Connection:
             if self._closed.is_set():  # grpc raises ValueError on a closed channel
                 raise errdefs.Cancelled(f"{what + ': ' if what else ''}the client is closed") from err
             raise
+
+    def reconnected(self, grace: float = RECONNECT_GRACE) -> bool:
+        """After a call failed unsent: True once this channel serves again, if containerd listens now.
+
+        A channel whose daemon went away fails every call at once until its next reconnect attempt,
+        up to a second after containerd is back. When containerd's socket accepts connections (it is
+        back, or never went), this waits up to ``grace`` s for the channel to reconnect, so that the
+        call can be made again; when nothing listens, it returns False at once (a daemon that is down
+        still fails calls fast).
+        """
+        if self._socket_path is None or self._closed.is_set() or not accepts_connections(self._socket_path):
+            return False
+        try:
+            self.version.Version(empty_pb2.Empty(), metadata=self.metadata, timeout=grace, wait_for_ready=True)
+        except (grpc.RpcError, ValueError):
+            return False
+        return True
 
     def close(self) -> None:
         self._closed.set()
