@@ -146,6 +146,11 @@ class ProcessTracker:
             self._lock.wait_for(lambda: key in self._exited, timeout)
             return self._exited.get(key)
 
+    def is_running(self, container_id: str, process_id: str, pid: int) -> bool:
+        """Whether the process is believed running (its exit not yet seen)."""
+        with self._lock:
+            return self._running.get((container_id, process_id)) == pid
+
     def running(self) -> list[tuple[str, str, int]]:
         with self._lock:
             return [(c, p, pid) for (c, p), pid in self._running.items()]

@@ -51,6 +51,8 @@ EXEC_CLEANUP_TIMEOUT = 45.0
 _WAIT_SLICE = 0.25
 #: How long wait() waits for the exit event of a process whose shim died under it.
 SHIM_EXIT_GRACE = 10.0
+#: While containerd is away, how often wait() looks whether it serves again (the exit event ends it sooner).
+_OUTAGE_SLICE = 0.5
 #: How long force_delete() waits for the task to stop after SIGKILL.
 FORCE_DELETE_WAIT = 10.0
 
@@ -249,17 +251,47 @@ class _ProcessBase:
     def wait(self, timeout: Optional[float] = None) -> ExitStatus:
         """Block until the process exits and return its exit status.
 
-        Ctrl-C interrupts the wait (``KeyboardInterrupt``) and leaves the client usable.
+        A containerd restart does not end the wait: while containerd is away the exit comes from
+        the event stream (which reconciles after it resubscribes), and once containerd serves
+        again the wait is made anew. A process that containerd removed while it was down (1.7 and
+        later do, for a task that died meanwhile) ends with the exit the stream reported for it
+        (code 255 and ``info.error`` when nobody saw the real one). Ctrl-C interrupts the wait
+        (``KeyboardInterrupt``) and leaves the client usable.
 
         Raises:
             errdefs.Deadline: (also a ``TimeoutError``) the timeout passed first.
+            errdefs.Unavailable: containerd is away and this client does not know the process as
+                running (it cannot learn of its exit).
 
         >>> task.wait(timeout=10).code  # doctest: +SKIP
         0
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cid = self._container.id
+        tracker = self._container._client._tracker
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return self._wait_once(left, timeout)
+            except errdefs.Unavailable:
+                # containerd went away under the wait (or is away): the stream may know the exit already.
+                status = self._recorded_exit(0.0)
+                if status is not None:
+                    return status
+                if not self.pid or not tracker.is_running(cid, self._exec_id or cid, self.pid):
+                    raise
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise errdefs.Deadline(f"{self._what}: still running after {timeout} s")
+            status = self._recorded_exit(_OUTAGE_SLICE if left is None else min(_OUTAGE_SLICE, left))
+            if status is not None:
+                return status
+
+    def _wait_once(self, left: Optional[float], timeout: Optional[float]) -> ExitStatus:
+        """One ``Wait`` call, polled so that Ctrl-C gets through; mapped errors."""
         conn = self._container._client._conn
         request = tasks_pb2.WaitRequest(container_id=self._container.id, exec_id=self._exec_id)
-        future = conn.tasks.Wait.future(request, metadata=conn.metadata, timeout=timeout)
+        future = conn.tasks.Wait.future(request, metadata=conn.metadata, timeout=left)
         try:
             while True:
                 try:
@@ -276,16 +308,23 @@ class _ProcessBase:
             if isinstance(mapped, (errdefs.NotFound, errdefs.Unknown)) and self.pid:
                 # A dead shim takes the Wait down ("ttrpc: closed") and containerd then deletes the task;
                 # the exit it reports as an event is the one to return.
-                grace = SHIM_EXIT_GRACE if timeout is None else min(SHIM_EXIT_GRACE, timeout)
-                cid = self._container.id
-                info = self._container._client._tracker.exit_of(cid, self._exec_id or cid, self.pid, grace)
+                grace = SHIM_EXIT_GRACE if left is None else min(SHIM_EXIT_GRACE, left)
+                info = self._recorded_exit(grace)
                 if info is not None:
-                    return ExitStatus(int(info.exit_code), info.exited_at)
+                    return info
             raise mapped from err
         except BaseException:
             future.cancel()
             raise
         return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
+
+    def _recorded_exit(self, grace: float) -> Optional[ExitStatus]:
+        """The exit the event stream delivered for this process (waiting up to ``grace`` s), or None."""
+        if not self.pid:
+            return None
+        cid = self._container.id
+        info = self._container._client._tracker.exit_of(cid, self._exec_id or cid, self.pid, grace)
+        return None if info is None else ExitStatus(int(info.exit_code), info.exited_at)
 
     def close_stdin(self) -> None:
         """Close the process's stdin (our FIFO end, then containerd's side), so readers see EOF."""
@@ -313,6 +352,19 @@ class _ProcessBase:
         cid = self._container.id
         self._container._client._tracker.forget(cid, self._exec_id or cid)
         self._release()
+
+    def _deleted_meanwhile(self, exc: errdefs.NotFound) -> ExitStatus:
+        """delete() of a process containerd no longer knows: its recorded exit, or the NotFound.
+
+        containerd removes a task whose shim died, and containerd >= 1.7 also one that exited while
+        containerd was down; the event stream then delivered its exit (the real one, or code 255
+        with the reason), and delete() returns that, as wait() did, rather than fail.
+        """
+        status = self._recorded_exit(SHIM_EXIT_GRACE)
+        self._gone()
+        if status is None:
+            raise exc
+        return status
 
     def _map_delete_error(self, exc: errdefs.LibcontainerdError) -> errdefs.LibcontainerdError:
         text = str(exc)
@@ -351,9 +403,9 @@ class Process(_ProcessBase):
         try:
             resp = self._call(self._tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
                 container_id=self._container.id, exec_id=self._exec_id))
+        except errdefs.NotFound as exc:
+            return self._deleted_meanwhile(exc)
         except errdefs.LibcontainerdError as exc:
-            if isinstance(exc, errdefs.NotFound):
-                self._gone()
             raise self._map_delete_error(exc) from exc.__cause__
         self._container._client._tracker.forget(self._container.id, self._exec_id)
         self._release()
@@ -497,9 +549,9 @@ class Task(_ProcessBase):
         """
         try:
             resp = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self._container.id))
+        except errdefs.NotFound as exc:
+            return self._deleted_meanwhile(exc)
         except errdefs.LibcontainerdError as exc:
-            if isinstance(exc, errdefs.NotFound):
-                self._gone()
             raise self._map_delete_error(exc) from exc.__cause__
         self._container._client._tracker.forget(self._container.id)
         self._release()
