@@ -19,6 +19,7 @@ from typing import Any, Optional
 import grpc
 from google.protobuf import any_pb2
 
+from libcontainerd import testing
 from libcontainerd._api.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from libcontainerd._api.containerd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from libcontainerd._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
@@ -114,7 +115,7 @@ class Ctr:
     """Debian's ``ctr`` on the private daemon; FIFOs go to a private dir, never /run/containerd."""
 
     def __init__(self, address: str, namespace: str, work_dir: str, binary: Optional[str] = None) -> None:
-        found = binary or shutil.which("ctr")
+        found = binary or testing.containerd_tool("ctr")
         if found is None:
             raise FileNotFoundError("ctr is not installed (apt-get install containerd)")
         self.binary = found

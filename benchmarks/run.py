@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,7 +119,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, stream=sys.stderr)
     testing.require_containerd()
-    if shutil.which("ctr") is None:
+    if testing.containerd_tool("ctr") is None:
         print("ctr is needed for the references (apt-get install containerd)", file=sys.stderr)
         return 2
     tmp = tempfile.mkdtemp(prefix="lcd-bench-")

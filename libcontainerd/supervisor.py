@@ -42,7 +42,9 @@ from google.protobuf import empty_pb2
 from libcontainerd import errdefs
 from libcontainerd._api.containerd.api.services.version.v1 import version_pb2_grpc
 
-__all__ = ["CONFIG_NAME", "LOG_NAME", "MAX_SOCKET_PATH", "PID_NAME", "Daemon", "start"]
+__all__ = [
+    "CONFIG_NAME", "ENV_BINARY", "LOG_NAME", "MAX_SOCKET_PATH", "PID_NAME", "ContainerdRelease", "Daemon", "start",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ LOG_NAME = "containerd.log"
 _LOCK_NAME = "supervisor.lock"
 _SOCKET_NAME = "containerd.sock"
 
+#: The environment variable naming the containerd that :func:`start` runs by default (the test harness,
+#: the demo, the benchmarks and ``libcontainerd daemon`` all start theirs through it).
+ENV_BINARY = "LIBCONTAINERD_CONTAINERD"
 _LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "panic")
 # Signals after which the daemon is certainly on its way out: kill() marks it not serving at once,
 # so that a following wait_serving() waits for the restart instead of racing the monitor.
@@ -106,6 +111,95 @@ def _launch_argv(argv: list[str], kill_with_parent: bool) -> list[str]:
         log.warning("no Python executable to launch %s with PR_SET_PDEATHSIG; it will outlive this process", argv[0])
         return argv
     return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
+
+
+_VERSION_RE = re.compile(r"^containerd \S+ v?(\d+)\.(\d+)\.(\d+)(\S*)", re.M)
+# CRI is not part of the API this SDK uses, and it would try to manage networks and images of its own.
+# 1.6 ignores `disable = true` inside the CRI plugin's own table; only `disabled_plugins` works.
+# 2.x split it into plugins of their own, one of which CRI's gRPC service needs (so all three go).
+_CRI_PLUGINS = {
+    1: ["io.containerd.grpc.v1.cri"],
+    2: ["io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.grpc.v1.cri",
+        # The sandbox controllers need CRI's image service and fail to load (a warning) without it.
+        "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.grpc.v1.sandbox-controllers"],
+}
+# containerd 2.x reads only `version = 3` configs as they are (it migrates 2 with a warning per start).
+_CONFIG_VERSION = {1: 2, 2: 3}
+
+
+@attrs.frozen
+class ContainerdRelease:
+    """What ``containerd --version`` says of a binary: its release, as numbers and as printed.
+
+    >>> ContainerdRelease.parse("containerd github.com/containerd/containerd/v2 2.1.9+unknown \n")
+    ContainerdRelease(major=2, minor=1, patch=9, text='2.1.9+unknown')
+    """
+
+    major: int
+    minor: int
+    patch: int
+    text: str
+
+    @classmethod
+    def parse(cls, output: str) -> ContainerdRelease:
+        match = _VERSION_RE.search(output)
+        if match is None:
+            raise errdefs.InvalidParameter(f"cannot tell the containerd release from {output.strip()[:200]!r}")
+        major, minor, patch = (int(g) for g in match.group(1, 2, 3))
+        return cls(major, minor, patch, f"{major}.{minor}.{patch}{match.group(4)}")
+
+    @classmethod
+    def of(cls, binary: str) -> ContainerdRelease:
+        """Run ``binary --version`` (once per binary and modification time)."""
+        stat = os.stat(binary)
+        key = (binary, stat.st_mtime_ns, stat.st_size)
+        found = _releases.get(key)
+        if found is None:
+            try:
+                out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
+                                     check=True).stdout
+            except (OSError, subprocess.SubprocessError) as err:
+                raise errdefs.InvalidParameter(f"{binary} --version failed: {err}") from err
+            found = _releases[key] = cls.parse(out)
+        return found
+
+    def at_least(self, major: int, minor: int = 0) -> bool:
+        """Whether this release is ``major.minor`` or newer.
+
+        >>> ContainerdRelease(1, 7, 24, "1.7.24").at_least(1, 7)
+        True
+        """
+        return (self.major, self.minor) >= (major, minor)
+
+    @property
+    def reaps_tasks_that_died_while_down(self) -> bool:
+        """containerd >= 1.7, when it starts, kills the shim of a task that exited while it was down and
+        removes the task, so that exit code is lost for every client; 1.6 keeps it."""
+        return self.at_least(1, 7)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+_releases: dict[tuple[str, int, int], ContainerdRelease] = {}
+
+
+def _base_config(release: ContainerdRelease) -> dict[str, Any]:
+    major = 2 if release.major >= 2 else 1
+    return {"version": _CONFIG_VERSION[major], "disabled_plugins": list(_CRI_PLUGINS[major])}
+
+
+def _daemon_env(binary: str) -> dict[str, str]:
+    """containerd's environment: ours, with the binary's own directory first on PATH.
+
+    containerd finds its shim (``containerd-shim-runc-v2``) on PATH, and the shim finds runc and CRIU
+    there: a containerd that is not the system's must start its own shim, not the system's.
+    """
+    env = dict(os.environ)
+    path = env.get("PATH", os.defpath)
+    here = os.path.dirname(binary)
+    env["PATH"] = here + os.pathsep + path if path else here
+    return env
 
 
 def _toml_string(value: str) -> str:
@@ -247,6 +341,7 @@ class Daemon:
         state_dir: containerd's state directory (holds the sockets).
         config_path, log_path, pid_path: the files of this daemon.
         binary: the resolved containerd executable.
+        release: what ``binary --version`` says (the config was written for it).
         kill_with_parent: whether the daemon gets SIGKILL when this process ends.
 
     >>> d = start("/tmp/lcd-doc")  # doctest: +SKIP
@@ -263,6 +358,7 @@ class Daemon:
     log_path: str
     pid_path: str
     binary: str
+    release: ContainerdRelease
     kill_with_parent: bool
     _health_interval: float
     _health_failures: int
@@ -563,6 +659,7 @@ class Daemon:
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     cwd="/",
+                    env=_daemon_env(self.binary),
                     start_new_session=True,
                 )
         except OSError as err:
@@ -677,7 +774,7 @@ def start(
     root_dir: str,
     state_dir: Optional[str] = None,
     *,
-    binary: str = "containerd",
+    binary: Optional[str] = None,
     log_level: str = "info",
     debug_address: Optional[str] = None,
     health_interval: float = 2.0,
@@ -697,7 +794,10 @@ def start(
     Args:
         root_dir: directory of this daemon; created if missing.
         state_dir: containerd's state directory; the socket path in it must fit in 104 bytes.
-        binary: the containerd executable, a name on PATH or a path.
+        binary: the containerd executable, a name on PATH or a path; by default ``$LIBCONTAINERD_CONTAINERD``
+            or else ``containerd``. Its shim is looked up in its own directory first, then on PATH.
+            containerd 1.6, 1.7 and 2.x are told apart by ``binary --version`` and each gets the
+            config it reads (``version = 2`` for 1.x, ``version = 3`` for 2.x).
         log_level: containerd's ``[debug] level``.
         debug_address: a unix socket path for containerd's debug endpoint, or None.
         health_interval: seconds between health checks (a Version call).
@@ -736,10 +836,13 @@ def start(
     if isinstance(grpc_opts, Mapping) and "address" in grpc_opts:
         raise errdefs.InvalidParameter("containerd config option grpc.address is set by the supervisor")
 
+    if binary is None:
+        binary = os.environ.get(ENV_BINARY) or "containerd"
     resolved = shutil.which(binary)
     if resolved is None:
         raise errdefs.NotFound(f"containerd binary {binary!r} not found on PATH")
     resolved = os.path.abspath(resolved)
+    release = ContainerdRelease.of(resolved)
 
     root_dir = os.path.abspath(root_dir)
     state_dir = os.path.abspath(state_dir) if state_dir is not None else os.path.join(root_dir, "state")
@@ -764,11 +867,9 @@ def start(
 
     try:
         config: dict[str, Any] = {
-            "version": 2,
+            **_base_config(release),
             "root": os.path.join(root_dir, "root"),
             "state": state_dir,
-            # 1.6 ignores `disable = true` inside the CRI plugin's own table; only this list works.
-            "disabled_plugins": ["io.containerd.grpc.v1.cri"],
             "grpc": {"address": address},
             "ttrpc": {"address": ttrpc_address},
             "debug": {"level": log_level, "address": debug_address or ""},
@@ -792,6 +893,7 @@ def start(
             log_path=os.path.join(root_dir, LOG_NAME),
             pid_path=os.path.join(root_dir, PID_NAME),
             binary=resolved,
+            release=release,
             kill_with_parent=kill_with_parent,
             health_interval=health_interval,
             health_failures=health_failures,

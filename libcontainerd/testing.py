@@ -40,6 +40,7 @@ __all__ = [
     "Leftovers",
     "busybox_rootfs",
     "cleanup_root",
+    "containerd_tool",
     "daemon_processes",
     "find_busybox",
     "leftover_threads",
@@ -47,6 +48,7 @@ __all__ = [
     "remove_containers",
     "require_containerd",
     "require_tools",
+    "shim_socket",
     "start_daemon",
 ]
 
@@ -57,7 +59,9 @@ _RUNC_ROOT = "/run/containerd/runc"  # the runc shim's default --root; one subdi
 _TASK_DIR = "io.containerd.runtime.v2.task"
 _MNT_DETACH = 2
 _PT_INTERP = 3
-_CONTAINERD_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "busybox")
+_CONTAINERD_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "busybox")
+# The tools that come with containerd: looked up beside the containerd under test first.
+_BESIDE_CONTAINERD = frozenset({"containerd", "containerd-shim-runc-v2", "ctr"})
 
 _PASSWD = """root:x:0:0:root:/root:/bin/sh
 user:x:1000:1000:user:/home/user:/bin/sh
@@ -102,6 +106,26 @@ def _is_static_elf(path: str) -> bool:
             if p_type == _PT_INTERP:
                 return False
     return True
+
+
+def containerd_tool(name: str) -> Optional[str]:
+    """The path of ``containerd``, its shim or ``ctr`` of the containerd under test, or None.
+
+    The containerd under test is ``$LIBCONTAINERD_CONTAINERD`` (see
+    :data:`libcontainerd.supervisor.ENV_BINARY`), else the one on PATH; its shim and ``ctr`` are the
+    ones in its directory, as a containerd package installs them, else the ones on PATH.
+
+    >>> containerd_tool("ctr")  # doctest: +SKIP
+    '/usr/bin/ctr'
+    """
+    chosen = shutil.which(os.environ.get(supervisor.ENV_BINARY) or "containerd")
+    if name == "containerd":
+        return chosen
+    if chosen is not None and name in _BESIDE_CONTAINERD:
+        beside = os.path.join(os.path.dirname(chosen), name)
+        if os.access(beside, os.X_OK):
+            return beside
+    return shutil.which(name)
 
 
 def find_busybox(busybox: Optional[str] = None) -> str:
@@ -394,6 +418,27 @@ def _runc_cleanup(ns: str, cid: str, bundle: str) -> None:
         os.rmdir(os.path.join(_RUNC_ROOT, ns))
 
 
+def shim_socket(bundle: str) -> Optional[str]:
+    """The socket path of the shim that serves a task bundle of containerd's state dir, or None.
+
+    containerd 1.x's shim writes it to ``<bundle>/address`` as ``unix://PATH``; 2.x's to
+    ``<bundle>/bootstrap.json`` (``{"version": 2, "address": "unix://PATH", "protocol": "ttrpc"}``).
+    A bundle with neither (the shim died before writing it) gives None.
+
+    >>> shim_socket("/run/containerd/io.containerd.runtime.v2.task/default/web")  # doctest: +SKIP
+    '/run/containerd/s/0c6e...'
+    """
+    address: object = None
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(bundle, "bootstrap.json"), "rb") as f:
+        address = json.load(f).get("address")
+    if address is None:
+        with contextlib.suppress(OSError), open(os.path.join(bundle, "address"), encoding="utf-8") as f:
+            address = f.read().strip()
+    if not isinstance(address, str) or not address:
+        return None
+    return address.removeprefix("unix://")
+
+
 def _remove_empty_cgroups(namespaces: Collection[str]) -> None:
     """rmdir ``<controller>/<namespace>`` cgroups (the "/<ns>/<id>" layout) that no longer hold anything.
 
@@ -464,10 +509,10 @@ def cleanup_root(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[str]]
     _kill_and_wait(below)
     _kill_and_wait(shims)
     for _ns, _cid, bundle in bundles:
-        # The shim writes where its socket is; a killed shim leaves the socket behind.
-        with contextlib.suppress(OSError), open(os.path.join(bundle, "address"), encoding="utf-8") as f:
-            socket = f.read().strip().removeprefix("unix://")
-            if socket.startswith("/run/containerd/s/"):
+        # A killed shim leaves its socket behind.
+        socket = shim_socket(bundle)
+        if socket is not None and socket.startswith("/run/containerd/s/"):
+            with contextlib.suppress(OSError):
                 os.unlink(socket)
 
     _remove_empty_cgroups({ns for ns, _cid, _bundle in bundles} | _namespaces(paths.state_dir))
@@ -493,7 +538,7 @@ def _missing(names: Collection[str]) -> list[str]:
                 find_busybox()
             except errdefs.LibcontainerdError as err:
                 missing.append(str(err))
-        elif shutil.which(name) is None:
+        elif containerd_tool(name) is None:
             missing.append(name)
     return missing
 

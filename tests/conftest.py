@@ -37,6 +37,17 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    binary = testing.containerd_tool("containerd")
+    if binary is None:
+        return "containerd under test: none found"
+    try:
+        release = supervisor.ContainerdRelease.of(binary)
+    except Exception as err:  # a header must not stop the session; the fixture says what is wrong
+        return f"containerd under test: {binary} ({err})"
+    return f"containerd under test: {release} ({binary}; shim {testing.containerd_tool('containerd-shim-runc-v2')})"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if str(item.path).startswith(_INTEGRATION_DIR):
