@@ -54,6 +54,9 @@ READER_THREAD_NAME = "libcontainerd-events-reader"
 RESYNC_THREAD_NAME = "libcontainerd-events-resync"
 _EXITED_MEMORY = 8192
 _SYNC_TYPE = "libcontainerd.v1.SubscriptionSync"
+#: After a reconnect, how long a process that containerd does not know is looked at again before it
+#: counts as gone (containerd 2.x serves before it has reconnected to its tasks' shims).
+RECONCILE_GRACE = 5.0
 
 
 def timestamp_to_datetime(ts: Any) -> Optional[datetime.datetime]:
@@ -188,6 +191,7 @@ class EventStream:
         # proves that containerd has registered the subscription (gRPC gives no such signal).
         self._sync_topic = f"/libcontainerd/sync/{uuid.uuid4().hex}"
         self._synced = threading.Event()
+        self._reconciled = threading.Event()  # no exit can have been missed since the last subscription
         self.filters = [
             f"namespace=={namespace},topic~=|^/tasks/|",
             f"namespace=={namespace},topic~=|^{self._sync_topic}$|",
@@ -276,6 +280,7 @@ class EventStream:
                 self._namespace, err.code().name, err.details(),
             )
         finally:
+            self._reconciled.clear()
             stop_resync.set()
             resync.join()
             with self._lock:
@@ -320,32 +325,85 @@ class EventStream:
         self._closing.wait(seconds)
 
     def _reconcile(self) -> None:
-        """Deliver the exits that happened while no stream was listening."""
-        for container_id, process_id, pid in self._tracker.running():
-            exec_id = "" if process_id == container_id else process_id
-            try:
-                resp = self._conn.call(
-                    self._conn.tasks.Get,
-                    tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id),
-                    f"container {container_id}",
-                    timeout=10.0,
-                )
-            except errdefs.NotFound:
-                info = EventInfo(container_id, process_id, pid=pid, exit_code=255,
-                                 error="the process is gone: containerd no longer knows it after a reconnect")
-                self._dispatch_exit(info)
-                continue
-            except errdefs.LibcontainerdError as exc:
-                log.warning("after reconnect, cannot look at %s/%s: %s", container_id, process_id, exc,
-                            extra=self._extra(container_id))
-                continue
-            proc = resp.process
-            if proc.status == task_types.STOPPED:
-                info = EventInfo(container_id, process_id, pid=proc.pid or pid, exit_code=proc.exit_status,
-                                 exited_at=timestamp_to_datetime(proc.exited_at))
-                log.info("container %s process %s exited while the stream was down (code %d)",
-                         container_id, process_id, proc.exit_status, extra=self._extra(container_id))
-                self._dispatch_exit(info)
+        """Deliver the exits that happened while no stream was listening.
+
+        A process containerd does not know is looked at again for :data:`RECONCILE_GRACE` s before
+        it counts as gone: containerd 2.x serves before it has reconnected to the shims of its
+        tasks, and answers NotFound for them until it has.
+        """
+        pending = self._tracker.running()
+        deadline = time.monotonic() + RECONCILE_GRACE
+        missing: list[tuple[str, str, int]] = []
+        while pending:
+            missing = [p for p in pending if not self._look_after_reconnect(*p)]
+            if not missing or time.monotonic() >= deadline or self._closing.wait(0.25):
+                break
+            pending = [p for p in missing if self._tracker.is_running(*p)]
+            missing = pending
+        if self._closing.is_set():
+            return
+        for container_id, process_id, pid in missing:
+            info = EventInfo(container_id, process_id, pid=pid, exit_code=255,
+                             error="the process is gone: containerd no longer knows it after a reconnect")
+            if self._dispatch_exit(info):
+                log.info("container %s process %s is gone after a reconnect; its exit code is lost",
+                         container_id, process_id, extra=self._extra(container_id))
+        self._reconciled.set()
+
+    def _look_after_reconnect(self, container_id: str, process_id: str, pid: int) -> bool:
+        """Deliver the exit of a process that stopped; False if containerd does not know it."""
+        exec_id = "" if process_id == container_id else process_id
+        try:
+            resp = self._conn.call(
+                self._conn.tasks.Get,
+                tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id),
+                f"container {container_id}",
+                timeout=10.0,
+            )
+        except errdefs.NotFound:
+            return False
+        except errdefs.LibcontainerdError as exc:
+            log.warning("after reconnect, cannot look at %s/%s: %s", container_id, process_id, exc,
+                        extra=self._extra(container_id))
+            return True
+        proc = resp.process
+        if proc.status == task_types.STOPPED:
+            info = EventInfo(container_id, process_id, pid=proc.pid or pid, exit_code=proc.exit_status,
+                             exited_at=timestamp_to_datetime(proc.exited_at))
+            log.info("container %s process %s exited while the stream was down (code %d)",
+                     container_id, process_id, proc.exit_status, extra=self._extra(container_id))
+            self._dispatch_exit(info)
+        return True
+
+    def settled(self, container_id: str, process_id: str, pid: int, code: int,
+                exited_at: Optional[datetime.datetime]) -> EventInfo:
+        """A call (Wait, Delete) learned a process's exit: deliver it if the stream may have missed it.
+
+        Between a break of the stream and the end of the reconciliation after the next
+        subscription, containerd's exit event may have gone to no one; and containerd >= 1.7 may
+        show a task's exit to a ``Wait`` right after it started and then remove the task, so that
+        the reconciliation finds nothing. In that window the exit the call learned is delivered now
+        (once). Returns the exit that the backend got or will get, for the caller to return.
+        """
+        info = EventInfo(container_id, process_id, pid=pid, exit_code=code, exited_at=exited_at)
+        if not self._reconciled.is_set() and self._dispatch_exit(info):
+            return info
+        recorded = self._tracker.exit_of(container_id, process_id, pid, 0.0)
+        return info if recorded is None else recorded
+
+    def report_gone(self, container_id: str, process_id: str, pid: int, reason: str) -> EventInfo:
+        """Deliver the exit of a process containerd no longer knows, unless the stream delivered one.
+
+        Returns the exit that was delivered for it (the stream's, when it came first): code 255 and
+        ``error=reason`` otherwise, as after a reconnect. The backend gets exactly one either way.
+        """
+        info = EventInfo(container_id, process_id, pid=pid, exit_code=255, error=reason)
+        if self._dispatch_exit(info):
+            log.info("container %s process %s is gone; its exit code is lost (%s)", container_id, process_id,
+                     reason, extra=self._extra(container_id))
+            return info
+        found = self._tracker.exit_of(container_id, process_id, pid, 0.0)
+        return info if found is None else found
 
     def _handle(self, envelope: Any) -> None:
         if envelope.namespace != self._namespace:
@@ -376,9 +434,11 @@ class EventStream:
             self._tracker.started(info.container_id, info.process_id, info.pid)
         self._dispatch(event_type, info)
 
-    def _dispatch_exit(self, info: EventInfo) -> None:
+    def _dispatch_exit(self, info: EventInfo) -> bool:
         if self._tracker.first_exit(info.container_id, info.process_id, info.pid, info):
             self._dispatch(EventType.EXIT, info)
+            return True
+        return False
 
     def _dispatch(self, event_type: EventType, info: EventInfo) -> None:
         if self._backend is None:

@@ -262,30 +262,44 @@ class _ProcessBase:
             errdefs.Deadline: (also a ``TimeoutError``) the timeout passed first.
             errdefs.Unavailable: containerd is away and this client does not know the process as
                 running (it cannot learn of its exit).
+            errdefs.NotFound: containerd does not know the process, nor does this client.
 
         >>> task.wait(timeout=10).code  # doctest: +SKIP
         0
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        cid = self._container.id
-        tracker = self._container._client._tracker
+        vanished: Optional[float] = None  # since when containerd says it does not know the process
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return self._wait_once(left, timeout)
-            except errdefs.Unavailable:
-                # containerd went away under the wait (or is away): the stream may know the exit already.
-                status = self._recorded_exit(0.0)
-                if status is not None:
-                    return status
-                if not self.pid or not tracker.is_running(cid, self._exec_id or cid, self.pid):
+                status = self._wait_once(left, timeout)
+            except (errdefs.Unavailable, errdefs.NotFound, errdefs.Unknown) as exc:
+                # containerd went away under the wait, or does not know the process (a dead shim's task,
+                # one that containerd >= 2 has not loaded again yet after a restart, or one it reaped):
+                # the event stream may know the exit already.
+                recorded = self._recorded_exit(0.0)
+                if recorded is not None:
+                    return recorded
+                if not self.pid or not self._believed_running():
                     raise
+                if isinstance(exc, errdefs.Unavailable):
+                    vanished = None  # containerd is away: as long as it takes
+                else:
+                    vanished = vanished if vanished is not None else time.monotonic()
+                    if time.monotonic() - vanished > SHIM_EXIT_GRACE:
+                        if isinstance(exc, errdefs.Unknown):
+                            raise
+                        # Gone for good, and no exit came (containerd >= 1.7 reaps a task that died while
+                        # it was down and tells no one): its code is lost for every client.
+                        return self._report_gone(f"containerd removed the process: {exc}")
+            else:
+                return self._settled(status)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise errdefs.Deadline(f"{self._what}: still running after {timeout} s")
-            status = self._recorded_exit(_OUTAGE_SLICE if left is None else min(_OUTAGE_SLICE, left))
-            if status is not None:
-                return status
+            recorded = self._recorded_exit(_OUTAGE_SLICE if left is None else min(_OUTAGE_SLICE, left))
+            if recorded is not None:
+                return recorded
 
     def _wait_once(self, left: Optional[float], timeout: Optional[float]) -> ExitStatus:
         """One ``Wait`` call, polled so that Ctrl-C gets through; mapped errors."""
@@ -304,19 +318,20 @@ class _ProcessBase:
                 raise errdefs.Deadline(f"{self._what}: still running after {timeout} s") from err
             if conn.closed:
                 raise errdefs.Cancelled(f"{self._what}: the client was closed during wait") from err
-            mapped = errdefs.from_grpc(err, self._what)
-            if isinstance(mapped, (errdefs.NotFound, errdefs.Unknown)) and self.pid:
-                # A dead shim takes the Wait down ("ttrpc: closed") and containerd then deletes the task;
-                # the exit it reports as an event is the one to return.
-                grace = SHIM_EXIT_GRACE if left is None else min(SHIM_EXIT_GRACE, left)
-                info = self._recorded_exit(grace)
-                if info is not None:
-                    return info
-            raise mapped from err
+            raise errdefs.from_grpc(err, self._what) from err
         except BaseException:
             future.cancel()
             raise
         return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
+
+    def _believed_running(self) -> bool:
+        cid = self._container.id
+        return self._container._client._tracker.is_running(cid, self._exec_id or cid, self.pid)
+
+    def _report_gone(self, reason: str) -> ExitStatus:
+        cid = self._container.id
+        info = self._container._client._events.report_gone(cid, self._exec_id or cid, self.pid, reason)
+        return ExitStatus(int(info.exit_code), info.exited_at)
 
     def _recorded_exit(self, grace: float) -> Optional[ExitStatus]:
         """The exit the event stream delivered for this process (waiting up to ``grace`` s), or None."""
@@ -353,6 +368,25 @@ class _ProcessBase:
         self._container._client._tracker.forget(cid, self._exec_id or cid)
         self._release()
 
+    def _settled(self, status: ExitStatus) -> ExitStatus:
+        """The exit a call learned, made the one the backend gets (see ``EventStream.settled``)."""
+        if not self.pid:
+            return status
+        cid = self._container.id
+        info = self._container._client._events.settled(cid, self._exec_id or cid, self.pid, status.code,
+                                                       status.exited_at)
+        return ExitStatus(int(info.exit_code), info.exited_at)
+
+    def _deleted(self, resp: Any) -> ExitStatus:
+        """After a successful delete: the exit to the backend if the stream may have missed it; clean up."""
+        status = self._settled(ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at)))
+        cid = self._container.id
+        client = self._container._client
+        # A task's delete ends its execs too: forget every process of the container.
+        client._tracker.forget(cid, self._exec_id or None)
+        self._release()
+        return status
+
     def _deleted_meanwhile(self, exc: errdefs.NotFound) -> ExitStatus:
         """delete() of a process containerd no longer knows: its recorded exit, or the NotFound.
 
@@ -361,6 +395,8 @@ class _ProcessBase:
         with the reason), and delete() returns that, as wait() did, rather than fail.
         """
         status = self._recorded_exit(SHIM_EXIT_GRACE)
+        if status is None and self.pid and self._believed_running():
+            status = self._report_gone(f"containerd removed the process: {exc}")
         self._gone()
         if status is None:
             raise exc
@@ -407,9 +443,7 @@ class Process(_ProcessBase):
             return self._deleted_meanwhile(exc)
         except errdefs.LibcontainerdError as exc:
             raise self._map_delete_error(exc) from exc.__cause__
-        self._container._client._tracker.forget(self._container.id, self._exec_id)
-        self._release()
-        return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
+        return self._deleted(resp)
 
     def __repr__(self) -> str:
         return f"<Process id={self._exec_id!r} container={self._container.id!r} pid={self.pid}>"
@@ -553,9 +587,7 @@ class Task(_ProcessBase):
             return self._deleted_meanwhile(exc)
         except errdefs.LibcontainerdError as exc:
             raise self._map_delete_error(exc) from exc.__cause__
-        self._container._client._tracker.forget(self._container.id)
-        self._release()
-        return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
+        return self._deleted(resp)
 
     def force_delete(self) -> ExitStatus:
         """Kill every process of the task with SIGKILL, wait for it to stop, then delete it.
