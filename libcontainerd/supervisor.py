@@ -131,7 +131,7 @@ _CONFIG_VERSION = {1: 2, 2: 3}
 class ContainerdRelease:
     """What ``containerd --version`` says of a binary: its release, as numbers and as printed.
 
-    >>> ContainerdRelease.parse("containerd github.com/containerd/containerd/v2 2.1.9+unknown \n")
+    >>> ContainerdRelease.parse("containerd github.com/containerd/containerd/v2 2.1.9+unknown ")
     ContainerdRelease(major=2, minor=1, patch=9, text='2.1.9+unknown')
     """
 
@@ -380,6 +380,7 @@ class Daemon:
     _detach: bool = attrs.field(init=False, default=False)
     _stop_timeout: float = attrs.field(init=False, default=15.0)
     _backoff: float = attrs.field(init=False, default=0.0)
+    _killed: int = attrs.field(init=False, default=0)  # the pid that kill() sent a lethal signal to
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -452,6 +453,9 @@ class Daemon:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the current daemon process (for tests: the monitor then restarts it).
 
+        A daemon that a lethal signal from here ends is restarted at once: the backoff that keeps a
+        crashing daemon from restarting in a tight loop is for crashes, not for this.
+
         Raises:
             errdefs.Conflict: the daemon was stopped.
             errdefs.NotFound: the process is already gone.
@@ -464,6 +468,7 @@ class Daemon:
             pid = self._pid
             if sig in _LETHAL:
                 self._serving = False
+                self._killed = pid
         try:
             os.kill(pid, sig)
         except ProcessLookupError as err:
@@ -626,7 +631,9 @@ class Daemon:
         with self._cond:
             self._serving = False
             lived = time.monotonic() - self._spawned_at
-        if crashed and lived >= _STABLE_AFTER:
+            # A daemon killed through kill() did not crash: the crash-loop backoff is not for it.
+            on_purpose, self._killed = self._killed == self._pid, 0
+        if on_purpose or (crashed and lived >= _STABLE_AFTER):
             self._backoff = 0.0
         else:
             self._backoff = min(_BACKOFF_MAX, max(_BACKOFF_MIN, self._backoff * 2))
