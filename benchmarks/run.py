@@ -23,10 +23,14 @@ from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cases import BENCHMARKS, Env, Result
+from cases import BENCHMARKS as CASES
+from cases import Env, Result
+from restarts import bench_restarts
 
 import libcontainerd
 from libcontainerd import testing
+
+BENCHMARKS = {**CASES, "restarts": bench_restarts}
 
 
 def machine(address: str) -> dict[str, Any]:

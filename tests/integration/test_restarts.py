@@ -44,7 +44,7 @@ def own_daemon() -> Iterator[supervisor.Daemon]:
 
 def _restart(daemon: supervisor.Daemon) -> None:
     count, old = daemon.restarts, daemon.pid
-    os.kill(old, signal.SIGKILL)
+    daemon.kill(signal.SIGKILL)
     assert daemon.wait_for_restarts(count + 1, timeout=60) and daemon.pid != old, "containerd did not come back"
 
 
