@@ -320,15 +320,27 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def moby_client(moby_containerd: supervisor.Daemon, state_dir: str, recorder: Recorder) -> Iterator[libcontainerd.Client]:
+def moby_client(
+    moby_containerd: supervisor.Daemon, state_dir: str, recorder: Recorder
+) -> Iterator[libcontainerd.Client]:
     with libcontainerd.new_client(moby_containerd.address, state_dir, NAMESPACE, recorder, timeout=60) as client:
         yield client
     assert not os.listdir(state_dir), "the SDK wrote into its state dir while it only looked"
 
 
-def docker_events(dockerd: Dockerd, container_id: str, since: float) -> list[dict[str, Any]]:
-    """dockerd's own container events for one container, from ``since`` until now."""
-    out = dockerd.docker("events", "--since", f"{since:.9f}", "--until", f"{time.time():.9f}",
-                         "--filter", "type=container", "--filter", f"container={container_id}",
-                         "--format", "{{json .}}")
-    return [json.loads(line) for line in out.splitlines()]
+def docker_events(dockerd: Dockerd, container_id: str, since: float, last: str) -> list[dict[str, Any]]:
+    """dockerd's own container events for one container since ``since``, once one with action ``last`` is in.
+
+    dockerd logs "die" after it marks the container stopped, so `docker wait` may return before it.
+    """
+    found: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        out = dockerd.docker("events", "--since", f"{since:.9f}", "--until", f"{time.time():.9f}",
+                             "--filter", "type=container", "--filter", f"container={container_id}",
+                             "--format", "{{json .}}")
+        found[:] = [json.loads(line) for line in out.splitlines()]
+        return any(e["Action"] == last for e in found)
+
+    wait_until(arrived, f"dockerd's {last!r} event of {container_id}")
+    return found

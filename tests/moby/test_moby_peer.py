@@ -68,7 +68,7 @@ def test_the_sdk_sees_dockerds_container_and_the_task_events_dockerd_gets(
     assert recorder.of(cid) == [(t, cid) for t in LIFECYCLE]
     assert dockerd.task_events_since(mark) == LIFECYCLE
     assert dockerd.docker("inspect", "--format", "{{.State.ExitCode}}", cid) == "7"
-    events = docker_events(dockerd, cid, since)
+    events = docker_events(dockerd, cid, since, "die")
     assert [e["Action"] for e in events] == ["create", "start", "die"]
     assert events[-1]["Actor"]["Attributes"]["exitCode"] == "7"
 
@@ -97,7 +97,7 @@ def test_docker_rm_force_is_an_exit_137_for_the_sdk_and_then_the_container_is_go
     assert dockerd.docker("ps", "-aq", "--no-trunc") == ""
     assert recorder.of(cid) == [(t, cid) for t in LIFECYCLE]
     assert dockerd.task_events_since(mark) == LIFECYCLE
-    events = docker_events(dockerd, cid, since)
+    events = docker_events(dockerd, cid, since, "destroy")
     assert [e["Action"] for e in events] == ["create", "start", "kill", "die", "destroy"]
     assert events[3]["Actor"]["Attributes"]["exitCode"] == "137"
 
