@@ -171,14 +171,15 @@ class Dockerd:
             self.proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", "--", *argv], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while self._cli("version", check=False).returncode != 0:
+        while self.run("version", check=False).returncode != 0:
             if self.proc.poll() is not None:
                 raise DockerError(f"dockerd exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise DockerError(f"dockerd does not answer after {timeout} s:\n{self.log_tail()}")
             time.sleep(0.1)
 
-    def _cli(self, *args: str, stdin: Optional[bytes] = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def run(self, *args: str, stdin: Optional[bytes] = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        """Run the docker CLI against this dockerd (only); with ``check``, a failure raises :class:`DockerError`."""
         env = dict(self._env, DOCKER_CONFIG=os.path.join(self.root, "cli"))
         result = subprocess.run([DOCKER, "--host", "unix://" + self.socket, *args], input=stdin,
                                 capture_output=True, env=env, timeout=120, check=False)
@@ -189,7 +190,7 @@ class Dockerd:
 
     def docker(self, *args: str, stdin: Optional[bytes] = None) -> str:
         """Run the docker CLI against this dockerd; its stdout, stripped."""
-        return self._cli(*args, stdin=stdin).stdout.decode().strip()
+        return self.run(*args, stdin=stdin).stdout.decode().strip()
 
     def log_offset(self) -> int:
         return os.path.getsize(self.log_path)

@@ -119,3 +119,27 @@ def test_a_signal_sent_through_the_sdk_ends_dockerds_container_with_the_code_doc
     assert dockerd.task_events_since(mark) == LIFECYCLE
     dockerd.docker("rm", cid)
     wait_until(lambda: _gone_from_containerd(moby_client, cid), f"{cid} to be gone from containerd")
+
+
+def test_docker_exec_reaches_the_sdk_as_the_exec_events_dockerd_gets(
+    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: Recorder
+) -> None:
+    since, mark = time.time(), dockerd.log_offset()
+    cid = dockerd.docker("run", "-d", "--network", "none", image, "sleep", "1000")
+    recorder.wait_for(cid, EventType.START)
+
+    assert dockerd.run("exec", cid, "sh", "-c", "exit 5", check=False).returncode == 5
+    events = docker_events(dockerd, cid, since, "exec_die")
+    exec_id = events[-1]["Actor"]["Attributes"]["execID"]
+    assert events[-1]["Actor"]["Attributes"]["exitCode"] == "5"
+    exited = recorder.wait_for(cid, EventType.EXIT, exec_id)
+    assert exited.exit_code == 5
+    assert exited.pid == recorder.wait_for(cid, EventType.EXEC_STARTED, exec_id).pid
+    assert recorder.of(cid) == [(EventType.CREATE, cid), (EventType.START, cid), (EventType.EXEC_ADDED, exec_id),
+                                (EventType.EXEC_STARTED, exec_id), (EventType.EXIT, exec_id)]
+    assert moby_client.load_container(cid).task().status() is Status.RUNNING
+
+    dockerd.docker("rm", "--force", cid)
+    assert recorder.wait_for(cid, EventType.EXIT, cid).exit_code == 137
+    assert dockerd.task_events_since(mark) == [t for t, _ in recorder.of(cid)]
+    wait_until(lambda: _gone_from_containerd(moby_client, cid), f"{cid} to be gone from containerd")
