@@ -6,9 +6,8 @@ runs them on containerd 2.x, and ``pytest tests/moby`` on the containerd under t
 ``.cache/moby`` (``$LIBCONTAINERD_DOCKERD`` and ``$LIBCONTAINERD_DOCKER`` name others).
 
 Fixtures (module scope unless said otherwise):
-- ``moby_containerd``: a private containerd of its own, so that its clean-up can show that dockerd
-  left no task, shim or mount behind.
-- ``dockerd``: a :class:`Dockerd` on it. Every path it writes is private (data root, exec root, pid
+- ``dockerd``: a :class:`Dockerd` on a private containerd of its own (so that containerd's clean-up
+  shows that dockerd left no task, shim or mount behind). Every path it writes is private (data root, exec root, pid
   file, socket, config file, cgroup parent), and everything that would touch the host is off: no
   bridge, no iptables/ip6tables rules, no IP forwarding, no userland proxy, the cgroupfs driver (the
   systemd one would ask systemd for units). Its teardown checks that the host is as before.
@@ -39,7 +38,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 import libcontainerd
-from libcontainerd import supervisor, testing
+from libcontainerd import testing
 from libcontainerd.types import EventType
 
 from ..integration.conftest import Recorder
@@ -139,6 +138,7 @@ class Dockerd:
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER")}
 
     def start(self, timeout: float = 60.0) -> None:
+        os.makedirs(self.root, exist_ok=True)
         config = os.path.join(self.root, "daemon.json")
         with open(config, "w", encoding="utf-8") as f:
             f.write("{}\n")  # never the host's /etc/docker/daemon.json
@@ -218,8 +218,9 @@ class Dockerd:
 
     def stop(self, timeout: float = 60.0) -> list[str]:
         """Remove leftover containers, stop dockerd, undo what it did outside its root; what was left."""
-        assert self.proc is not None
-        left = []
+        left: list[str] = []
+        if self.proc is None:
+            return left
         if self.proc.poll() is None:
             left = self.docker("ps", "-aq", "--no-trunc").split()
             if left:
@@ -235,16 +236,28 @@ class Dockerd:
         for point in _mounts_under(self.root):
             subprocess.run(["umount", "--lazy", point], check=False)
             left.append(f"mount {point}")
-        for path in self.cgroups():
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(path)  # runc removed the containers' own cgroups, not their parent
         return left
 
-    def cgroups(self) -> list[str]:
-        """The cgroup parent dockerd made, in each hierarchy (cgroup v1) or in the one (v2)."""
+    def remove_cgroups(self) -> list[str]:
+        """rmdir the cgroup parent of dockerd's containers, deepest first; the ones still in use.
+
+        runc removes each container's own cgroup when dockerd deletes the task, never the parent; a
+        container that outlived a crashed dockerd leaves its own (containerd's clean-up kills its
+        processes, but it cannot ``runc delete`` it: dockerd keeps runc's state in its exec root).
+        There is a parent in each hierarchy (cgroup v1) or one in the unified hierarchy (v2).
+        """
         base = "/sys/fs/cgroup"
-        candidates = [base, *(os.path.join(base, c) for c in os.listdir(base))]
-        return [p for p in (os.path.join(c, self.cgroup_parent) for c in candidates) if os.path.isdir(p)]
+        busy = []
+        for hierarchy in [base, *(os.path.join(base, c) for c in os.listdir(base))]:
+            top = os.path.join(hierarchy, self.cgroup_parent)
+            if not os.path.isdir(top):
+                continue
+            for path in [*(os.path.join(top, d) for d in os.listdir(top) if os.path.isdir(os.path.join(top, d))), top]:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    busy.append(path)
+        return busy
 
 
 def _remove_new_empty_dirs(path: str, before: dict[str, Any]) -> None:
@@ -259,50 +272,53 @@ def _remove_new_empty_dirs(path: str, before: dict[str, Any]) -> None:
         path = os.path.dirname(path)
 
 
-@pytest.fixture(scope="module")
-def moby_containerd() -> Iterator[supervisor.Daemon]:
-    testing.require_containerd()
-    tmp = tempfile.mkdtemp(prefix="lcd-moby-c-")  # short: the socket path must fit in 104 bytes
-    try:
-        daemon = testing.start_daemon(tmp, health_failures=0, log_level="debug")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        yield daemon
-    finally:
-        leftovers = testing.cleanup_root(daemon)
-        remaining = testing.daemon_processes(daemon.root_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert not remaining, f"containerd or shim processes survived the cleanup: {remaining}"
-    assert not leftovers, f"dockerd left tasks, shims or mounts in containerd: {leftovers}"
-
-
-@pytest.fixture(scope="module")
-def dockerd(moby_containerd: supervisor.Daemon) -> Iterator[Dockerd]:
+def _require_moby() -> None:
     for path in (DOCKERD, DOCKER):
         if not os.access(path, os.X_OK):
             reason = f"needs {path} (scripts/bootstrap unpacks sid's docker.io and docker-cli into .cache/moby)"
             if os.environ.get("CI"):
                 pytest.fail(f"must not skip in CI: {reason}", pytrace=False)
             pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def dockerd() -> Iterator[Dockerd]:
+    """dockerd on a private containerd of its own, whose clean-up then shows what dockerd left in it.
+
+    Teardown, in this order because each step needs the previous one done: stop dockerd (removing
+    the containers the tests left), clean up containerd (shims, tasks, mounts), remove dockerd's
+    cgroup parent (empty only once containerd's clean-up killed what a crashed dockerd left running),
+    remove the directories; then check that nothing had to be cleaned and the host is as before.
+    """
+    testing.require_containerd()
+    _require_moby()
     before = host_state()
-    tmp = tempfile.mkdtemp(prefix="lcd-moby-d-")
-    daemon = Dockerd(tmp, moby_containerd.address)
+    tmp = tempfile.mkdtemp(prefix="lcd-moby-")  # short: containerd's socket path must fit in 104 bytes
     left: list[str] = []
+    busy: list[str] = []
+    containerd_left: Any = None
     try:
-        daemon.start()
-        yield daemon
-    finally:
+        containerd = testing.start_daemon(os.path.join(tmp, "c"), health_failures=0, log_level="debug")
+        daemon = Dockerd(os.path.join(tmp, "d"), containerd.address)
         try:
-            left = daemon.stop()
+            daemon.start()
+            yield daemon
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for path in _HOST_PATHS:
-                _remove_new_empty_dirs(path, before)
+            try:
+                left = daemon.stop()
+            finally:
+                containerd_left = testing.cleanup_root(containerd)
+                survivors = testing.daemon_processes(containerd.root_dir).values()
+                left += [f"containerd process {argv}" for argv in survivors]
+                busy = daemon.remove_cgroups()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for path in _HOST_PATHS:
+            _remove_new_empty_dirs(path, before)
     assert not left, f"dockerd's teardown had to clean up: {left}"
+    assert not busy, f"dockerd's cgroups are still in use: {busy}"
+    assert not containerd_left, f"dockerd left tasks, shims or mounts in containerd: {containerd_left}"
     assert host_state() == before, "dockerd changed the host outside its own dirs"
-    assert not daemon.cgroups(), f"dockerd's cgroups are left: {daemon.cgroups()}"
 
 
 @pytest.fixture(scope="module")
@@ -322,9 +338,9 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 def moby_client(
-    moby_containerd: supervisor.Daemon, state_dir: str, recorder: Recorder
+    dockerd: Dockerd, state_dir: str, recorder: Recorder
 ) -> Iterator[libcontainerd.Client]:
-    with libcontainerd.new_client(moby_containerd.address, state_dir, NAMESPACE, recorder, timeout=60) as client:
+    with libcontainerd.new_client(dockerd.containerd_address, state_dir, NAMESPACE, recorder, timeout=60) as client:
         yield client
     assert not os.listdir(state_dir), "the SDK wrote into its state dir while it only looked"
 
