@@ -7,10 +7,11 @@ runs them on containerd 2.x, and ``pytest tests/moby`` on the containerd under t
 
 Fixtures (module scope unless said otherwise):
 - ``dockerd``: a :class:`Dockerd` on a private containerd of its own (so that containerd's clean-up
-  shows that dockerd left no task, shim or mount behind). Every path it writes is private (data root, exec root, pid
-  file, socket, config file, cgroup parent), and everything that would touch the host is off: no
-  bridge, no iptables/ip6tables rules, no IP forwarding, no userland proxy, the cgroupfs driver (the
-  systemd one would ask systemd for units). Its teardown checks that the host is as before.
+  shows that dockerd left no task, shim or mount behind). Every path it writes is private (data
+  root, exec root, pid file, socket, config file, cgroup parent) but ``/run/docker/plugins``, and
+  everything that would touch the host is off: no bridge, no iptables/ip6tables rules, no IP
+  forwarding, no userland proxy, the cgroupfs driver (the systemd one would ask systemd for
+  units). Its teardown checks that the host is as before.
 - ``image``: the busybox rootfs imported with ``docker import``.
 - ``recorder`` (function): the recording backend of the integration tests.
 - ``moby_client`` (function): an SDK client in dockerd's namespace; it only looks, and closing it
@@ -62,12 +63,13 @@ TOPICS = {
 }
 _LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
-# Paths outside its own dirs that dockerd could create or change, and whether each exists.
-# dockerd creates /run/docker/plugins whatever its --exec-root (moby's getPluginExecRoot is hard-coded),
-# and runc (under containerd's shim) /run/containerd/runc/<namespace>: both are removed if new and empty.
-_HOST_PATHS = ("/run/docker/plugins", "/run/docker", "/run/containerd/runc/" + NAMESPACE,
-               "/run/containerd/runc/plugins." + NAMESPACE, "/var/lib/docker", "/var/run/docker.sock",
-               "/run/docker.sock", "/etc/docker")
+# dockerd creates this whatever its --exec-root (moby's getPluginExecRoot is hard-coded); the teardown
+# removes it (and /run/docker) when they are new and empty.
+_PLUGIN_EXEC_ROOT = "/run/docker/plugins"
+# Paths outside its own dirs that dockerd could create or change. runc's state of dockerd's containers
+# is in dockerd's exec root (not in /run/containerd/runc/<namespace>, the runc shim's default).
+_HOST_PATHS = (_PLUGIN_EXEC_ROOT, "/run/docker", "/var/lib/docker", "/var/run/docker.sock", "/run/docker.sock",
+               "/etc/docker", "/run/containerd/runc/" + NAMESPACE, "/run/containerd/runc/plugins." + NAMESPACE)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -217,7 +219,7 @@ class Dockerd:
         return seen
 
     def stop(self, timeout: float = 60.0) -> list[str]:
-        """Remove leftover containers, stop dockerd, undo what it did outside its root; what was left."""
+        """Remove the containers left, stop dockerd, unmount what a crashed one left mounted; what was left."""
         left: list[str] = []
         if self.proc is None:
             return left
@@ -313,8 +315,7 @@ def dockerd() -> Iterator[Dockerd]:
                 busy = daemon.remove_cgroups()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for path in _HOST_PATHS:
-            _remove_new_empty_dirs(path, before)
+        _remove_new_empty_dirs(_PLUGIN_EXEC_ROOT, before)
     assert not left, f"dockerd's teardown had to clean up: {left}"
     assert not busy, f"dockerd's cgroups are still in use: {busy}"
     assert not containerd_left, f"dockerd left tasks, shims or mounts in containerd: {containerd_left}"
