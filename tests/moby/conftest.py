@@ -64,12 +64,13 @@ TOPICS = {
 _LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 # dockerd creates this whatever its --exec-root (moby's getPluginExecRoot is hard-coded); the teardown
-# removes it (and /run/docker) when they are new and empty.
+# removes it (and /run/docker) when they are new and empty. Another dockerd of these tests may be
+# running meanwhile on this shared machine, so only what is *in* them must be as before.
 _PLUGIN_EXEC_ROOT = "/run/docker/plugins"
 # Paths outside its own dirs that dockerd could create or change. runc's state of dockerd's containers
 # is in dockerd's exec root (not in /run/containerd/runc/<namespace>, the runc shim's default).
-_HOST_PATHS = (_PLUGIN_EXEC_ROOT, "/run/docker", "/var/lib/docker", "/var/run/docker.sock", "/run/docker.sock",
-               "/etc/docker", "/run/containerd/runc/" + NAMESPACE, "/run/containerd/runc/plugins." + NAMESPACE)
+_HOST_PATHS = ("/var/lib/docker", "/var/run/docker.sock", "/run/docker.sock", "/etc/docker",
+               "/run/containerd/runc/" + NAMESPACE, "/run/containerd/runc/plugins." + NAMESPACE)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -94,6 +95,9 @@ def host_state() -> dict[str, Any]:
     state: dict[str, Any] = {}
     for path in _HOST_PATHS:
         state[path] = sorted(os.listdir(path)) if os.path.isdir(path) else os.path.lexists(path)
+    for path in (_PLUGIN_EXEC_ROOT, os.path.dirname(_PLUGIN_EXEC_ROOT)):
+        entries = set(os.listdir(path)) if os.path.isdir(path) else set()
+        state[path + "/*"] = sorted(entries - {os.path.basename(_PLUGIN_EXEC_ROOT)})
     state["links"] = sorted(os.listdir("/sys/class/net"))
     for name in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
         with contextlib.suppress(OSError):
@@ -262,18 +266,6 @@ class Dockerd:
         return busy
 
 
-def _remove_new_empty_dirs(path: str, before: dict[str, Any]) -> None:
-    """rmdir ``path`` and its empty parents up to the first that existed before (as ``host_state`` saw)."""
-    while path != "/" and before.get(path) is False:
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return  # not empty: something else uses it now
-        path = os.path.dirname(path)
-
-
 def _require_moby() -> None:
     for path in (DOCKERD, DOCKER):
         if not os.access(path, os.X_OK):
@@ -295,6 +287,7 @@ def dockerd() -> Iterator[Dockerd]:
     testing.require_containerd()
     _require_moby()
     before = host_state()
+    made = [p for p in (os.path.dirname(_PLUGIN_EXEC_ROOT), _PLUGIN_EXEC_ROOT) if not os.path.exists(p)]
     tmp = tempfile.mkdtemp(prefix="lcd-moby-")  # short: containerd's socket path must fit in 104 bytes
     left: list[str] = []
     busy: list[str] = []
@@ -315,7 +308,9 @@ def dockerd() -> Iterator[Dockerd]:
                 busy = daemon.remove_cgroups()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_new_empty_dirs(_PLUGIN_EXEC_ROOT, before)
+        for path in reversed(made):
+            with contextlib.suppress(OSError):  # gone, or in use by another dockerd by now
+                os.rmdir(path)
     assert not left, f"dockerd's teardown had to clean up: {left}"
     assert not busy, f"dockerd's cgroups are still in use: {busy}"
     assert not containerd_left, f"dockerd left tasks, shims or mounts in containerd: {containerd_left}"
