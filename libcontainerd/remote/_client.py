@@ -20,23 +20,21 @@ import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from .. import _validation as valid
 from .. import errdefs
 from .._api.containerd.api.services.containers.v1 import containers_pb2
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
-from .._identifiers import validate
 from .._typeurl import SPEC_URL, pack_json, pack_message, unpack_json
 from ..queue import KeyedSerialExecutor
 from ..types import Backend, Version
 from . import _bundle
 from ._container import Container
 from ._events import EventStream, ProcessTracker
-from ._process import check_process_spec
 from ._rpc import Connection
 
 log = logging.getLogger("libcontainerd")
 
 DEFAULT_SHIM = "io.containerd.runc.v2"
-_MAX_HOST_ID = 2**32 - 1  # uid_t / gid_t
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _atexit_lock = threading.Lock()
 _atexit_registered = False
@@ -101,48 +99,6 @@ def _with_cgroups_path(spec: Mapping[str, Any], namespace: str, id: str,
     return {**spec, "linux": {**linux, "cgroupsPath": f"/{namespace}/{id}"}}
 
 
-def check_spec(spec: object) -> Mapping[str, Any]:
-    """Reject a runtime spec that can be known bad locally, before any RPC or file."""
-    if not isinstance(spec, Mapping):
-        raise errdefs.InvalidParameter(f"spec must be an OCI runtime spec dict, not {type(spec).__name__}")
-    if "process" not in spec:
-        raise errdefs.InvalidParameter("spec has no 'process': a container needs a process to run")
-    check_process_spec(spec["process"], "spec 'process'")
-    root = spec.get("root")
-    if root is not None and (not isinstance(root, Mapping) or not isinstance(root.get("path"), str)):
-        raise errdefs.InvalidParameter("spec 'root' must be a dict with a string 'path'")
-    for key, kind in (("linux", Mapping), ("annotations", Mapping), ("mounts", list)):
-        if key in spec and spec[key] is not None and not isinstance(spec[key], kind):
-            raise errdefs.InvalidParameter(f"spec {key!r} must be a {'dict' if kind is Mapping else 'list'}")
-    _check_user_namespace(spec.get("linux") or {})
-    return spec
-
-
-def _is_host_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_HOST_ID
-
-
-def _check_user_namespace(linux: Mapping[str, Any]) -> None:
-    """The parts of ``linux`` that the bundle dir is made from (it is chowned to the remapped root)."""
-    namespaces = linux.get("namespaces") or []
-    if not isinstance(namespaces, list) or not all(
-            isinstance(ns, Mapping) and isinstance(ns.get("type"), str) for ns in namespaces):
-        raise errdefs.InvalidParameter("spec 'linux.namespaces' must be a list of dicts with a string 'type'")
-    for key in ("uidMappings", "gidMappings"):
-        mappings = linux.get(key) or []
-        if not isinstance(mappings, list) or not all(
-                isinstance(m, Mapping) and all(_is_host_id(m.get(f, 0)) for f in ("containerID", "hostID", "size"))
-                for m in mappings):
-            raise errdefs.InvalidParameter(
-                f"spec 'linux.{key}' must be a list of dicts of integers 'containerID', 'hostID', 'size' "
-                f"from 0 to {_MAX_HOST_ID}")
-
-
-def _check_timeout(timeout: object) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise errdefs.InvalidParameter(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-
-
 class Client:
     """A containerd client bound to one namespace and one state dir.
 
@@ -164,10 +120,10 @@ class Client:
         event_workers: int = 4,
         serialize_exec_starts: bool = True,
     ) -> None:
-        validate(namespace, "namespace")
+        valid.identifier(namespace, "namespace")
         if backend is not None and not callable(getattr(backend, "process_event", None)):
             raise errdefs.InvalidParameter("backend must have a process_event(container_id, event_type, info) method")
-        _check_timeout(timeout)
+        valid.timeout(timeout)
         self.address = address
         self.namespace = namespace
         self.state_dir = _prepare_state_dir(state_dir)
@@ -195,7 +151,7 @@ class Client:
 
     @timeout.setter
     def timeout(self, timeout: Optional[float]) -> None:
-        _check_timeout(timeout)
+        valid.timeout(timeout)
         self._conn.timeout = timeout
 
     # -- daemon ----------------------------------------------------------------------
@@ -252,16 +208,13 @@ class Client:
 
         >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))  # doctest: +SKIP
         """
-        validate(id)
-        check_spec(spec)
+        valid.identifier(id)
+        valid.runtime_spec(spec)
         spec = _with_cgroups_path(spec, self.namespace, id, runtime_options)
         any_spec = pack_json(SPEC_URL, spec, "spec")
         any_options = _runc_options(runtime_options)
-        if not isinstance(shim, str) or not shim:
-            raise errdefs.InvalidParameter("shim must be a runtime name such as 'io.containerd.runc.v2'")
-        all_labels = dict(labels or {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in all_labels.items()):
-            raise errdefs.InvalidParameter("labels must map strings to strings")
+        valid.runtime_name(shim)
+        all_labels = valid.labels(labels)
         bundle_path = os.path.join(self.state_dir, id)
         recorded, made = _bundle.create(bundle_path, spec)
         all_labels[_bundle.BUNDLE_LABEL] = recorded
@@ -329,7 +282,7 @@ class Client:
         >>> ctr.task().status()  # doctest: +SKIP
         <Status.RUNNING: 'running'>
         """
-        validate(id)
+        valid.identifier(id)
         resp = self._conn.call(self._conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
         c = resp.container
         spec = unpack_json(c.spec) if c.HasField("spec") else {}

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import grpc
 
+from .. import _validation as valid
 from .. import errdefs
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2
 from .._api.containerd.api.types.task import task_pb2 as task_types
-from .._identifiers import validate
 from .._typeurl import PROCESS_URL, RESOURCES_URL, pack_json, unpack
 from ..cio import DirectIO, FifoSet
 from ..types import ExitStatus, Stats, Status, Summary
@@ -53,60 +53,6 @@ _WAIT_SLICE = 0.25
 SHIM_EXIT_GRACE = 10.0
 #: How long force_delete() waits for the task to stop after SIGKILL.
 FORCE_DELETE_WAIT = 10.0
-
-
-def parse_signal(sig: Union[int, str, _signal.Signals]) -> int:
-    """A signal number from a number, a ``signal.Signals`` or a name ("TERM", "SIGKILL").
-
-    >>> parse_signal("kill")
-    9
-    """
-    if isinstance(sig, str):
-        name = sig.upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        try:
-            return int(_signal.Signals[name])
-        except KeyError:
-            if sig.isascii() and sig.isdigit():  # str.isdigit() is also true of '²', which int() refuses
-                return parse_signal(int(sig))
-            raise errdefs.InvalidParameter(f"unknown signal {sig!r}") from None
-    if isinstance(sig, bool) or not isinstance(sig, int):
-        raise errdefs.InvalidParameter(f"signal must be an int or a name, not {type(sig).__name__}")
-    if not 1 <= int(sig) <= 64:
-        raise errdefs.InvalidParameter(f"signal {int(sig)} is out of range 1..64")
-    return int(sig)
-
-
-def _check_size(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
-        raise errdefs.InvalidParameter(f"terminal {name} must be an int from 0 to 65535, got {value!r}")
-    return value
-
-
-def check_process_spec(spec: object, what: str = "process spec") -> Mapping[str, Any]:
-    """Reject a process spec that runc would reject, before any RPC."""
-    if not isinstance(spec, Mapping):
-        raise errdefs.InvalidParameter(f"{what} must be a dict, not {type(spec).__name__}")
-    args = spec.get("args")
-    if not isinstance(args, (list, tuple)) or not args or not all(isinstance(a, str) for a in args):
-        raise errdefs.InvalidParameter(f"{what} needs 'args', a non-empty list of strings")
-    if any("\x00" in a for a in args):
-        raise errdefs.InvalidParameter(f"{what}: 'args' must not contain NUL characters")
-    if "terminal" in spec and not isinstance(spec["terminal"], bool):
-        raise errdefs.InvalidParameter(f"{what}: 'terminal' must be a bool")
-    cwd = spec.get("cwd")  # runc refuses a missing cwd ("Cwd property must not be empty"), so no default here
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise errdefs.InvalidParameter(f"{what}: 'cwd' must be an absolute path")
-    user = spec.get("user", {})
-    if not isinstance(user, Mapping) or any(
-        isinstance(user.get(k, 0), bool) or not isinstance(user.get(k, 0), int) or not 0 <= user.get(k, 0) <= 2**32 - 1
-        for k in ("uid", "gid")
-    ):
-        raise errdefs.InvalidParameter(f"{what}: 'user' must have integer 'uid' and 'gid' from 0 to {2**32 - 1}")
-    env = spec.get("env", [])
-    if not isinstance(env, (list, tuple)) or not all(isinstance(e, str) for e in env):
-        raise errdefs.InvalidParameter(f"{what}: 'env' must be a list of 'KEY=value' strings")
-    return spec
 
 
 class Stdio:
@@ -237,7 +183,7 @@ class _ProcessBase:
 
         >>> task.kill(signal.SIGKILL)  # doctest: +SKIP
         """
-        sig = parse_signal(signal)
+        sig = valid.signal_number(signal)
         self._call(self._tasks.Kill, tasks_pb2.KillRequest(
             container_id=self._container.id, exec_id=self._exec_id, signal=sig))
 
@@ -301,7 +247,7 @@ class _ProcessBase:
         """
         self._call(self._tasks.ResizePty, tasks_pb2.ResizePtyRequest(
             container_id=self._container.id, exec_id=self._exec_id,
-            width=_check_size(width, "width"), height=_check_size(height, "height")))
+            width=valid.terminal_size(width, "width"), height=valid.terminal_size(height, "height")))
 
     def _release(self) -> None:
         stdio, self._stdio = self._stdio, None
@@ -408,8 +354,8 @@ class Task(_ProcessBase):
         >>> p.wait().code, out.wait().stdout[:3]  # doctest: +SKIP
         (0, b'bin')
         """
-        validate(process_id, "exec id")
-        check_process_spec(spec)
+        valid.identifier(process_id, "exec id")
+        valid.process_spec(spec)
         any_spec = pack_json(PROCESS_URL, spec, "process spec")
         terminal = bool(spec.get("terminal", False))
         container = self._container
