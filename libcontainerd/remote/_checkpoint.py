@@ -28,7 +28,6 @@ from collections.abc import Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
 import attrs
-import grpc
 
 from .. import errdefs
 from .._api.containerd.api.services.content.v1 import content_pb2
@@ -51,7 +50,6 @@ GC_ROOT_LABEL = "containerd.io/gc.root"
 GC_REF_CONTENT = "containerd.io/gc.ref.content.{}"
 GC_EXPIRE_LABEL = "containerd.io/gc.expire"
 CHECKPOINT_LABEL = "containerd.io/checkpoint"
-LEASE_HEADER = "containerd-lease"
 CHUNK = 1 << 20
 _HAS_FILTERS = hasattr(tarfile, "fully_trusted_filter")
 
@@ -71,11 +69,6 @@ class Blob:
     def delete(self) -> None:
         """Delete the blob; a failure is logged with its ref and digest, never raised."""
         delete_content(self.client, self.descriptor.digest)
-
-
-def _md(client: Client, lease: Optional[str]) -> tuple[tuple[str, str], ...]:
-    md = client._conn.metadata
-    return (*md, (LEASE_HEADER, lease)) if lease else md
 
 
 def write_content(
@@ -131,18 +124,17 @@ def write_content(
     conn = client._conn
     what = f"content {ref}"
     try:
-        for _ in conn.content.Write(requests(), metadata=_md(client, lease), timeout=conn.timeout):
+        for _ in conn.stream(conn.content.Write, requests(), what, lease=lease):
             pass
-    except grpc.RpcError as err:
+    except errdefs.LibcontainerdError as exc:
         _abort(client, ref, lease)
-        mapped = errdefs.from_grpc(err, what)
-        if isinstance(mapped, errdefs.Conflict) and "already exists" in str(mapped):
+        if isinstance(exc, errdefs.Conflict) and "already exists" in str(exc):
             pass  # the same bytes are there already: as good as committed (as in Go's writeContent)
-        elif expected_digest and "digest" in str(mapped).lower():
+        elif expected_digest and "digest" in str(exc).lower():
             raise errdefs.DataLoss(f"{what}: written data does not match the expected digest {expected_digest}: "
-                                   f"{mapped.explanation}") from err
+                                   f"{exc.explanation}") from exc.__cause__
         else:
-            raise mapped from err
+            raise
     except BaseException:
         _abort(client, ref, lease)
         raise
@@ -152,21 +144,20 @@ def write_content(
 def _abort(client: Client, ref: str, lease: Optional[str]) -> None:
     conn = client._conn
     try:
-        conn.content.Abort(content_pb2.AbortRequest(ref=ref), metadata=_md(client, lease), timeout=30.0)
-    except grpc.RpcError as err:
-        if err.code() != grpc.StatusCode.NOT_FOUND:
-            log.warning("failed to abort content ingest %s: %s", ref, err.details())
+        conn.call(conn.content.Abort, content_pb2.AbortRequest(ref=ref), f"content ingest {ref}", timeout=30.0,
+                  lease=lease)
+    except errdefs.NotFound:
+        pass
+    except errdefs.LibcontainerdError as exc:
+        log.warning("failed to abort content ingest %s: %s", ref, exc.explanation)
 
 
 def read_content(client: Client, digest: str, lease: Optional[str] = None) -> Iterator[bytes]:
     """Stream a blob's bytes from the content store."""
     conn = client._conn
-    try:
-        for resp in conn.content.Read(content_pb2.ReadContentRequest(digest=digest), metadata=_md(client, lease),
-                                      timeout=conn.timeout):
-            yield resp.data
-    except grpc.RpcError as err:
-        raise errdefs.from_grpc(err, f"content {digest}") from err
+    for resp in conn.stream(conn.content.Read, content_pb2.ReadContentRequest(digest=digest), f"content {digest}",
+                            lease=lease):
+        yield resp.data
 
 
 def delete_content(client: Client, digest: str) -> None:
@@ -340,16 +331,14 @@ def _checkpoint_image(task: Task, lease: str, exit: bool) -> tuple[str, descript
     client = task.container._client
     conn = client._conn
     cid = task.container.id
-    md = _md(client, lease)
     request = tasks_pb2.CheckpointTaskRequest(container_id=cid, options=_checkpoint_options(task, exit))
     try:
-        resp = conn.tasks.Checkpoint(request, metadata=md, timeout=conn.timeout)
-    except grpc.RpcError as err:
-        mapped = errdefs.from_grpc(err, f"checkpoint of task {cid}")
-        if type(mapped) in (errdefs.Unknown, errdefs.System):
-            mapped = errdefs.System(f"checkpoint of task {cid} failed: {mapped.explanation}",
-                                    explanation=mapped.explanation, code=mapped.code)
-        raise mapped from err
+        resp = conn.call(conn.tasks.Checkpoint, request, f"checkpoint of task {cid}", lease=lease)
+    except errdefs.LibcontainerdError as exc:
+        if type(exc) in (errdefs.Unknown, errdefs.System):
+            raise errdefs.System(f"checkpoint of task {cid} failed: {exc.explanation}",
+                                 explanation=exc.explanation, code=exc.code) from exc.__cause__
+        raise
     manifests = []
     labels = {}
     for i, d in enumerate(resp.descriptors):
@@ -365,10 +354,7 @@ def _checkpoint_image(task: Task, lease: str, exit: bool) -> tuple[str, descript
                          labels=labels, lease=lease, gc_root=False)
     name = f"containerd.io/checkpoint/{cid}:{datetime.datetime.now():%m-%d-%Y-%H:%M:%S}"
     image = images_pb2.Image(name=name, labels={CHECKPOINT_LABEL: "true"}, target=desc)
-    try:
-        conn.images.Create(images_pb2.CreateImageRequest(image=image), metadata=md, timeout=conn.timeout)
-    except grpc.RpcError as err:
-        raise errdefs.from_grpc(err, f"checkpoint image {name}") from err
+    conn.call(conn.images.Create, images_pb2.CreateImageRequest(image=image), f"checkpoint image {name}", lease=lease)
     return name, desc
 
 

@@ -129,7 +129,7 @@ class Client:
         self.state_dir = _prepare_state_dir(state_dir)
         self.backend = backend
         self.serialize_exec_starts = serialize_exec_starts
-        self._conn = Connection(address, namespace, timeout=timeout, credentials=credentials)
+        self._conn = Connection.open(address, namespace, timeout=timeout, credentials=credentials)
         self._tracker = ProcessTracker()
         self._exec_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()

@@ -35,7 +35,6 @@ import time
 import uuid
 from typing import Any, Optional
 
-import grpc
 import tenacity
 from google.protobuf import any_pb2, empty_pb2
 
@@ -240,8 +239,8 @@ class EventStream:
     def _subscribe_and_read(self, resubscribe: bool) -> None:
         request = events_pb2.SubscribeRequest(filters=self.filters)
         try:
-            call = self._conn.events.Subscribe(request, metadata=self._conn.metadata)
-        except ValueError:  # channel closed under us
+            call = self._conn.stream(self._conn.events.Subscribe, request, "event stream", timeout=None)
+        except errdefs.Cancelled:  # channel closed under us
             return
         with self._lock:
             self._call = call
@@ -261,14 +260,14 @@ class EventStream:
             for envelope in call:
                 self._handle(envelope)
             log.warning("event stream of namespace %s ended; reconnecting", self._namespace)
-        except grpc.RpcError as err:
-            if self._closing.is_set() or err.code() == grpc.StatusCode.CANCELLED:
+        except errdefs.LibcontainerdError as exc:
+            if self._closing.is_set() or isinstance(exc, errdefs.Cancelled):
                 if not self._closing.is_set():
                     log.warning("event stream of namespace %s was cancelled; reconnecting", self._namespace)
                 return
             log.warning(
                 "event stream of namespace %s broke (%s: %s); waiting for containerd",
-                self._namespace, err.code().name, err.details(),
+                self._namespace, exc.code.name if exc.code else type(exc).__name__, exc.explanation,
             )
         finally:
             stop_resync.set()
@@ -287,9 +286,9 @@ class EventStream:
                 call.cancel()
                 return
             try:
-                self._conn.events.Publish(request, metadata=self._conn.metadata, timeout=0.5)
-            except grpc.RpcError as err:
-                log.debug("sync publish failed: %s", err.code().name)
+                self._conn.call(self._conn.events.Publish, request, "sync event", timeout=0.5)
+            except errdefs.LibcontainerdError as exc:
+                log.debug("sync publish failed: %s", exc)
                 stop.wait(0.1)
             self._synced.wait(0.05)
 
@@ -306,7 +305,7 @@ class EventStream:
                 with attempt:
                     if self._closing.is_set():
                         return
-                    self._conn.version.Version(empty_pb2.Empty(), metadata=self._conn.metadata, timeout=1.0)
+                    self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd", timeout=1.0)
         except Exception:  # stopped by close()
             return
 

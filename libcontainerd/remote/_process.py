@@ -13,11 +13,8 @@ from __future__ import annotations
 import logging
 import signal as _signal
 import threading
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
-
-import grpc
 
 from .. import _validation as valid
 from .. import errdefs
@@ -48,7 +45,6 @@ _STATUS = {
 IO_DRAIN_TIMEOUT = 5.0
 #: moby deletes an exec whose start failed with a fresh deadline of this many seconds.
 EXEC_CLEANUP_TIMEOUT = 45.0
-_WAIT_SLICE = 0.25
 #: How long wait() waits for the exit event of a process whose shim died under it.
 SHIM_EXIT_GRACE = 10.0
 #: How long force_delete() waits for the task to stop after SIGKILL.
@@ -205,21 +201,14 @@ class _ProcessBase:
         """
         conn = self._container._client._conn
         request = tasks_pb2.WaitRequest(container_id=self._container.id, exec_id=self._exec_id)
-        future = conn.tasks.Wait.future(request, metadata=conn.metadata, timeout=timeout)
         try:
-            while True:
-                try:
-                    resp = future.result(timeout=_WAIT_SLICE)
-                    break
-                except grpc.FutureTimeoutError:
-                    continue
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise errdefs.Deadline(f"{self._what}: still running after {timeout} s") from err
-            if conn.closed:
-                raise errdefs.Cancelled(f"{self._what}: the client was closed during wait") from err
-            mapped = errdefs.from_grpc(err, self._what)
-            if isinstance(mapped, (errdefs.NotFound, errdefs.Unknown)) and self.pid:
+            with conn.future(conn.tasks.Wait, request, self._what, timeout=timeout) as pending:
+                resp = pending.result()
+        except errdefs.Deadline as exc:
+            raise errdefs.Deadline(f"{self._what}: still running after {timeout} s", explanation=exc.explanation,
+                                   code=exc.code) from exc.__cause__
+        except (errdefs.NotFound, errdefs.Unknown):
+            if self.pid:
                 # A dead shim takes the Wait down ("ttrpc: closed") and containerd then deletes the task;
                 # the exit it reports as an event is the one to return.
                 grace = SHIM_EXIT_GRACE if timeout is None else min(SHIM_EXIT_GRACE, timeout)
@@ -227,9 +216,6 @@ class _ProcessBase:
                 info = self._container._client._tracker.exit_of(cid, self._exec_id or cid, self.pid, grace)
                 if info is not None:
                     return ExitStatus(int(info.exit_code), info.exited_at)
-            raise mapped from err
-        except BaseException:
-            future.cancel()
             raise
         return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
 
@@ -458,30 +444,19 @@ class Task(_ProcessBase):
         a restore that failed) does not exit, but can be deleted all the same.
         """
         conn = self._container._client._conn
-        waiter = conn.tasks.Wait.future(tasks_pb2.WaitRequest(container_id=self._container.id),
-                                        metadata=conn.metadata)
-        try:
+        request = tasks_pb2.WaitRequest(container_id=self._container.id)
+        with conn.future(conn.tasks.Wait, request, self._what, timeout=None) as waiter:
             try:
                 self._call(self._tasks.Kill, tasks_pb2.KillRequest(
                     container_id=self._container.id, signal=int(_signal.SIGKILL), all=True))
             except (errdefs.NotFound, errdefs.Conflict):
                 pass  # already stopped: Kill may say "not found" even when it did kill
-            deadline = time.monotonic() + FORCE_DELETE_WAIT
-            while True:
-                try:
-                    waiter.result(timeout=_WAIT_SLICE)
-                    break
-                except grpc.FutureTimeoutError:
-                    if time.monotonic() >= deadline:
-                        log.warning("%s did not stop within %s s of SIGKILL; deleting it anyway",
-                                    self._what, FORCE_DELETE_WAIT)
-                        break
-                except grpc.RpcError as err:
-                    if err.code() == grpc.StatusCode.NOT_FOUND:
-                        break
-                    raise errdefs.from_grpc(err, self._what) from err
-        finally:
-            waiter.cancel()
+            try:
+                waiter.result(within=FORCE_DELETE_WAIT)
+            except errdefs.NotFound:
+                pass
+            except errdefs.Deadline:
+                log.warning("%s did not stop within %s s of SIGKILL; deleting it anyway", self._what, FORCE_DELETE_WAIT)
         return self.delete()
 
     def _delete_after_failed_start(self) -> None:

@@ -25,7 +25,7 @@ from libcontainerd.remote import _checkpoint as cp
 def blobs(client) -> dict[str, dict[str, str]]:
     conn = client._conn
     out = {}
-    for resp in conn.content.List(content_pb2.ListContentRequest(), metadata=conn.metadata):
+    for resp in conn.stream(conn.content.List, content_pb2.ListContentRequest()):
         for info in resp.info:
             out[info.digest] = dict(info.labels)
     return out
@@ -33,18 +33,18 @@ def blobs(client) -> dict[str, dict[str, str]]:
 
 def ingests(client) -> list[str]:
     conn = client._conn
-    resp = conn.content.ListStatuses(content_pb2.ListStatusesRequest(), metadata=conn.metadata)
+    resp = conn.call(conn.content.ListStatuses, content_pb2.ListStatusesRequest())
     return [s.ref for s in resp.statuses]
 
 
 def images(client) -> list[str]:
     conn = client._conn
-    return [i.name for i in conn.images.List(images_pb2.ListImagesRequest(), metadata=conn.metadata).images]
+    return [i.name for i in conn.call(conn.images.List, images_pb2.ListImagesRequest()).images]
 
 
 def leases(client) -> list[str]:
     conn = client._conn
-    return [lease.id for lease in conn.leases.List(leases_pb2.ListRequest(), metadata=conn.metadata).leases]
+    return [lease.id for lease in conn.call(conn.leases.List, leases_pb2.ListRequest()).leases]
 
 
 def nothing_left(client) -> None:

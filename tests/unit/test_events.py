@@ -36,7 +36,6 @@ class FakeConn:
     def __init__(self, table: dict[tuple[str, str], Any]) -> None:
         self.table = table
         self.tasks = SimpleNamespace(Get="Get")
-        self.metadata = ()
 
     def call(self, method, request, what="", timeout=None):
         answer = self.table[(request.container_id, request.exec_id)]
