@@ -177,7 +177,10 @@ class Connection:
         timeout: Optional[float] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
     ) -> Connection:
-        """A connection to ``address`` (nothing needs to serve there yet) for ``namespace``."""
+        """A connection to ``address`` (nothing needs to serve there yet) for ``namespace``.
+
+        An empty ``namespace`` sends no namespace header (the supervisor's health probe needs none).
+        """
         return cls(_channel(address, credentials), namespace, timeout)
 
     # -- stubs: made on first use (stateless, so two threads making one at once is harmless) --
@@ -227,8 +230,8 @@ class Connection:
     # -- calls ------------------------------------------------------------------------------
 
     def _metadata(self, lease: Optional[str]) -> tuple[tuple[str, str], ...]:
-        namespace = (NAMESPACE_HEADER, self._namespace)
-        return (namespace, (LEASE_HEADER, lease)) if lease else (namespace,)
+        headers = ((NAMESPACE_HEADER, self._namespace),) if self._namespace else ()
+        return (*headers, (LEASE_HEADER, lease)) if lease else headers
 
     def _deadline(self, timeout: Any) -> Optional[float]:
         return self.timeout if timeout is DEFAULT else timeout
