@@ -412,7 +412,8 @@ class Daemon:
 
     def _launch(self) -> None:
         """Start the monitor thread and wait for its first launch (or adoption) to succeed or fail."""
-        self._conn = Connection.open(self.address, "")  # the same short reconnect backoff as clients have
+        # private: the probe's connection to the socket must not serve the clients of this process
+        self._conn = Connection.open(self.address, "", private=True)
         self._thread = threading.Thread(target=self._run, name="libcontainerd-supervisor", daemon=True)
         self._thread.start()
         self._started.wait()

@@ -13,7 +13,6 @@ the typed error has the gRPC error as ``__cause__``, and any error of a closed c
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +26,6 @@ from .._api.containerd.api.services.containers.v1 import containers_pb2_grpc
 from .._api.containerd.api.services.events.v1 import events_pb2_grpc
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc
 from .._api.containerd.api.services.version.v1 import version_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
@@ -138,7 +135,7 @@ class Pending:
         self.cancel()
 
 
-def _channel(address: str, credentials: Optional[grpc.ChannelCredentials]) -> grpc.Channel:
+def _channel(address: str, credentials: Optional[grpc.ChannelCredentials], private: bool) -> grpc.Channel:
     target, _ = target_for(address)
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
@@ -149,6 +146,8 @@ def _channel(address: str, credentials: Optional[grpc.ChannelCredentials]) -> gr
         ("grpc.max_reconnect_backoff_ms", 1000),
         ("grpc.enable_retries", 0),
     ]
+    if private:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if credentials is not None:
         return grpc.secure_channel(target, credentials, options=options)
     return grpc.insecure_channel(target, options=options)
@@ -176,12 +175,17 @@ class Connection:
         *,
         timeout: Optional[float] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
+        private: bool = False,
     ) -> Connection:
         """A connection to ``address`` (nothing needs to serve there yet) for ``namespace``.
 
         An empty ``namespace`` sends no namespace header (the supervisor's health probe needs none).
+        gRPC lets channels of one process with the same target and options share one socket
+        connection; a ``private`` connection shares its own with no one (the supervisor's probe:
+        else a client made later would ride the probe's connection, and answer while the
+        daemon's socket is gone).
         """
-        return cls(_channel(address, credentials), namespace, timeout)
+        return cls(_channel(address, credentials, private), namespace, timeout)
 
     # -- stubs: made on first use (stateless, so two threads making one at once is harmless) --
 
