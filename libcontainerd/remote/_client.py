@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+import attrs
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
@@ -24,13 +25,14 @@ from .. import _validation as valid
 from .. import errdefs
 from .._api.containerd.api.services.containers.v1 import containers_pb2
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
-from .._typeurl import SPEC_URL, pack_json, pack_message, unpack_json
+from .._typeurl import SPEC_URL, pack_json, pack_message
 from ..queue import KeyedSerialExecutor
 from ..types import Backend, Version
 from . import _bundle
 from ._container import Container
-from ._events import EventStream, ProcessTracker
+from ._events import EventStream
 from ._rpc import Connection
+from ._session import Session
 
 log = logging.getLogger("libcontainerd")
 
@@ -99,45 +101,44 @@ def _with_cgroups_path(spec: Mapping[str, Any], namespace: str, id: str,
     return {**spec, "linux": {**linux, "cgroupsPath": f"/{namespace}/{id}"}}
 
 
+@attrs.define(eq=False, repr=False)
 class Client:
     """A containerd client bound to one namespace and one state dir.
 
-    Use :func:`libcontainerd.new_client` to make one.
+    Use :func:`libcontainerd.new_client` to make one. It owns the session its containers,
+    tasks and processes share (the connection, namespace and state dir), the event stream's
+    reader thread and the executor that delivers events to the backend.
+
+    Attributes:
+        address: the containerd address, as given.
+        backend: the object that gets the events (or ``None``).
 
     >>> with libcontainerd.new_client(sock, "/tmp/state", "demo", backend) as client:  # doctest: +SKIP
     ...     print(client.version())
     """
 
-    def __init__(
-        self,
-        address: str,
-        state_dir: str,
-        namespace: str,
-        backend: Optional[Backend],
-        *,
-        timeout: Optional[float] = None,
-        credentials: Optional[grpc.ChannelCredentials] = None,
-        event_workers: int = 4,
-        serialize_exec_starts: bool = True,
-    ) -> None:
-        valid.identifier(namespace, "namespace")
-        if backend is not None and not callable(getattr(backend, "process_event", None)):
-            raise errdefs.InvalidParameter("backend must have a process_event(container_id, event_type, info) method")
-        valid.timeout(timeout)
-        self.address = address
-        self.namespace = namespace
-        self.state_dir = _prepare_state_dir(state_dir)
-        self.backend = backend
-        self.serialize_exec_starts = serialize_exec_starts
-        self._conn = Connection.open(address, namespace, timeout=timeout, credentials=credentials)
-        self._tracker = ProcessTracker()
-        self._exec_locks: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-        self._executor = KeyedSerialExecutor(max_workers=event_workers, name="libcontainerd-events")
-        self._events = EventStream(self._conn, namespace, backend, self._executor, self._tracker)
-        self._events.start()
-        _register(self)
+    address: str
+    backend: Optional[Backend]
+    _session: Session
+    _executor: KeyedSerialExecutor
+    _events: EventStream
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _closed: bool = attrs.field(init=False, default=False)
+
+    @property
+    def namespace(self) -> str:
+        """The containerd namespace of every call."""
+        return self._session.namespace
+
+    @property
+    def state_dir(self) -> str:
+        """Where bundle dirs and FIFOs live (``<state_dir>/<container id>/``), as an absolute path."""
+        return self._session.state_dir
+
+    @property
+    def serialize_exec_starts(self) -> bool:
+        """Whether exec starts are serialized per task (containerd#8557)."""
+        return self._session.serialize_exec_starts
 
     @property
     def timeout(self) -> Optional[float]:
@@ -147,12 +148,11 @@ class Client:
 
         >>> client.timeout = 5  # doctest: +SKIP
         """
-        return self._conn.timeout
+        return self._session.conn.timeout
 
     @timeout.setter
     def timeout(self, timeout: Optional[float]) -> None:
-        valid.timeout(timeout)
-        self._conn.timeout = timeout
+        self._session.conn.timeout = valid.timeout(timeout)
 
     # -- daemon ----------------------------------------------------------------------
 
@@ -162,7 +162,8 @@ class Client:
         >>> client.version()  # doctest: +SKIP
         Version(version='1.6.20~ds1', revision='1.6.20~ds1-1+deb12u3')
         """
-        resp = self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd version")
+        conn = self._session.conn
+        resp = conn.call(conn.version.Version, empty_pb2.Empty(), "containerd version")
         return Version(version=resp.version, revision=resp.revision)
 
     def is_serving(self, timeout: Optional[float] = None) -> bool:
@@ -173,9 +174,9 @@ class Client:
         >>> client.is_serving(timeout=5)  # doctest: +SKIP
         True
         """
+        conn = self._session.conn
         try:
-            self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd", timeout=timeout,
-                            wait_for_ready=True)
+            conn.call(conn.version.Version, empty_pb2.Empty(), "containerd", timeout=timeout, wait_for_ready=True)
             return True
         except (errdefs.Deadline, errdefs.Unavailable, errdefs.Cancelled):
             return False
@@ -222,8 +223,9 @@ class Client:
         request = containers_pb2.CreateContainerRequest(
             container=containers_pb2.Container(id=id, labels=all_labels, runtime=runtime, spec=any_spec)
         )
+        conn = self._session.conn
         try:
-            self._conn.call(self._conn.containers.Create, request, f"container {id}")
+            conn.call(conn.containers.Create, request, f"container {id}")
         except errdefs.LibcontainerdError as exc:
             if made:
                 _bundle.remove(recorded, id)
@@ -235,7 +237,7 @@ class Client:
             if made:
                 _bundle.remove(recorded, id)
             raise
-        return Container(self, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options)
+        return Container(self._session, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options)
 
     def replace_container(
         self,
@@ -283,11 +285,9 @@ class Client:
         <Status.RUNNING: 'running'>
         """
         valid.identifier(id)
-        resp = self._conn.call(self._conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
-        c = resp.container
-        spec = unpack_json(c.spec) if c.HasField("spec") else {}
-        options = c.runtime.options if c.runtime.HasField("options") else None
-        return Container(self, id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name, runtime_options=options)
+        conn = self._session.conn
+        resp = conn.call(conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
+        return Container.from_record(self._session, resp.container)
 
     def list_containers(self) -> list[Container]:
         """Every container of this client's namespace.
@@ -295,27 +295,9 @@ class Client:
         >>> [c.id for c in client.list_containers()]  # doctest: +SKIP
         ['web']
         """
-        resp = self._conn.call(self._conn.containers.List, containers_pb2.ListContainersRequest(), "containers")
-        out = []
-        for c in resp.containers:
-            spec = unpack_json(c.spec) if c.HasField("spec") else {}
-            options = c.runtime.options if c.runtime.HasField("options") else None
-            out.append(Container(self, c.id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name,
-                                 runtime_options=options))
-        return out
-
-    def _exec_start_lock(self, container_id: str) -> Any:
-        if not self.serialize_exec_starts:
-            return _NO_LOCK
-        with self._lock:
-            lock = self._exec_locks.get(container_id)
-            if lock is None:
-                lock = self._exec_locks[container_id] = threading.Lock()
-            return lock
-
-    def _forget_container(self, container_id: str) -> None:
-        with self._lock:
-            self._exec_locks.pop(container_id, None)
+        conn = self._session.conn
+        resp = conn.call(conn.containers.List, containers_pb2.ListContainersRequest(), "containers")
+        return [Container.from_record(self._session, c) for c in resp.containers]
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -343,7 +325,7 @@ class Client:
         _live_clients.discard(self)
         self._events.close(timeout=1.0 if timeout is None else timeout)
         self._executor.close(timeout=timeout)
-        self._conn.close()
+        self._session.conn.close()
 
     def __enter__(self) -> Client:
         return self
@@ -354,17 +336,6 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Client address={self.address!r} namespace={self.namespace!r} {state}>"
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
 
 
 def _prepare_state_dir(state_dir: str) -> str:
@@ -414,5 +385,16 @@ def new_client(
 
     >>> client = libcontainerd.new_client("/run/containerd/containerd.sock", "/tmp/s", "demo", None)  # doctest: +SKIP
     """
-    return Client(address, state_dir, namespace, backend, timeout=timeout, credentials=credentials,
-                  event_workers=event_workers, serialize_exec_starts=serialize_exec_starts)
+    valid.identifier(namespace, "namespace")
+    if backend is not None and not callable(getattr(backend, "process_event", None)):
+        raise errdefs.InvalidParameter("backend must have a process_event(container_id, event_type, info) method")
+    valid.timeout(timeout)
+    state_dir = _prepare_state_dir(state_dir)
+    conn = Connection.open(address, namespace, timeout=timeout, credentials=credentials)
+    session = Session(conn, namespace, state_dir, serialize_exec_starts)
+    executor = KeyedSerialExecutor(max_workers=event_workers, name="libcontainerd-events")
+    events = EventStream(conn, namespace, backend, executor, session.tracker)
+    events.start()
+    client = Client(address, backend, session, executor, events)
+    _register(client)
+    return client

@@ -35,6 +35,7 @@ import time
 import uuid
 from typing import Any, Optional
 
+import attrs
 import tenacity
 from google.protobuf import any_pb2, empty_pb2
 
@@ -45,7 +46,7 @@ from .._api.containerd.api.types.task import task_pb2 as task_types
 from .._typeurl import unpack
 from ..queue import KeyedSerialExecutor
 from ..types import Backend, EventInfo, EventType
-from ._rpc import Connection
+from ._rpc import Connection, Stream
 
 log = logging.getLogger("libcontainerd.events")
 
@@ -150,42 +151,48 @@ class ProcessTracker:
             return [(c, p, pid) for (c, p), pid in self._running.items()]
 
 
-class EventStream:
-    """Owns the reader thread; see the module docstring."""
+def _sync_topic() -> str:
+    return f"/libcontainerd/sync/{uuid.uuid4().hex}"
 
-    def __init__(
-        self,
-        conn: Connection,
-        namespace: str,
-        backend: Optional[Backend],
-        executor: KeyedSerialExecutor,
-        tracker: ProcessTracker,
-        *,
-        retry_max_wait: float = 2.0,
-    ) -> None:
-        self._conn = conn
-        self._namespace = namespace
-        self._backend = backend
-        self._executor = executor
-        self._tracker = tracker
-        self._retry_max_wait = retry_max_wait
-        self._closing = threading.Event()
-        self._started = threading.Event()
-        self._lock = threading.Lock()
-        self._call: Optional[Any] = None
-        self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
-        self._reconcile_pending = False  # set on every subscription, done by the reader on the sync event
-        self._first_attempt_over = threading.Event()  # the first subscription failed or ended
-        self._resync_timeout = 10.0
-        self.subscriptions = 0
-        # A private topic that only this stream subscribes to: seeing our own event on it
-        # proves that containerd has registered the subscription (gRPC gives no such signal).
-        self._sync_topic = f"/libcontainerd/sync/{uuid.uuid4().hex}"
-        self._synced = threading.Event()
+
+@attrs.define(eq=False)
+class EventStream:
+    """Owns the reader thread; see the module docstring.
+
+    Attributes:
+        subscriptions: how many times the reader has subscribed.
+        filters: the subscription's filters.
+    """
+
+    _conn: Connection = attrs.field(repr=False)
+    _namespace: str
+    _backend: Optional[Backend] = attrs.field(repr=False)
+    _executor: KeyedSerialExecutor = attrs.field(repr=False)
+    _tracker: ProcessTracker = attrs.field(repr=False)
+    _retry_max_wait: float = attrs.field(default=2.0, kw_only=True, repr=False)
+    subscriptions: int = attrs.field(init=False, default=0)
+    # A private topic that only this stream subscribes to: seeing our own event on it
+    # proves that containerd has registered the subscription (gRPC gives no such signal).
+    _sync_topic: str = attrs.field(init=False, factory=_sync_topic, repr=False)
+    filters: list[str] = attrs.field(init=False, repr=False)
+    _closing: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    _started: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    _synced: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    # the first subscription failed or ended
+    _first_attempt_over: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    # set on every subscription, done by the reader on the sync event
+    _reconcile_pending: bool = attrs.field(init=False, default=False, repr=False)
+    _resync_timeout: float = attrs.field(init=False, default=10.0, repr=False)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    _call: Optional[Stream] = attrs.field(init=False, default=None, repr=False)
+    _thread: threading.Thread = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
         self.filters = [
-            f"namespace=={namespace},topic~=|^/tasks/|",
-            f"namespace=={namespace},topic~=|^{self._sync_topic}$|",
+            f"namespace=={self._namespace},topic~=|^/tasks/|",
+            f"namespace=={self._namespace},topic~=|^{self._sync_topic}$|",
         ]
+        self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
 
     def start(self, ready_timeout: float = 2.0) -> bool:
         """Start the reader; return once containerd delivers to it (True) or cannot yet (False).
@@ -275,7 +282,7 @@ class EventStream:
             with self._lock:
                 self._call = None
 
-    def _resync(self, call: Any, stop: threading.Event) -> None:
+    def _resync(self, call: Stream, stop: threading.Event) -> None:
         """Publish to the private topic until the reader sees it; cancel a subscription that never does."""
         request = events_pb2.PublishRequest(topic=self._sync_topic, event=any_pb2.Any(type_url=_SYNC_TYPE))
         deadline = time.monotonic() + self._resync_timeout

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+import attrs
+
 from .. import _validation as valid
 from .. import errdefs
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2
@@ -27,6 +29,7 @@ from ._events import timestamp_to_datetime
 
 if TYPE_CHECKING:
     from ._container import Container
+    from ._session import Session
 
 log = logging.getLogger("libcontainerd")
 
@@ -130,11 +133,12 @@ class Stdio:
             self.fifos.remove()
 
 
-def stdin_closer(conn: Any, container_id: str, exec_id: str) -> Callable[[], None]:
+def stdin_closer(session: Session, container_id: str, exec_id: str) -> Callable[[], None]:
     """The ``CloseIO(stdin)`` call for one process; "transport is closing" is not an error."""
     what = f"exec {exec_id} of container {container_id}" if exec_id else f"task {container_id}"
 
     def close() -> None:
+        conn = session.conn
         try:
             conn.call(conn.tasks.CloseIO, tasks_pb2.CloseIORequest(
                 container_id=container_id, exec_id=exec_id, stdin=True), what)
@@ -145,21 +149,49 @@ def stdin_closer(conn: Any, container_id: str, exec_id: str) -> Callable[[], Non
     return close
 
 
+def start_task(session: Session, container: Container, request: tasks_pb2.CreateTaskRequest,
+               stdio: Optional[Stdio]) -> Task:
+    """Create and start the container's task; on a failure, delete it and release its stdio."""
+    conn = session.conn
+    what = f"task {container.id}"
+    try:
+        resp = conn.call(conn.tasks.Create, request, what)
+    except BaseException:
+        if stdio is not None:
+            stdio.release(drain=False)
+        raise
+    task = Task(session, container, int(resp.pid), stdio)
+    if stdio is not None:
+        stdio.connected()
+    try:
+        conn.call(conn.tasks.Start, tasks_pb2.StartRequest(container_id=container.id), what)
+    except BaseException:
+        try:
+            task._delete_after_failed_start()
+        except errdefs.LibcontainerdError as exc:
+            log.error("failed to delete task %s after its start failed: %s", container.id, exc,
+                      extra=session.log_extra(container.id))
+            task._release()
+        raise
+    session.tracker.started(container.id, container.id, task.pid)
+    return task
+
+
 class _ProcessBase:
-    """What tasks and exec'd processes share."""
+    """What tasks and exec'd processes share (their fields are declared by each)."""
 
-    _container: Container
+    _session: Session
     _exec_id: str
+    pid: int
+    _stdio: Optional[Stdio]
 
-    def __init__(self, container: Container, exec_id: str, pid: int, stdio: Optional[Stdio] = None):
-        self._container = container
-        self._exec_id = exec_id
-        self.pid = pid
-        self._stdio = stdio
+    @property
+    def _container_id(self) -> str:
+        raise NotImplementedError
 
     @property
     def _what(self) -> str:
-        cid = self._container.id
+        cid = self._container_id
         return f"exec {self._exec_id} of container {cid}" if self._exec_id else f"task {cid}"
 
     @property
@@ -168,11 +200,11 @@ class _ProcessBase:
         return self._stdio.rio if self._stdio is not None else None
 
     def _call(self, method: Any, request: Any, **kw: Any) -> Any:
-        return self._container._client._conn.call(method, request, self._what, **kw)
+        return self._session.conn.call(method, request, self._what, **kw)
 
     @property
     def _tasks(self) -> Any:
-        return self._container._client._conn.tasks
+        return self._session.conn.tasks
 
     def kill(self, signal: Union[int, str, _signal.Signals] = _signal.SIGTERM) -> None:
         """Send a signal (number, ``signal.Signals`` or name).
@@ -181,11 +213,11 @@ class _ProcessBase:
         """
         sig = valid.signal_number(signal)
         self._call(self._tasks.Kill, tasks_pb2.KillRequest(
-            container_id=self._container.id, exec_id=self._exec_id, signal=sig))
+            container_id=self._container_id, exec_id=self._exec_id, signal=sig))
 
     def status(self) -> Status:
         """The process's state now, e.g. ``Status.RUNNING``."""
-        resp = self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container.id, exec_id=self._exec_id))
+        resp = self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container_id, exec_id=self._exec_id))
         return _STATUS.get(resp.process.status, Status.UNKNOWN)
 
     def wait(self, timeout: Optional[float] = None) -> ExitStatus:
@@ -199,8 +231,8 @@ class _ProcessBase:
         >>> task.wait(timeout=10).code  # doctest: +SKIP
         0
         """
-        conn = self._container._client._conn
-        request = tasks_pb2.WaitRequest(container_id=self._container.id, exec_id=self._exec_id)
+        conn = self._session.conn
+        request = tasks_pb2.WaitRequest(container_id=self._container_id, exec_id=self._exec_id)
         try:
             with conn.future(conn.tasks.Wait, request, self._what, timeout=timeout) as pending:
                 resp = pending.result()
@@ -212,8 +244,8 @@ class _ProcessBase:
                 # A dead shim takes the Wait down ("ttrpc: closed") and containerd then deletes the task;
                 # the exit it reports as an event is the one to return.
                 grace = SHIM_EXIT_GRACE if timeout is None else min(SHIM_EXIT_GRACE, timeout)
-                cid = self._container.id
-                info = self._container._client._tracker.exit_of(cid, self._exec_id or cid, self.pid, grace)
+                cid = self._container_id
+                info = self._session.tracker.exit_of(cid, self._exec_id or cid, self.pid, grace)
                 if info is not None:
                     return ExitStatus(int(info.exit_code), info.exited_at)
             raise
@@ -223,8 +255,7 @@ class _ProcessBase:
         """Close the process's stdin (our FIFO end, then containerd's side), so readers see EOF."""
         if self._stdio is not None and self._stdio.close_stdin():
             return
-        conn = self._container._client._conn
-        stdin_closer(conn, self._container.id, self._exec_id)()
+        stdin_closer(self._session, self._container_id, self._exec_id)()
 
     def resize(self, width: int, height: int) -> None:
         """Set the terminal size (columns, rows) seen inside.
@@ -232,7 +263,7 @@ class _ProcessBase:
         >>> task.resize(120, 40)  # doctest: +SKIP
         """
         self._call(self._tasks.ResizePty, tasks_pb2.ResizePtyRequest(
-            container_id=self._container.id, exec_id=self._exec_id,
+            container_id=self._container_id, exec_id=self._exec_id,
             width=valid.terminal_size(width, "width"), height=valid.terminal_size(height, "height")))
 
     def _release(self) -> None:
@@ -242,8 +273,8 @@ class _ProcessBase:
 
     def _gone(self) -> None:
         """containerd no longer knows the process (it cleaned up after a dead shim): drop what we hold of it."""
-        cid = self._container.id
-        self._container._client._tracker.forget(cid, self._exec_id or cid)
+        cid = self._container_id
+        self._session.tracker.forget(cid, self._exec_id or cid)
         self._release()
 
     def _map_delete_error(self, exc: errdefs.LibcontainerdError) -> errdefs.LibcontainerdError:
@@ -254,17 +285,28 @@ class _ProcessBase:
         return exc
 
 
+@attrs.define(eq=False, repr=False)
 class Process(_ProcessBase):
     """A process started inside a running task with :meth:`Task.exec`.
+
+    Attributes:
+        task: the task it runs in.
+        pid: its host pid.
 
     >>> proc = task.exec("ls-1", oci.process_spec(["ls"]), attach_stdio=stdio.capture())  # doctest: +SKIP
     >>> proc  # doctest: +SKIP
     <Process id='ls-1' container='web' pid=4321>
     """
 
-    def __init__(self, task: Task, exec_id: str, pid: int = 0, stdio: Optional[Stdio] = None):
-        super().__init__(task._container, exec_id, pid, stdio)
-        self.task = task
+    _session: Session
+    task: Task
+    _exec_id: str
+    pid: int
+    _stdio: Optional[Stdio] = None
+
+    @property
+    def _container_id(self) -> str:
+        return self.task.id
 
     @property
     def id(self) -> str:
@@ -282,29 +324,40 @@ class Process(_ProcessBase):
         """
         try:
             resp = self._call(self._tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
-                container_id=self._container.id, exec_id=self._exec_id))
+                container_id=self._container_id, exec_id=self._exec_id))
         except errdefs.LibcontainerdError as exc:
             if isinstance(exc, errdefs.NotFound):
                 self._gone()
             raise self._map_delete_error(exc) from exc.__cause__
-        self._container._client._tracker.forget(self._container.id, self._exec_id)
+        self._session.tracker.forget(self._container_id, self._exec_id)
         self._release()
         return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
 
     def __repr__(self) -> str:
-        return f"<Process id={self._exec_id!r} container={self._container.id!r} pid={self.pid}>"
+        return f"<Process id={self._exec_id!r} container={self._container_id!r} pid={self.pid}>"
 
 
+@attrs.define(eq=False, repr=False)
 class Task(_ProcessBase):
     """A container's main process (containerd's task).
+
+    Attributes:
+        pid: its host pid.
 
     >>> task = container.start(attach_stdio=stdio.capture())  # doctest: +SKIP
     >>> task.wait().code  # doctest: +SKIP
     0
     """
 
-    def __init__(self, container: Container, pid: int, stdio: Optional[Stdio] = None):
-        super().__init__(container, "", pid, stdio)
+    _session: Session
+    _container: Container
+    pid: int
+    _stdio: Optional[Stdio] = None
+    _exec_id: str = attrs.field(init=False, default="")
+
+    @property
+    def _container_id(self) -> str:
+        return self._container.id
 
     @property
     def id(self) -> str:
@@ -345,8 +398,7 @@ class Task(_ProcessBase):
         any_spec = pack_json(PROCESS_URL, spec, "process spec")
         terminal = bool(spec.get("terminal", False))
         container = self._container
-        client = container._client
-        conn = client._conn
+        conn = self._session.conn
         what = f"exec {process_id} of container {container.id}"
         stdio: Optional[Stdio] = None
         if attach_stdio is not None:
@@ -356,8 +408,9 @@ class Task(_ProcessBase):
                 pass
             else:  # FIFOs of this exec id exist: refuse if containerd knows the exec, else they are stale
                 self._refuse_duplicate_exec(process_id)
+            closer = stdin_closer(self._session, container.id, process_id)
             stdio = Stdio.open(container.bundle_dir, process_id, with_stdin=with_stdin, terminal=terminal,
-                               attach_stdio=attach_stdio, close_stdin=stdin_closer(conn, container.id, process_id))
+                               attach_stdio=attach_stdio, close_stdin=closer)
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         try:
             conn.call(conn.tasks.Exec, tasks_pb2.ExecProcessRequest(
@@ -374,9 +427,8 @@ class Task(_ProcessBase):
             if stdio is not None:
                 stdio.release(drain=False)
             raise
-        process = Process(self, process_id, 0, stdio)
         try:
-            with client._exec_start_lock(container.id):
+            with self._session.exec_start_lock(container.id):
                 resp = conn.call(conn.tasks.Start, tasks_pb2.StartRequest(
                     container_id=container.id, exec_id=process_id), what)
         except BaseException:
@@ -385,23 +437,22 @@ class Task(_ProcessBase):
                     container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
             except errdefs.LibcontainerdError as exc:
                 log.warning("failed to delete %s after its start failed: %s", what, exc,
-                            extra={"container_id": container.id, "namespace": client.namespace})
-            process._stdio = None
+                            extra=self._session.log_extra(container.id))
             if stdio is not None:
                 stdio.release(drain=False)
             raise
-        process.pid = int(resp.pid)
-        client._tracker.started(container.id, process_id, process.pid)
+        process = Process(self._session, self, process_id, int(resp.pid), stdio)
+        self._session.tracker.started(container.id, process_id, process.pid)
         if stdio is not None:
             stdio.connected()
         return process
 
     def _refuse_duplicate_exec(self, process_id: str) -> None:
         try:
-            self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container.id, exec_id=process_id))
+            self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container_id, exec_id=process_id))
         except errdefs.NotFound:
             return
-        raise errdefs.Conflict(f"exec {process_id} of container {self._container.id}: id already in use")
+        raise errdefs.Conflict(f"exec {process_id} of container {self._container_id}: id already in use")
 
     def pause(self) -> None:
         """Freeze every process of the task (cgroup freezer).
@@ -409,14 +460,14 @@ class Task(_ProcessBase):
         >>> task.pause(); task.status()  # doctest: +SKIP
         <Status.PAUSED: 'paused'>
         """
-        self._call(self._tasks.Pause, tasks_pb2.PauseTaskRequest(container_id=self._container.id))
+        self._call(self._tasks.Pause, tasks_pb2.PauseTaskRequest(container_id=self._container_id))
 
     def resume(self) -> None:
         """Thaw a paused task.
 
         >>> task.resume()  # doctest: +SKIP
         """
-        self._call(self._tasks.Resume, tasks_pb2.ResumeTaskRequest(container_id=self._container.id))
+        self._call(self._tasks.Resume, tasks_pb2.ResumeTaskRequest(container_id=self._container_id))
 
     def delete(self) -> ExitStatus:
         """Delete the stopped task and release its stdio; returns the same exit status as :meth:`wait`.
@@ -428,12 +479,12 @@ class Task(_ProcessBase):
         0
         """
         try:
-            resp = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self._container.id))
+            resp = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self._container_id))
         except errdefs.LibcontainerdError as exc:
             if isinstance(exc, errdefs.NotFound):
                 self._gone()
             raise self._map_delete_error(exc) from exc.__cause__
-        self._container._client._tracker.forget(self._container.id)
+        self._session.tracker.forget(self._container_id)
         self._release()
         return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
 
@@ -443,12 +494,12 @@ class Task(_ProcessBase):
         The wait is bounded (:data:`FORCE_DELETE_WAIT` seconds): a task that never ran (e.g.
         a restore that failed) does not exit, but can be deleted all the same.
         """
-        conn = self._container._client._conn
-        request = tasks_pb2.WaitRequest(container_id=self._container.id)
+        conn = self._session.conn
+        request = tasks_pb2.WaitRequest(container_id=self._container_id)
         with conn.future(conn.tasks.Wait, request, self._what, timeout=None) as waiter:
             try:
                 self._call(self._tasks.Kill, tasks_pb2.KillRequest(
-                    container_id=self._container.id, signal=int(_signal.SIGKILL), all=True))
+                    container_id=self._container_id, signal=int(_signal.SIGKILL), all=True))
             except (errdefs.NotFound, errdefs.Conflict):
                 pass  # already stopped: Kill may say "not found" even when it did kill
             try:
@@ -472,7 +523,7 @@ class Task(_ProcessBase):
         >>> task.stats().metrics.memory.usage.usage  # doctest: +SKIP
         1400832
         """
-        resp = self._call(self._tasks.Metrics, tasks_pb2.MetricsRequest(filters=[f"id=={self._container.id}"]))
+        resp = self._call(self._tasks.Metrics, tasks_pb2.MetricsRequest(filters=[f"id=={self._container_id}"]))
         if not resp.metrics:
             raise errdefs.NotFound(f"{self._what}: containerd returned no metrics (is the task running?)")
         metric = resp.metrics[0]
@@ -493,7 +544,7 @@ class Task(_ProcessBase):
         if not isinstance(resources, Mapping):
             raise errdefs.InvalidParameter("resources must be an OCI LinuxResources dict")
         self._call(self._tasks.Update, tasks_pb2.UpdateTaskRequest(
-            container_id=self._container.id, resources=pack_json(RESOURCES_URL, resources, "resources")))
+            container_id=self._container_id, resources=pack_json(RESOURCES_URL, resources, "resources")))
 
     def summary(self) -> list[Summary]:
         """The task's processes: host pid and, for exec'd ones, the exec id.
@@ -501,7 +552,7 @@ class Task(_ProcessBase):
         >>> task.summary()  # doctest: +SKIP
         [Summary(pid=4242, exec_id=None), Summary(pid=4321, exec_id='ls-1')]
         """
-        resp = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=self._container.id))
+        resp = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=self._container_id))
         out = []
         for proc in resp.processes:
             exec_id: Optional[str] = None
@@ -528,8 +579,8 @@ class Task(_ProcessBase):
         """
         from ._checkpoint import create_checkpoint
 
-        create_checkpoint(self, checkpoint_dir, exit=exit)
+        create_checkpoint(self._session, self._container, checkpoint_dir, exit=exit)
 
     def __repr__(self) -> str:
-        return f"<Task id={self._container.id!r} pid={self.pid}>"
+        return f"<Task id={self._container_id!r} pid={self.pid}>"
 
