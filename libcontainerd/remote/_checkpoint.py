@@ -42,7 +42,7 @@ from ._container import Container, uses_runc_options
 if TYPE_CHECKING:
     from ._session import Session
 
-log = logging.getLogger("libcontainerd")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_MEDIA_TYPE = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"

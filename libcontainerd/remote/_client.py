@@ -34,7 +34,7 @@ from ._events import EventStream
 from ._rpc import Connection
 from ._session import Session
 
-log = logging.getLogger("libcontainerd")
+log = logging.getLogger(__name__)
 
 DEFAULT_SHIM = "io.containerd.runc.v2"
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()

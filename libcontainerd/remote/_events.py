@@ -48,7 +48,7 @@ from ..queue import KeyedSerialExecutor
 from ..types import Backend, EventInfo, EventType
 from ._rpc import Connection, Stream
 
-log = logging.getLogger("libcontainerd.events")
+log = logging.getLogger(__name__)
 
 READER_THREAD_NAME = "libcontainerd-events-reader"
 RESYNC_THREAD_NAME = "libcontainerd-events-resync"

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ._container import Container
     from ._session import Session
 
-log = logging.getLogger("libcontainerd")
+log = logging.getLogger(__name__)
 
 StdioCallback = Callable[[DirectIO], Any]
 
