@@ -113,8 +113,9 @@ class Client:
         address: the containerd address, as given.
         backend: the object that gets the events (or ``None``).
 
-    >>> with libcontainerd.new_client(sock, "/tmp/state", "demo", backend) as client:  # doctest: +SKIP
-    ...     print(client.version())
+    >>> with libcontainerd.new_client(sock, state_dir, "demo", None) as client:
+    ...     client.is_serving(timeout=10)
+    True
     """
 
     address: str
@@ -146,7 +147,7 @@ class Client:
 
         It can be changed at any time; calls already made keep the deadline they started with.
 
-        >>> client.timeout = 5  # doctest: +SKIP
+        >>> client.timeout = 5
         """
         return self._session.conn.timeout
 
@@ -159,8 +160,8 @@ class Client:
     def version(self) -> Version:
         """containerd's version and revision.
 
-        >>> client.version()  # doctest: +SKIP
-        Version(version='1.6.20~ds1', revision='1.6.20~ds1-1+deb12u3')
+        >>> client.version()  # doctest: +ELLIPSIS
+        Version(version='...', revision='...')
         """
         conn = self._session.conn
         resp = conn.call(conn.version.Version, empty_pb2.Empty(), "containerd version")
@@ -171,7 +172,7 @@ class Client:
 
         Ctrl-C interrupts a wait without a timeout (``KeyboardInterrupt``).
 
-        >>> client.is_serving(timeout=5)  # doctest: +SKIP
+        >>> client.is_serving(timeout=5)
         True
         """
         conn = self._session.conn
@@ -207,7 +208,9 @@ class Client:
             errdefs.InvalidParameter: bad id, spec, options or labels (nothing was made).
             errdefs.Conflict: a container with this id exists (its bundle is untouched).
 
-        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))  # doctest: +SKIP
+        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))
+        >>> ctr  # doctest: +ELLIPSIS
+        <Container id='hello' namespace='doc-...'>
         """
         valid.identifier(id)
         valid.runtime_spec(spec)
@@ -253,7 +256,10 @@ class Client:
         Its task (if any) is killed and deleted, the container deleted, and a new one created
         (moby's ``ReplaceContainer``); the old container's stdio and bundle are gone afterwards.
 
-        >>> ctr = client.replace_container("web", spec)  # doctest: +SKIP
+        >>> old = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
+        >>> old.start().pid > 0
+        True
+        >>> ctr = client.replace_container("web", oci.default_spec(rootfs, ["echo", "new"]))
         """
         try:
             return self.new_container(id, spec, shim, runtime_options, labels=labels)
@@ -280,8 +286,10 @@ class Client:
         Raises:
             errdefs.NotFound: there is none in this namespace.
 
-        >>> ctr = client.load_container("web")  # doctest: +SKIP
-        >>> ctr.task().status()  # doctest: +SKIP
+        >>> client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start().pid > 0
+        True
+        >>> ctr = client.load_container("web")
+        >>> ctr.task().status()
         <Status.RUNNING: 'running'>
         """
         valid.identifier(id)
@@ -292,7 +300,8 @@ class Client:
     def list_containers(self) -> list[Container]:
         """Every container of this client's namespace.
 
-        >>> [c.id for c in client.list_containers()]  # doctest: +SKIP
+        >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["true"]))
+        >>> [c.id for c in client.list_containers()]
         ['web']
         """
         conn = self._session.conn
@@ -316,7 +325,9 @@ class Client:
             timeout: seconds to wait for the event workers (``None``: as long as they run);
                 the reader thread is given at most 1 s when ``None``.
 
-        >>> client.close()  # doctest: +SKIP
+        >>> client.close()
+        >>> client  # doctest: +ELLIPSIS
+        <Client address='...' namespace='doc-...' closed>
         """
         with self._lock:
             if self._closed:
@@ -383,7 +394,10 @@ def new_client(
     Nothing needs to serve at ``address`` yet: calls then raise ``errdefs.Unavailable`` and
     the event reader waits until containerd appears.
 
-    >>> client = libcontainerd.new_client("/run/containerd/containerd.sock", "/tmp/s", "demo", None)  # doctest: +SKIP
+    >>> client = libcontainerd.new_client(sock, state_dir, "demo", None)  # e.g. "/run/containerd/containerd.sock"
+    >>> client.namespace, client.closed
+    ('demo', False)
+    >>> client.close()
     """
     valid.identifier(namespace, "namespace")
     if backend is not None and not callable(getattr(backend, "process_event", None)):

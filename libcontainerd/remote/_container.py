@@ -44,8 +44,10 @@ class Container:
         runtime: its runtime (shim) name.
         runtime_options: its runtime options as containerd stores them (a ``google.protobuf.Any``, or ``None``).
 
-    >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))  # doctest: +SKIP
-    >>> task = ctr.start()  # doctest: +SKIP
+    >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
+    >>> task = ctr.start()
+    >>> task.status()
+    <Status.RUNNING: 'running'>
     """
 
     _session: Session
@@ -103,8 +105,11 @@ class Container:
             errdefs.Conflict: the container has a task already.
             errdefs.InvalidParameter: a missing or unreadable checkpoint dir.
 
-        >>> out = stdio.capture()  # doctest: +SKIP
-        >>> task = ctr.start(attach_stdio=out)  # doctest: +SKIP
+        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))
+        >>> out = stdio.capture()
+        >>> task = ctr.start(attach_stdio=out)
+        >>> task.wait().code, out.wait().stdout
+        (0, b'hi\\n')
         """
         checkpoint: Optional[descriptor_pb2.Descriptor] = None
         uploaded = None
@@ -144,7 +149,11 @@ class Container:
         Raises:
             errdefs.NotFound: the container has no task (or the task has no FIFOs).
 
-        >>> task = client.load_container("web").attach_task(stdio.attach(stdout=sys.stdout.buffer))  # doctest: +SKIP
+        >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
+        >>> first = ctr.start(attach_stdio=stdio.capture())
+        >>> task = client.load_container("web").attach_task(stdio.capture())  # e.g. after a restart
+        >>> task.pid == first.pid
+        True
         """
         proc = self._get_task()
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
@@ -160,8 +169,9 @@ class Container:
         Raises:
             errdefs.NotFound: the container has no task.
 
-        >>> ctr.task().pid  # doctest: +SKIP
-        4242
+        >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
+        >>> ctr.start().pid == ctr.task().pid
+        True
         """
         proc = self._get_task()
         self._track(proc)
@@ -182,7 +192,13 @@ class Container:
             errdefs.NotFound: no such container.
             errdefs.Conflict: it still has a task.
 
-        >>> task.delete(); ctr.delete()  # doctest: +SKIP
+        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["true"]))
+        >>> task = ctr.start()
+        >>> task.wait().code
+        0
+        >>> task.delete().code
+        0
+        >>> ctr.delete()
         """
         bundle = self.labels.get(_bundle.BUNDLE_LABEL, "")
         # containerd itself would delete the container under a live task and orphan the shim;
