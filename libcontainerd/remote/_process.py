@@ -209,7 +209,10 @@ class _ProcessBase:
     def kill(self, signal: Union[int, str, _signal.Signals] = _signal.SIGTERM) -> None:
         """Send a signal (number, ``signal.Signals`` or name).
 
-        >>> task.kill(signal.SIGKILL)  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> task.kill(signal.SIGKILL)
+        >>> task.wait().code
+        137
         """
         sig = valid.signal_number(signal)
         self._call(self._tasks.Kill, tasks_pb2.KillRequest(
@@ -260,7 +263,9 @@ class _ProcessBase:
     def resize(self, width: int, height: int) -> None:
         """Set the terminal size (columns, rows) seen inside.
 
-        >>> task.resize(120, 40)  # doctest: +SKIP
+        >>> spec = oci.default_spec(rootfs, ["sleep", "60"], terminal=True)
+        >>> task = client.new_container("web", spec).start(attach_stdio=stdio.capture())
+        >>> task.resize(120, 40)
         """
         self._call(self._tasks.ResizePty, tasks_pb2.ResizePtyRequest(
             container_id=self._container_id, exec_id=self._exec_id,
@@ -293,9 +298,10 @@ class Process(_ProcessBase):
         task: the task it runs in.
         pid: its host pid.
 
-    >>> proc = task.exec("ls-1", oci.process_spec(["ls"]), attach_stdio=stdio.capture())  # doctest: +SKIP
-    >>> proc  # doctest: +SKIP
-    <Process id='ls-1' container='web' pid=4321>
+    >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+    >>> proc = task.exec("ls-1", oci.process_spec(["ls"]), attach_stdio=stdio.capture())
+    >>> proc  # doctest: +ELLIPSIS
+    <Process id='ls-1' container='web' pid=...>
     """
 
     _session: Session
@@ -344,8 +350,9 @@ class Task(_ProcessBase):
     Attributes:
         pid: its host pid.
 
-    >>> task = container.start(attach_stdio=stdio.capture())  # doctest: +SKIP
-    >>> task.wait().code  # doctest: +SKIP
+    >>> container = client.new_container("web", oci.default_spec(rootfs, ["true"]))
+    >>> task = container.start(attach_stdio=stdio.capture())
+    >>> task.wait().code
     0
     """
 
@@ -388,9 +395,10 @@ class Task(_ProcessBase):
             errdefs.Conflict: an exec with this id exists.
             errdefs.InvalidParameter: bad id or spec (nothing was sent or made).
 
-        >>> out = stdio.capture()  # doctest: +SKIP
-        >>> p = task.exec("ls-1", oci.process_spec(["ls", "/"]), attach_stdio=out)  # doctest: +SKIP
-        >>> p.wait().code, out.wait().stdout[:3]  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> out = stdio.capture()
+        >>> p = task.exec("ls-1", oci.process_spec(["ls", "/"]), attach_stdio=out)
+        >>> p.wait().code, out.wait().stdout[:3]
         (0, b'bin')
         """
         valid.identifier(process_id, "exec id")
@@ -457,15 +465,19 @@ class Task(_ProcessBase):
     def pause(self) -> None:
         """Freeze every process of the task (cgroup freezer).
 
-        >>> task.pause(); task.status()  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> task.pause(); task.status()
         <Status.PAUSED: 'paused'>
+        >>> task.resume()
         """
         self._call(self._tasks.Pause, tasks_pb2.PauseTaskRequest(container_id=self._container_id))
 
     def resume(self) -> None:
         """Thaw a paused task.
 
-        >>> task.resume()  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> task.pause(); task.resume(); task.status()
+        <Status.RUNNING: 'running'>
         """
         self._call(self._tasks.Resume, tasks_pb2.ResumeTaskRequest(container_id=self._container_id))
 
@@ -520,8 +532,10 @@ class Task(_ProcessBase):
     def stats(self) -> Stats:
         """The task's cgroup metrics (v1 or v2 message, whichever containerd sends).
 
-        >>> task.stats().metrics.memory.usage.usage  # doctest: +SKIP
-        1400832
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> stats = task.stats()  # on cgroup v1: stats.metrics.memory.usage.usage, pids.current, ...
+        >>> type(stats.metrics).__name__, stats.read.tzinfo is not None
+        ('Metrics', True)
         """
         resp = self._call(self._tasks.Metrics, tasks_pb2.MetricsRequest(filters=[f"id=={self._container_id}"]))
         if not resp.metrics:
@@ -539,7 +553,8 @@ class Task(_ProcessBase):
     def update_resources(self, resources: Mapping[str, Any]) -> None:
         """Change the task's resources with an OCI ``LinuxResources`` dict.
 
-        >>> task.update_resources({"memory": {"limit": 64 << 20}})  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> task.update_resources({"memory": {"limit": 64 << 20}})
         """
         if not isinstance(resources, Mapping):
             raise errdefs.InvalidParameter("resources must be an OCI LinuxResources dict")
@@ -549,8 +564,9 @@ class Task(_ProcessBase):
     def summary(self) -> list[Summary]:
         """The task's processes: host pid and, for exec'd ones, the exec id.
 
-        >>> task.summary()  # doctest: +SKIP
-        [Summary(pid=4242, exec_id=None), Summary(pid=4321, exec_id='ls-1')]
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> [s.pid == task.pid for s in task.summary()]
+        [True]
         """
         resp = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=self._container_id))
         out = []
