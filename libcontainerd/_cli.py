@@ -923,7 +923,7 @@ def _error_line(message: str) -> None:
 
 
 def _not_event_stream(record: logging.LogRecord) -> bool:
-    return os.path.basename(record.pathname) != "_events.py"
+    return record.name != "libcontainerd.remote._events"
 
 
 def _setup_logging(debug: bool, *, quiet_event_stream: bool) -> Callable[[], None]:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union
 
+from libcontainerd import _validation as valid
 from libcontainerd.errdefs import InvalidParameter
 
 __all__ = [
@@ -81,7 +82,6 @@ DEFAULT_READONLY_PATHS: tuple[str, ...] = (
 )
 
 _NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
-_MAX_ID = 2**32 - 1  # uid/gid are uint32 in the spec
 
 # Accepted forms of ``env``.
 Env = Union[Mapping[str, str], Sequence[str]]
@@ -120,41 +120,6 @@ def _default_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def _check_text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidParameter(f"{what} must be a string, not {type(value).__name__}")
-    if "\x00" in value:
-        raise InvalidParameter(f"{what} must not contain a NUL byte: {value!r}")
-    return value
-
-
-def _check_args(args: object) -> list[str]:
-    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-        raise InvalidParameter(f"args must be a non-empty list of strings, not {args!r}")
-    if not args:
-        raise InvalidParameter("args must be a non-empty list of strings: the command to run is missing")
-    return [_check_text(arg, f"args[{i}]") for i, arg in enumerate(args)]
-
-
-def _check_id(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_ID:
-        raise InvalidParameter(f"{what} must be an integer from 0 to {_MAX_ID}, not {value!r}")
-    return value
-
-
-def _check_user(user: object) -> tuple[int, int]:
-    if isinstance(user, (str, bytes)) or not isinstance(user, Sequence) or len(user) != 2:
-        raise InvalidParameter(f"user must be a (uid, gid) pair of non-negative integers, not {user!r}")
-    return _check_id(user[0], "user uid"), _check_id(user[1], "user gid")
-
-
-def _check_cwd(cwd: object) -> str:
-    cwd = _check_text(cwd, "cwd")
-    if not cwd.startswith("/"):
-        raise InvalidParameter(f"cwd must be an absolute path, not {cwd!r}")
-    return cwd
-
-
 def _merge_env(env: Env | None, terminal: bool) -> list[str]:
     """containerd's ``replaceOrAppendEnvValues`` over the default PATH, plus TERM for a terminal."""
     merged: dict[str, str] = {"PATH": DEFAULT_PATH_ENV.partition("=")[2]}
@@ -167,16 +132,16 @@ def _merge_env(env: Env | None, terminal: bool) -> list[str]:
     else:
         pairs = []
         for i, raw in enumerate(env):
-            entry = _check_text(raw, f"env[{i}]")
+            entry = valid.text(raw, f"env[{i}]")
             if "=" not in entry:
                 raise InvalidParameter(f'env[{i}] must look like "KEY=value", not {entry!r}')
             name, _, text = entry.partition("=")
             pairs.append((name, text))
     for raw_name, raw_value in pairs:
-        key = _check_text(raw_name, "an env name")
+        key = valid.text(raw_name, "an env name")
         if not key or "=" in key:
             raise InvalidParameter(f"env name {key!r} must be non-empty and must not contain '='")
-        merged[key] = _check_text(raw_value, f"env {key!r}")
+        merged[key] = valid.text(raw_value, f"env {key!r}")
     if terminal:
         merged.setdefault("TERM", "xterm")
     return [f"{key}={value}" for key, value in merged.items()]
@@ -216,11 +181,11 @@ def process_spec(
     >>> p["args"], p["env"], p["user"]["uid"], p["capabilities"]["effective"]
     (['ls', '-l'], ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG=C'], 1000, [])
     """
-    checked_args = _check_args(args)
-    uid, gid = _check_user(user)
+    checked_args = valid.args(args)
+    uid, gid = valid.user(user)
     if isinstance(additional_gids, (str, bytes)) or not isinstance(additional_gids, Iterable):
         raise InvalidParameter(f"additional_gids must be a list of group ids, not {additional_gids!r}")
-    gids = [_check_id(g, "an additional gid") for g in additional_gids]
+    gids = [valid.uint32(g, "an additional gid") for g in additional_gids]
     if not isinstance(terminal, bool):
         raise InvalidParameter(f"terminal must be True or False, not {terminal!r}")
     granted = list(DEFAULT_CAPABILITIES) if uid == 0 else []
@@ -229,7 +194,7 @@ def process_spec(
         "user": {"uid": uid, "gid": gid, "additionalGids": gids},
         "args": checked_args,
         "env": _merge_env(env, terminal),
-        "cwd": _check_cwd(cwd),
+        "cwd": valid.cwd(cwd),
         "capabilities": {
             "bounding": list(DEFAULT_CAPABILITIES),
             "effective": granted,
@@ -287,7 +252,7 @@ def default_spec(
         root_path = os.fspath(rootfs)
     except TypeError:
         raise InvalidParameter(f"rootfs must be a path, not {rootfs!r}") from None
-    root_path = _check_text(root_path, "rootfs")
+    root_path = valid.text(root_path, "rootfs")
     if not root_path:
         raise InvalidParameter("rootfs must not be empty")
     if not isinstance(readonly_rootfs, bool):
@@ -300,14 +265,14 @@ def default_spec(
         "readonlyPaths": list(DEFAULT_READONLY_PATHS),
     }
     if cgroups_path is not None:
-        linux["cgroupsPath"] = _check_text(cgroups_path, "cgroups_path")
+        linux["cgroupsPath"] = valid.text(cgroups_path, "cgroups_path")
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": root_path, "readonly": readonly_rootfs},
     }
     if hostname is not None:
-        spec["hostname"] = _check_text(hostname, "hostname")
+        spec["hostname"] = valid.text(hostname, "hostname")
     spec["mounts"] = _default_mounts()
     spec["linux"] = linux
     return spec
@@ -351,9 +316,9 @@ def _mappings(entries: Iterable[tuple[int, int, int]], what: str) -> list[dict[s
     for entry in entries:
         if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 3:
             raise InvalidParameter(f"{what} entries must be (container_id, host_id, size) triples, not {entry!r}")
-        container_id = _check_id(entry[0], f"{what} container id")
-        host_id = _check_id(entry[1], f"{what} host id")
-        size = _check_id(entry[2], f"{what} size")
+        container_id = valid.uint32(entry[0], f"{what} container id")
+        host_id = valid.uint32(entry[1], f"{what} host id")
+        size = valid.uint32(entry[2], f"{what} size")
         if size == 0:
             raise InvalidParameter(f"{what} size must be at least 1 in {entry!r}")
         result.append({"containerID": container_id, "hostID": host_id, "size": size})

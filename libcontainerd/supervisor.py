@@ -35,12 +35,11 @@ from collections.abc import Mapping
 from typing import IO, Any, Optional, Union
 
 import attrs
-import grpc
 import tenacity
 from google.protobuf import empty_pb2
 
 from libcontainerd import errdefs
-from libcontainerd._api.containerd.api.services.version.v1 import version_pb2_grpc
+from libcontainerd.remote._rpc import Connection
 
 __all__ = [
     "CONFIG_NAME", "ENV_BINARY", "LOG_NAME", "MAX_SOCKET_PATH", "PID_NAME", "ContainerdRelease", "Daemon", "start",
@@ -68,12 +67,6 @@ _LETHAL = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQU
 _POLL = 0.1  # how often the monitor looks at the process (cheap: a waitpid or a /proc read)
 _STABLE_AFTER = 10.0  # a daemon that lived this long before dying is restarted without delay
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
-_CHANNEL_OPTIONS = [
-    # The daemon comes back on the same socket within a second or so: keep gRPC's reconnect backoff short.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 TomlValue = Union[str, int, float, bool, list[Any], tuple[Any, ...], Mapping[str, Any]]
@@ -369,7 +362,7 @@ class Daemon:
     _started: threading.Event = attrs.field(init=False, factory=threading.Event)
     _start_error: Optional[BaseException] = attrs.field(init=False, default=None)
     _thread: Optional[threading.Thread] = attrs.field(init=False, default=None)
-    _channel: Optional[grpc.Channel] = attrs.field(init=False, default=None)
+    _conn: Optional[Connection] = attrs.field(init=False, default=None)
     _proc: Optional[subprocess.Popen[bytes]] = attrs.field(init=False, default=None)
     _pid: int = attrs.field(init=False, default=0)
     _spawned_at: float = attrs.field(init=False, default=0.0)
@@ -520,7 +513,8 @@ class Daemon:
 
     def _launch(self) -> None:
         """Start the monitor thread and wait for its first launch (or adoption) to succeed or fail."""
-        self._channel = grpc.insecure_channel("unix://" + self.address, options=_CHANNEL_OPTIONS)
+        # private: the probe's connection to the socket must not serve the clients of this process
+        self._conn = Connection.open(self.address, "", private=True)
         self._thread = threading.Thread(target=self._run, name="libcontainerd-supervisor", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -555,8 +549,8 @@ class Daemon:
         self._release()
 
     def _release(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
+        if self._conn is not None:
+            self._conn.close()
         self._lock_file.close()  # drops the flock: another supervisor may take this root now
 
     # -- the monitor thread -----------------------------------------------------------------------
@@ -721,13 +715,12 @@ class Daemon:
     # -- process helpers (monitor thread) ----------------------------------------------------------
 
     def _probe(self, timeout: float) -> bool:
-        channel = self._channel
-        if channel is None:
+        conn = self._conn
+        if conn is None:
             return False
-        stub = version_pb2_grpc.VersionStub(channel)  # type: ignore[no-untyped-call]
         try:
-            stub.Version(empty_pb2.Empty(), timeout=timeout, wait_for_ready=True)
-        except (grpc.RpcError, ValueError):  # ValueError: the channel was closed under us
+            conn.call(conn.version.Version, empty_pb2.Empty(), "containerd", timeout=timeout, wait_for_ready=True)
+        except errdefs.LibcontainerdError:  # Cancelled: the connection was closed under us
             return False
         return True
 

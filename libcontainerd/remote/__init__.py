@@ -4,8 +4,26 @@ This is moby's ``libcontainerd/remote`` in Python. Implementation modules are pr
 their public names are re-exported here and from :mod:`libcontainerd`.
 """
 
+import sys
+from typing import Any
+
 from ._client import Client, new_client
 from ._container import Container
 from ._process import Process, Task
 
 __all__ = ["Client", "Container", "Process", "Task", "new_client"]
+
+
+def _export(*objects: Any) -> None:
+    """Name the public module in ``help()`` (``libcontainerd.Client``, not ``libcontainerd.remote._client``).
+
+    doctest looks for a module's examples only in objects whose ``__module__`` is that module,
+    so each defining module lists them in its ``__test__`` (doctest's own hook) to keep its
+    examples run.
+    """
+    for obj in objects:
+        vars(sys.modules[obj.__module__]).setdefault("__test__", {})[obj.__name__] = obj
+        obj.__module__ = "libcontainerd"
+
+
+_export(Client, Container, Process, Task, new_client)

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import errdefs
 
-log = logging.getLogger("libcontainerd")
+log = logging.getLogger(__name__)
 
 BUNDLE_LABEL = "com.docker/engine.bundle.path"
 

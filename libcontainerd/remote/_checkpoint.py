@@ -28,7 +28,6 @@ from collections.abc import Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
 import attrs
-import grpc
 
 from .. import errdefs
 from .._api.containerd.api.services.content.v1 import content_pb2
@@ -38,12 +37,12 @@ from .._api.containerd.api.services.tasks.v1 import tasks_pb2
 from .._api.containerd.api.types import descriptor_pb2
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message
+from ._container import Container, uses_runc_options
 
 if TYPE_CHECKING:
-    from ._client import Client
-    from ._process import Task
+    from ._session import Session
 
-log = logging.getLogger("libcontainerd")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_MEDIA_TYPE = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -51,7 +50,6 @@ GC_ROOT_LABEL = "containerd.io/gc.root"
 GC_REF_CONTENT = "containerd.io/gc.ref.content.{}"
 GC_EXPIRE_LABEL = "containerd.io/gc.expire"
 CHECKPOINT_LABEL = "containerd.io/checkpoint"
-LEASE_HEADER = "containerd-lease"
 CHUNK = 1 << 20
 _HAS_FILTERS = hasattr(tarfile, "fully_trusted_filter")
 
@@ -65,21 +63,16 @@ def _rfc3339(when: Optional[datetime.datetime] = None) -> str:
 class Blob:
     """A blob in the content store, and how to remove it."""
 
-    client: Client = attrs.field(repr=False)
+    session: Session = attrs.field(repr=False)
     descriptor: descriptor_pb2.Descriptor = attrs.field(repr=lambda d: f"{d.media_type} {d.digest} {d.size}B")
 
     def delete(self) -> None:
         """Delete the blob; a failure is logged with its ref and digest, never raised."""
-        delete_content(self.client, self.descriptor.digest)
-
-
-def _md(client: Client, lease: Optional[str]) -> tuple[tuple[str, str], ...]:
-    md = client._conn.metadata
-    return (*md, (LEASE_HEADER, lease)) if lease else md
+        delete_content(self.session, self.descriptor.digest)
 
 
 def write_content(
-    client: Client,
+    session: Session,
     reader: IO[bytes],
     media_type: str,
     *,
@@ -128,52 +121,50 @@ def write_content(
             labels=all_labels,
         )
 
-    conn = client._conn
+    conn = session.conn
     what = f"content {ref}"
     try:
-        for _ in conn.content.Write(requests(), metadata=_md(client, lease), timeout=conn.timeout):
+        for _ in conn.stream(conn.content.Write, requests(), what, lease=lease):
             pass
-    except grpc.RpcError as err:
-        _abort(client, ref, lease)
-        mapped = errdefs.from_grpc(err, what)
-        if isinstance(mapped, errdefs.Conflict) and "already exists" in str(mapped):
+    except errdefs.LibcontainerdError as exc:
+        _abort(session, ref, lease)
+        if isinstance(exc, errdefs.Conflict) and "already exists" in str(exc):
             pass  # the same bytes are there already: as good as committed (as in Go's writeContent)
-        elif expected_digest and "digest" in str(mapped).lower():
+        elif expected_digest and "digest" in str(exc).lower():
             raise errdefs.DataLoss(f"{what}: written data does not match the expected digest {expected_digest}: "
-                                   f"{mapped.explanation}") from err
+                                   f"{exc.explanation}") from exc.__cause__
         else:
-            raise mapped from err
+            raise
     except BaseException:
-        _abort(client, ref, lease)
+        _abort(session, ref, lease)
         raise
     return descriptor_pb2.Descriptor(media_type=media_type, digest="sha256:" + hasher.hexdigest(), size=state["size"])
 
 
-def _abort(client: Client, ref: str, lease: Optional[str]) -> None:
-    conn = client._conn
+def _abort(session: Session, ref: str, lease: Optional[str]) -> None:
+    conn = session.conn
     try:
-        conn.content.Abort(content_pb2.AbortRequest(ref=ref), metadata=_md(client, lease), timeout=30.0)
-    except grpc.RpcError as err:
-        if err.code() != grpc.StatusCode.NOT_FOUND:
-            log.warning("failed to abort content ingest %s: %s", ref, err.details())
+        conn.call(conn.content.Abort, content_pb2.AbortRequest(ref=ref), f"content ingest {ref}", timeout=30.0,
+                  lease=lease)
+    except errdefs.NotFound:
+        pass
+    except errdefs.LibcontainerdError as exc:
+        log.warning("failed to abort content ingest %s: %s", ref, exc.explanation)
 
 
-def read_content(client: Client, digest: str, lease: Optional[str] = None) -> Iterator[bytes]:
+def read_content(session: Session, digest: str, lease: Optional[str] = None) -> Iterator[bytes]:
     """Stream a blob's bytes from the content store."""
-    conn = client._conn
-    try:
-        for resp in conn.content.Read(content_pb2.ReadContentRequest(digest=digest), metadata=_md(client, lease),
-                                      timeout=conn.timeout):
-            yield resp.data
-    except grpc.RpcError as err:
-        raise errdefs.from_grpc(err, f"content {digest}") from err
+    conn = session.conn
+    for resp in conn.stream(conn.content.Read, content_pb2.ReadContentRequest(digest=digest), f"content {digest}",
+                            lease=lease):
+        yield resp.data
 
 
-def delete_content(client: Client, digest: str) -> None:
+def delete_content(session: Session, digest: str) -> None:
     """Delete a blob; log (with the digest) rather than raise on failure."""
     try:
-        client._conn.call(client._conn.content.Delete, content_pb2.DeleteContentRequest(digest=digest),
-                          f"content {digest}")
+        conn = session.conn
+        conn.call(conn.content.Delete, content_pb2.DeleteContentRequest(digest=digest), f"content {digest}")
     except errdefs.NotFound:
         pass
     except errdefs.LibcontainerdError as exc:
@@ -216,7 +207,7 @@ def _check_dir(checkpoint_dir: object) -> str:
     return path
 
 
-def upload_checkpoint_dir(client: Client, checkpoint_dir: str, container_id: str) -> Blob:
+def upload_checkpoint_dir(session: Session, checkpoint_dir: str, container_id: str) -> Blob:
     """Tar ``checkpoint_dir`` (a plain tar of its content) into the content store.
 
     Raises:
@@ -240,54 +231,48 @@ def upload_checkpoint_dir(client: Client, checkpoint_dir: str, container_id: str
     producer = threading.Thread(target=produce, name=f"libcontainerd-checkpoint-tar-{container_id}", daemon=True)
     producer.start()
     try:
-        desc = write_content(client, reader, CHECKPOINT_MEDIA_TYPE, ref=f"checkpoint-{container_id}-{uuid.uuid4().hex}")
+        ref = f"checkpoint-{container_id}-{uuid.uuid4().hex}"
+        desc = write_content(session, reader, CHECKPOINT_MEDIA_TYPE, ref=ref)
     finally:
         reader.close()
         producer.join()
     if errors:
         raise errdefs.InvalidParameter(f"cannot read checkpoint dir {path}: {errors[0]}") from errors[0]
-    return Blob(client, desc)
+    return Blob(session, desc)
 
 
 # -- checkpoint -------------------------------------------------------------------------
 
 
-def _create_lease(client: Client) -> str:
+def _create_lease(session: Session) -> str:
     lease_id = f"libcontainerd-checkpoint-{uuid.uuid4().hex}"
     expire = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=24)
-    client._conn.call(client._conn.leases.Create, leases_pb2.CreateRequest(
-        id=lease_id, labels={GC_EXPIRE_LABEL: _rfc3339(expire)}), f"lease {lease_id}")
+    conn = session.conn
+    conn.call(conn.leases.Create, leases_pb2.CreateRequest(id=lease_id, labels={GC_EXPIRE_LABEL: _rfc3339(expire)}),
+              f"lease {lease_id}")
     return lease_id
 
 
-def _delete_lease(client: Client, lease_id: str) -> None:
+def _delete_lease(session: Session, lease_id: str) -> None:
+    conn = session.conn
     try:
-        client._conn.call(client._conn.leases.Delete, leases_pb2.DeleteRequest(id=lease_id, sync=True),
-                          f"lease {lease_id}")
+        conn.call(conn.leases.Delete, leases_pb2.DeleteRequest(id=lease_id, sync=True), f"lease {lease_id}")
     except errdefs.LibcontainerdError as exc:
         log.warning("failed to delete lease %s: %s", lease_id, exc)
 
 
-def _checkpoint_options(task: Task, exit: bool) -> Optional[Any]:
-    container = task.container
-    runtime_options = container._runtime_options
-    if runtime_options is not None and runtime_options.type_url.endswith("containerd.runc.v1.Options"):
-        return pack_message(runc_options.CheckpointOptions(exit=exit))
-    if "runc" in container.runtime:
-        # the SDK always gives runc tasks runc options (io_uid/io_gid), so runc options are in use
-        return pack_message(runc_options.CheckpointOptions(exit=exit))
-    return None
+def _checkpoint_options(container: Container, exit: bool) -> Optional[Any]:
+    return pack_message(runc_options.CheckpointOptions(exit=exit)) if uses_runc_options(container) else None
 
 
-def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) -> None:
-    """Checkpoint ``task`` with CRIU and extract the checkpoint into ``checkpoint_dir``.
+def create_checkpoint(session: Session, container: Container, checkpoint_dir: str, *, exit: bool = False) -> None:
+    """Checkpoint the task of ``container`` with CRIU and extract the checkpoint into ``checkpoint_dir``.
 
     Raises:
         errdefs.System: CRIU or the runtime failed (the message has their words), or the
             checkpoint image was invalid. Nothing is left in containerd either way.
     """
-    client = task.container._client
-    cid = task.container.id
+    cid = container.id
     if not isinstance(checkpoint_dir, (str, os.PathLike)) or not os.fspath(checkpoint_dir):
         raise errdefs.InvalidParameter("checkpoint_dir must be a directory path")
     target = os.fspath(checkpoint_dir)
@@ -301,22 +286,23 @@ def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) ->
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         raise errdefs.InvalidParameter(f"checkpoint dir {target} cannot be made: {ancestor} is not a directory")
-    lease = _create_lease(client)
+    lease = _create_lease(session)
     image_name = ""
     try:
-        image_name, index_desc = _checkpoint_image(task, lease, exit)
-        extract_checkpoint(client, index_desc.digest, target, what=f"task {cid}", lease=lease)
+        image_name, index_desc = _checkpoint_image(session, container, lease, exit)
+        extract_checkpoint(session, index_desc.digest, target, what=f"task {cid}", lease=lease)
     finally:
         if image_name:
+            conn = session.conn
             try:
-                client._conn.call(client._conn.images.Delete, images_pb2.DeleteImageRequest(
-                    name=image_name, sync=True), f"image {image_name}")
+                conn.call(conn.images.Delete, images_pb2.DeleteImageRequest(name=image_name, sync=True),
+                          f"image {image_name}")
             except errdefs.LibcontainerdError as exc:
                 log.warning("failed to delete checkpoint image %s: %s", image_name, exc)
-        _delete_lease(client, lease)
+        _delete_lease(session, lease)
 
 
-def extract_checkpoint(client: Client, index_digest: str, target: str, *, what: str = "checkpoint",
+def extract_checkpoint(session: Session, index_digest: str, target: str, *, what: str = "checkpoint",
                        lease: Optional[str] = None) -> list[str]:
     """Read a checkpoint's OCI index blob, find the CRIU tar by media type, extract it safely.
 
@@ -325,7 +311,7 @@ def extract_checkpoint(client: Client, index_digest: str, target: str, *, what: 
         errdefs.InvalidParameter: the archive is hostile (see :func:`safe_extract`).
     """
     try:
-        index = json.loads(b"".join(read_content(client, index_digest, lease)))
+        index = json.loads(b"".join(read_content(session, index_digest, lease)))
         manifests = index.get("manifests") or ()
         found = next((m for m in manifests if m.get("mediaType") == CHECKPOINT_MEDIA_TYPE), None)
     except (ValueError, AttributeError, TypeError) as exc:
@@ -333,23 +319,21 @@ def extract_checkpoint(client: Client, index_digest: str, target: str, *, what: 
     if found is None or not isinstance(found.get("digest"), str):
         raise errdefs.System(f"{what}: invalid checkpoint: no {CHECKPOINT_MEDIA_TYPE} in the index")
     os.makedirs(target, exist_ok=True)
-    return safe_extract(_IterReader(read_content(client, found["digest"], lease)), target)
+    return safe_extract(_IterReader(read_content(session, found["digest"], lease)), target)
 
 
-def _checkpoint_image(task: Task, lease: str, exit: bool) -> tuple[str, descriptor_pb2.Descriptor]:
-    client = task.container._client
-    conn = client._conn
-    cid = task.container.id
-    md = _md(client, lease)
-    request = tasks_pb2.CheckpointTaskRequest(container_id=cid, options=_checkpoint_options(task, exit))
+def _checkpoint_image(session: Session, container: Container, lease: str,
+                      exit: bool) -> tuple[str, descriptor_pb2.Descriptor]:
+    conn = session.conn
+    cid = container.id
+    request = tasks_pb2.CheckpointTaskRequest(container_id=cid, options=_checkpoint_options(container, exit))
     try:
-        resp = conn.tasks.Checkpoint(request, metadata=md, timeout=conn.timeout)
-    except grpc.RpcError as err:
-        mapped = errdefs.from_grpc(err, f"checkpoint of task {cid}")
-        if type(mapped) in (errdefs.Unknown, errdefs.System):
-            mapped = errdefs.System(f"checkpoint of task {cid} failed: {mapped.explanation}",
-                                    explanation=mapped.explanation, code=mapped.code)
-        raise mapped from err
+        resp = conn.call(conn.tasks.Checkpoint, request, f"checkpoint of task {cid}", lease=lease)
+    except errdefs.LibcontainerdError as exc:
+        if type(exc) in (errdefs.Unknown, errdefs.System):
+            raise errdefs.System(f"checkpoint of task {cid} failed: {exc.explanation}",
+                                 explanation=exc.explanation, code=exc.code) from exc.__cause__
+        raise
     manifests = []
     labels = {}
     for i, d in enumerate(resp.descriptors):
@@ -361,14 +345,11 @@ def _checkpoint_image(task: Task, lease: str, exit: bool) -> tuple[str, descript
         labels[GC_REF_CONTENT.format(i)] = d.digest
     index = {"schemaVersion": 2, "manifests": manifests, "annotations": {}}
     data = json.dumps(index).encode() + b"\n"
-    desc = write_content(client, io.BytesIO(data), INDEX_MEDIA_TYPE, ref=f"checkpoint-index-{cid}-{uuid.uuid4().hex}",
+    desc = write_content(session, io.BytesIO(data), INDEX_MEDIA_TYPE, ref=f"checkpoint-index-{cid}-{uuid.uuid4().hex}",
                          labels=labels, lease=lease, gc_root=False)
     name = f"containerd.io/checkpoint/{cid}:{datetime.datetime.now():%m-%d-%Y-%H:%M:%S}"
     image = images_pb2.Image(name=name, labels={CHECKPOINT_LABEL: "true"}, target=desc)
-    try:
-        conn.images.Create(images_pb2.CreateImageRequest(image=image), metadata=md, timeout=conn.timeout)
-    except grpc.RpcError as err:
-        raise errdefs.from_grpc(err, f"checkpoint image {name}") from err
+    conn.call(conn.images.Create, images_pb2.CreateImageRequest(image=image), f"checkpoint image {name}", lease=lease)
     return name, desc
 
 

@@ -16,27 +16,27 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+import attrs
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from .. import _validation as valid
 from .. import errdefs
 from .._api.containerd.api.services.containers.v1 import containers_pb2
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
-from .._identifiers import validate
-from .._typeurl import SPEC_URL, pack_json, pack_message, unpack_json
+from .._typeurl import SPEC_URL, pack_json, pack_message
 from ..queue import KeyedSerialExecutor
 from ..types import Backend, Version
 from . import _bundle
 from ._container import Container
-from ._events import EventStream, ProcessTracker
-from ._process import check_process_spec
+from ._events import EventStream
 from ._rpc import Connection
+from ._session import Session
 
-log = logging.getLogger("libcontainerd")
+log = logging.getLogger(__name__)
 
 DEFAULT_SHIM = "io.containerd.runc.v2"
-_MAX_HOST_ID = 2**32 - 1  # uid_t / gid_t
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _atexit_lock = threading.Lock()
 _atexit_registered = False
@@ -101,87 +101,45 @@ def _with_cgroups_path(spec: Mapping[str, Any], namespace: str, id: str,
     return {**spec, "linux": {**linux, "cgroupsPath": f"/{namespace}/{id}"}}
 
 
-def check_spec(spec: object) -> Mapping[str, Any]:
-    """Reject a runtime spec that can be known bad locally, before any RPC or file."""
-    if not isinstance(spec, Mapping):
-        raise errdefs.InvalidParameter(f"spec must be an OCI runtime spec dict, not {type(spec).__name__}")
-    if "process" not in spec:
-        raise errdefs.InvalidParameter("spec has no 'process': a container needs a process to run")
-    check_process_spec(spec["process"], "spec 'process'")
-    root = spec.get("root")
-    if root is not None and (not isinstance(root, Mapping) or not isinstance(root.get("path"), str)):
-        raise errdefs.InvalidParameter("spec 'root' must be a dict with a string 'path'")
-    for key, kind in (("linux", Mapping), ("annotations", Mapping), ("mounts", list)):
-        if key in spec and spec[key] is not None and not isinstance(spec[key], kind):
-            raise errdefs.InvalidParameter(f"spec {key!r} must be a {'dict' if kind is Mapping else 'list'}")
-    _check_user_namespace(spec.get("linux") or {})
-    return spec
-
-
-def _is_host_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_HOST_ID
-
-
-def _check_user_namespace(linux: Mapping[str, Any]) -> None:
-    """The parts of ``linux`` that the bundle dir is made from (it is chowned to the remapped root)."""
-    namespaces = linux.get("namespaces") or []
-    if not isinstance(namespaces, list) or not all(
-            isinstance(ns, Mapping) and isinstance(ns.get("type"), str) for ns in namespaces):
-        raise errdefs.InvalidParameter("spec 'linux.namespaces' must be a list of dicts with a string 'type'")
-    for key in ("uidMappings", "gidMappings"):
-        mappings = linux.get(key) or []
-        if not isinstance(mappings, list) or not all(
-                isinstance(m, Mapping) and all(_is_host_id(m.get(f, 0)) for f in ("containerID", "hostID", "size"))
-                for m in mappings):
-            raise errdefs.InvalidParameter(
-                f"spec 'linux.{key}' must be a list of dicts of integers 'containerID', 'hostID', 'size' "
-                f"from 0 to {_MAX_HOST_ID}")
-
-
-def _check_timeout(timeout: object) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise errdefs.InvalidParameter(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-
-
+@attrs.define(eq=False, repr=False)
 class Client:
     """A containerd client bound to one namespace and one state dir.
 
-    Use :func:`libcontainerd.new_client` to make one.
+    Use :func:`libcontainerd.new_client` to make one. It owns the session its containers,
+    tasks and processes share (the connection, namespace and state dir), the event stream's
+    reader thread and the executor that delivers events to the backend.
 
-    >>> with libcontainerd.new_client(sock, "/tmp/state", "demo", backend) as client:  # doctest: +SKIP
-    ...     print(client.version())
+    Attributes:
+        address: the containerd address, as given.
+        backend: the object that gets the events (or ``None``).
+
+    >>> with libcontainerd.new_client(sock, state_dir, "demo", None) as client:
+    ...     client.is_serving(timeout=10)
+    True
     """
 
-    def __init__(
-        self,
-        address: str,
-        state_dir: str,
-        namespace: str,
-        backend: Optional[Backend],
-        *,
-        timeout: Optional[float] = None,
-        credentials: Optional[grpc.ChannelCredentials] = None,
-        event_workers: int = 4,
-        serialize_exec_starts: bool = True,
-    ) -> None:
-        validate(namespace, "namespace")
-        if backend is not None and not callable(getattr(backend, "process_event", None)):
-            raise errdefs.InvalidParameter("backend must have a process_event(container_id, event_type, info) method")
-        _check_timeout(timeout)
-        self.address = address
-        self.namespace = namespace
-        self.state_dir = _prepare_state_dir(state_dir)
-        self.backend = backend
-        self.serialize_exec_starts = serialize_exec_starts
-        self._conn = Connection(address, namespace, timeout=timeout, credentials=credentials)
-        self._tracker = ProcessTracker()
-        self._exec_locks: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-        self._executor = KeyedSerialExecutor(max_workers=event_workers, name="libcontainerd-events")
-        self._events = EventStream(self._conn, namespace, backend, self._executor, self._tracker)
-        self._events.start()
-        _register(self)
+    address: str
+    backend: Optional[Backend]
+    _session: Session
+    _executor: KeyedSerialExecutor
+    _events: EventStream
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _closed: bool = attrs.field(init=False, default=False)
+
+    @property
+    def namespace(self) -> str:
+        """The containerd namespace of every call."""
+        return self._session.namespace
+
+    @property
+    def state_dir(self) -> str:
+        """Where bundle dirs and FIFOs live (``<state_dir>/<container id>/``), as an absolute path."""
+        return self._session.state_dir
+
+    @property
+    def serialize_exec_starts(self) -> bool:
+        """Whether exec starts are serialized per task (containerd#8557)."""
+        return self._session.serialize_exec_starts
 
     @property
     def timeout(self) -> Optional[float]:
@@ -189,24 +147,24 @@ class Client:
 
         It can be changed at any time; calls already made keep the deadline they started with.
 
-        >>> client.timeout = 5  # doctest: +SKIP
+        >>> client.timeout = 5
         """
-        return self._conn.timeout
+        return self._session.conn.timeout
 
     @timeout.setter
     def timeout(self, timeout: Optional[float]) -> None:
-        _check_timeout(timeout)
-        self._conn.timeout = timeout
+        self._session.conn.timeout = valid.timeout(timeout)
 
     # -- daemon ----------------------------------------------------------------------
 
     def version(self) -> Version:
         """containerd's version and revision.
 
-        >>> client.version()  # doctest: +SKIP
-        Version(version='1.6.20~ds1', revision='1.6.20~ds1-1+deb12u3')
+        >>> client.version()  # doctest: +ELLIPSIS
+        Version(version='...', revision='...')
         """
-        resp = self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd version")
+        conn = self._session.conn
+        resp = conn.call(conn.version.Version, empty_pb2.Empty(), "containerd version")
         return Version(version=resp.version, revision=resp.revision)
 
     def is_serving(self, timeout: Optional[float] = None) -> bool:
@@ -214,12 +172,12 @@ class Client:
 
         Ctrl-C interrupts a wait without a timeout (``KeyboardInterrupt``).
 
-        >>> client.is_serving(timeout=5)  # doctest: +SKIP
+        >>> client.is_serving(timeout=5)
         True
         """
+        conn = self._session.conn
         try:
-            self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd", timeout=timeout,
-                            wait_for_ready=True)
+            conn.call(conn.version.Version, empty_pb2.Empty(), "containerd", timeout=timeout, wait_for_ready=True)
             return True
         except (errdefs.Deadline, errdefs.Unavailable, errdefs.Cancelled):
             return False
@@ -250,18 +208,17 @@ class Client:
             errdefs.InvalidParameter: bad id, spec, options or labels (nothing was made).
             errdefs.Conflict: a container with this id exists (its bundle is untouched).
 
-        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))  # doctest: +SKIP
+        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))
+        >>> ctr  # doctest: +ELLIPSIS
+        <Container id='hello' namespace='doc-...'>
         """
-        validate(id)
-        check_spec(spec)
+        valid.identifier(id)
+        valid.runtime_spec(spec)
         spec = _with_cgroups_path(spec, self.namespace, id, runtime_options)
         any_spec = pack_json(SPEC_URL, spec, "spec")
         any_options = _runc_options(runtime_options)
-        if not isinstance(shim, str) or not shim:
-            raise errdefs.InvalidParameter("shim must be a runtime name such as 'io.containerd.runc.v2'")
-        all_labels = dict(labels or {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in all_labels.items()):
-            raise errdefs.InvalidParameter("labels must map strings to strings")
+        valid.runtime_name(shim)
+        all_labels = valid.labels(labels)
         bundle_path = os.path.join(self.state_dir, id)
         recorded, made = _bundle.create(bundle_path, spec)
         all_labels[_bundle.BUNDLE_LABEL] = recorded
@@ -269,8 +226,9 @@ class Client:
         request = containers_pb2.CreateContainerRequest(
             container=containers_pb2.Container(id=id, labels=all_labels, runtime=runtime, spec=any_spec)
         )
+        conn = self._session.conn
         try:
-            self._conn.call(self._conn.containers.Create, request, f"container {id}")
+            conn.call(conn.containers.Create, request, f"container {id}")
         except errdefs.LibcontainerdError as exc:
             if made:
                 _bundle.remove(recorded, id)
@@ -282,7 +240,7 @@ class Client:
             if made:
                 _bundle.remove(recorded, id)
             raise
-        return Container(self, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options)
+        return Container(self._session, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options)
 
     def replace_container(
         self,
@@ -298,7 +256,10 @@ class Client:
         Its task (if any) is killed and deleted, the container deleted, and a new one created
         (moby's ``ReplaceContainer``); the old container's stdio and bundle are gone afterwards.
 
-        >>> ctr = client.replace_container("web", spec)  # doctest: +SKIP
+        >>> old = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
+        >>> old.start().pid > 0
+        True
+        >>> ctr = client.replace_container("web", oci.default_spec(rootfs, ["echo", "new"]))
         """
         try:
             return self.new_container(id, spec, shim, runtime_options, labels=labels)
@@ -325,44 +286,27 @@ class Client:
         Raises:
             errdefs.NotFound: there is none in this namespace.
 
-        >>> ctr = client.load_container("web")  # doctest: +SKIP
-        >>> ctr.task().status()  # doctest: +SKIP
+        >>> client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start().pid > 0
+        True
+        >>> ctr = client.load_container("web")
+        >>> ctr.task().status()
         <Status.RUNNING: 'running'>
         """
-        validate(id)
-        resp = self._conn.call(self._conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
-        c = resp.container
-        spec = unpack_json(c.spec) if c.HasField("spec") else {}
-        options = c.runtime.options if c.runtime.HasField("options") else None
-        return Container(self, id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name, runtime_options=options)
+        valid.identifier(id)
+        conn = self._session.conn
+        resp = conn.call(conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
+        return Container.from_record(self._session, resp.container)
 
     def list_containers(self) -> list[Container]:
         """Every container of this client's namespace.
 
-        >>> [c.id for c in client.list_containers()]  # doctest: +SKIP
+        >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["true"]))
+        >>> [c.id for c in client.list_containers()]
         ['web']
         """
-        resp = self._conn.call(self._conn.containers.List, containers_pb2.ListContainersRequest(), "containers")
-        out = []
-        for c in resp.containers:
-            spec = unpack_json(c.spec) if c.HasField("spec") else {}
-            options = c.runtime.options if c.runtime.HasField("options") else None
-            out.append(Container(self, c.id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name,
-                                 runtime_options=options))
-        return out
-
-    def _exec_start_lock(self, container_id: str) -> Any:
-        if not self.serialize_exec_starts:
-            return _NO_LOCK
-        with self._lock:
-            lock = self._exec_locks.get(container_id)
-            if lock is None:
-                lock = self._exec_locks[container_id] = threading.Lock()
-            return lock
-
-    def _forget_container(self, container_id: str) -> None:
-        with self._lock:
-            self._exec_locks.pop(container_id, None)
+        conn = self._session.conn
+        resp = conn.call(conn.containers.List, containers_pb2.ListContainersRequest(), "containers")
+        return [Container.from_record(self._session, c) for c in resp.containers]
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -381,7 +325,9 @@ class Client:
             timeout: seconds to wait for the event workers (``None``: as long as they run);
                 the reader thread is given at most 1 s when ``None``.
 
-        >>> client.close()  # doctest: +SKIP
+        >>> client.close()
+        >>> client  # doctest: +ELLIPSIS
+        <Client address='...' namespace='doc-...' closed>
         """
         with self._lock:
             if self._closed:
@@ -390,7 +336,7 @@ class Client:
         _live_clients.discard(self)
         self._events.close(timeout=1.0 if timeout is None else timeout)
         self._executor.close(timeout=timeout)
-        self._conn.close()
+        self._session.conn.close()
 
     def __enter__(self) -> Client:
         return self
@@ -401,17 +347,6 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Client address={self.address!r} namespace={self.namespace!r} {state}>"
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
 
 
 def _prepare_state_dir(state_dir: str) -> str:
@@ -459,7 +394,21 @@ def new_client(
     Nothing needs to serve at ``address`` yet: calls then raise ``errdefs.Unavailable`` and
     the event reader waits until containerd appears.
 
-    >>> client = libcontainerd.new_client("/run/containerd/containerd.sock", "/tmp/s", "demo", None)  # doctest: +SKIP
+    >>> client = libcontainerd.new_client(sock, state_dir, "demo", None)  # e.g. "/run/containerd/containerd.sock"
+    >>> client.namespace, client.closed
+    ('demo', False)
+    >>> client.close()
     """
-    return Client(address, state_dir, namespace, backend, timeout=timeout, credentials=credentials,
-                  event_workers=event_workers, serialize_exec_starts=serialize_exec_starts)
+    valid.identifier(namespace, "namespace")
+    if backend is not None and not callable(getattr(backend, "process_event", None)):
+        raise errdefs.InvalidParameter("backend must have a process_event(container_id, event_type, info) method")
+    valid.timeout(timeout)
+    state_dir = _prepare_state_dir(state_dir)
+    conn = Connection.open(address, namespace, timeout=timeout, credentials=credentials)
+    session = Session(conn, namespace, state_dir, serialize_exec_starts)
+    executor = KeyedSerialExecutor(max_workers=event_workers, name="libcontainerd-events")
+    events = session.exits = EventStream(conn, namespace, backend, executor, session.tracker)
+    events.start()
+    client = Client(address, backend, session, executor, events)
+    _register(client)
+    return client

@@ -7,51 +7,66 @@ Create and Start calls and nothing more.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
+import attrs
+
 from .. import errdefs
+from .._api.containerd.api.services.containers.v1 import containers_pb2
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2
 from .._api.containerd.api.types import descriptor_pb2
 from .._api.containerd.api.types.task import task_pb2 as task_types
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
-from .._typeurl import pack_message
+from .._typeurl import pack_message, unpack_json
 from . import _bundle
-from ._process import Stdio, StdioCallback, Task, stdin_closer
+from ._process import Stdio, StdioCallback, Task, start_task, stdin_closer
 
 if TYPE_CHECKING:
-    from ._client import Client
-
-log = logging.getLogger("libcontainerd")
+    from ._session import Session
 
 RUNC_OPTIONS = "containerd.runc.v1.Options"
 
 
+def _copy(labels: Mapping[str, str]) -> dict[str, str]:
+    return dict(labels)
+
+
+@attrs.define(eq=False, repr=False)
 class Container:
     """A containerd container of one client's namespace.
 
-    >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))  # doctest: +SKIP
-    >>> task = ctr.start()  # doctest: +SKIP
+    Attributes:
+        id: the container id.
+        spec: its OCI runtime spec (a dict).
+        labels: its containerd labels.
+        runtime: its runtime (shim) name.
+        runtime_options: its runtime options as containerd stores them (a ``google.protobuf.Any``, or ``None``).
+
+    >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
+    >>> task = ctr.start()
+    >>> task.status()
+    <Status.RUNNING: 'running'>
     """
 
-    def __init__(
-        self,
-        client: Client,
-        container_id: str,
-        *,
-        spec: Mapping[str, Any],
-        labels: Mapping[str, str],
-        runtime: str,
-        runtime_options: Optional[Any] = None,
-    ) -> None:
-        self._client = client
-        self.id = container_id
-        self.spec = spec
-        self.labels = dict(labels)
-        self.runtime = runtime
-        self._runtime_options = runtime_options  # google.protobuf.Any or None
+    _session: Session
+    id: str
+    spec: Mapping[str, Any] = attrs.field(kw_only=True)
+    labels: dict[str, str] = attrs.field(kw_only=True, converter=_copy)
+    runtime: str = attrs.field(kw_only=True)
+    runtime_options: Optional[Any] = attrs.field(kw_only=True, default=None)
+
+    @classmethod
+    def from_record(cls, session: Session, record: containers_pb2.Container) -> Container:
+        """The handle of a container as containerd's record describes it."""
+        return cls(
+            session, record.id,
+            spec=unpack_json(record.spec) if record.HasField("spec") else {},
+            labels=record.labels,
+            runtime=record.runtime.name,
+            runtime_options=record.runtime.options if record.runtime.HasField("options") else None,
+        )
 
     @property
     def bundle_dir(self) -> str:
@@ -61,18 +76,13 @@ class Container:
             raise errdefs.InvalidParameter(f"container {self.id} has no bundle label {_bundle.BUNDLE_LABEL!r}")
         return path
 
-    def _what(self) -> str:
-        return f"container {self.id}"
-
     def _task_options(self) -> Optional[Any]:
         """runc options for the task: the container's, with io_uid/io_gid of the process user."""
-        if self._runtime_options is not None and self._runtime_options.type_url.endswith(RUNC_OPTIONS):
-            opts = runc_options.Options()
-            opts.ParseFromString(self._runtime_options.value)
-        elif "runc" in self.runtime:
-            opts = runc_options.Options()
-        else:
-            return self._runtime_options
+        if not uses_runc_options(self):
+            return self.runtime_options
+        opts = runc_options.Options()
+        if self.runtime_options is not None and self.runtime_options.type_url.endswith(RUNC_OPTIONS):
+            opts.ParseFromString(self.runtime_options.value)
         uid, gid = _bundle.process_host_user(self.spec)
         opts.io_uid, opts.io_gid = uid, gid
         return pack_message(opts)
@@ -95,16 +105,18 @@ class Container:
             errdefs.Conflict: the container has a task already.
             errdefs.InvalidParameter: a missing or unreadable checkpoint dir.
 
-        >>> out = stdio.capture()  # doctest: +SKIP
-        >>> task = ctr.start(attach_stdio=out)  # doctest: +SKIP
+        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))
+        >>> out = stdio.capture()
+        >>> task = ctr.start(attach_stdio=out)
+        >>> task.wait().code, out.wait().stdout
+        (0, b'hi\\n')
         """
-        client = self._client
         checkpoint: Optional[descriptor_pb2.Descriptor] = None
         uploaded = None
         if checkpoint_dir is not None:
             from ._checkpoint import upload_checkpoint_dir
 
-            uploaded = upload_checkpoint_dir(client, checkpoint_dir, self.id)
+            uploaded = upload_checkpoint_dir(self._session, checkpoint_dir, self.id)
             checkpoint = uploaded.descriptor
         try:
             return self._start(checkpoint, with_stdin, attach_stdio)
@@ -115,39 +127,18 @@ class Container:
     def _start(
         self, checkpoint: Optional[descriptor_pb2.Descriptor], with_stdin: bool, attach_stdio: Optional[StdioCallback]
     ) -> Task:
-        client = self._client
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
         options = self._task_options()
         stdio: Optional[Stdio] = None
         if attach_stdio is not None:
             stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=with_stdin, terminal=terminal,
-                               attach_stdio=attach_stdio, close_stdin=stdin_closer(client._conn, self.id, ""))
+                               attach_stdio=attach_stdio, close_stdin=stdin_closer(self._session, self.id, ""))
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         request = tasks_pb2.CreateTaskRequest(
             container_id=self.id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal,
             checkpoint=checkpoint, options=options,
         )
-        try:
-            resp = client._conn.call(client._conn.tasks.Create, request, f"task {self.id}")
-        except BaseException:
-            if stdio is not None:
-                stdio.release(drain=False)
-            raise
-        task = Task(self, int(resp.pid), stdio)
-        if stdio is not None:
-            stdio.connected()
-        try:
-            client._conn.call(client._conn.tasks.Start, tasks_pb2.StartRequest(container_id=self.id), f"task {self.id}")
-        except BaseException:
-            try:
-                task._delete_after_failed_start()
-            except errdefs.LibcontainerdError as exc:
-                log.error("failed to delete task %s after its start failed: %s", self.id, exc,
-                          extra={"container_id": self.id, "namespace": client.namespace})
-                task._release()
-            raise
-        client._tracker.started(self.id, self.id, task.pid)
-        return task
+        return start_task(self._session, self, request, stdio)
 
     def attach_task(self, attach_stdio: StdioCallback) -> Task:
         """Re-open the running task's FIFOs (e.g. after this service restarted).
@@ -158,15 +149,19 @@ class Container:
         Raises:
             errdefs.NotFound: the container has no task (or the task has no FIFOs).
 
-        >>> task = client.load_container("web").attach_task(stdio.attach(stdout=sys.stdout.buffer))  # doctest: +SKIP
+        >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
+        >>> first = ctr.start(attach_stdio=stdio.capture())
+        >>> task = client.load_container("web").attach_task(stdio.capture())  # e.g. after a restart
+        >>> task.pid == first.pid
+        True
         """
         proc = self._get_task()
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
         stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=False, terminal=terminal, attach_stdio=attach_stdio,
-                           close_stdin=stdin_closer(self._client._conn, self.id, ""), existing=True)
+                           close_stdin=stdin_closer(self._session, self.id, ""), existing=True)
         stdio.connected()
         self._track(proc)
-        return Task(self, int(proc.pid), stdio)
+        return Task(self._session, self, int(proc.pid), stdio)
 
     def task(self) -> Task:
         """The container's existing task, without stdio.
@@ -174,22 +169,21 @@ class Container:
         Raises:
             errdefs.NotFound: the container has no task.
 
-        >>> ctr.task().pid  # doctest: +SKIP
-        4242
+        >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
+        >>> ctr.start().pid == ctr.task().pid
+        True
         """
         proc = self._get_task()
         self._track(proc)
-        return Task(self, int(proc.pid))
+        return Task(self._session, self, int(proc.pid))
 
     def _get_task(self) -> Any:
-        client = self._client
-        resp = client._conn.call(client._conn.tasks.Get, tasks_pb2.GetRequest(container_id=self.id),
-                                 f"task {self.id}")
-        return resp.process
+        conn = self._session.conn
+        return conn.call(conn.tasks.Get, tasks_pb2.GetRequest(container_id=self.id), f"task {self.id}").process
 
     def _track(self, proc: Any) -> None:
         if proc.status in (task_types.RUNNING, task_types.PAUSED, task_types.PAUSING, task_types.CREATED):
-            self._client._tracker.started(self.id, self.id, int(proc.pid))
+            self._session.tracker.started(self.id, self.id, int(proc.pid))
 
     def delete(self) -> None:
         """Delete the container and remove its bundle dir (kept when ``LIBCONTAINERD_NOCLEAN=1``).
@@ -198,11 +192,14 @@ class Container:
             errdefs.NotFound: no such container.
             errdefs.Conflict: it still has a task.
 
-        >>> task.delete(); ctr.delete()  # doctest: +SKIP
+        >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["true"]))
+        >>> task = ctr.start()
+        >>> task.wait().code
+        0
+        >>> task.delete().code
+        0
+        >>> ctr.delete()
         """
-        from .._api.containerd.api.services.containers.v1 import containers_pb2
-
-        client = self._client
         bundle = self.labels.get(_bundle.BUNDLE_LABEL, "")
         # containerd itself would delete the container under a live task and orphan the shim;
         # containerd's Go client refuses client-side, and so do we.
@@ -213,12 +210,24 @@ class Container:
         else:
             status = task_types.Status.Name(proc.status).lower()
             raise errdefs.Conflict(f"container {self.id} still has a task ({status}): delete the task first")
-        client._conn.call(client._conn.containers.Delete, containers_pb2.DeleteContainerRequest(id=self.id),
-                          self._what())
-        client._tracker.forget(self.id)
-        client._forget_container(self.id)
+        conn = self._session.conn
+        conn.call(conn.containers.Delete, containers_pb2.DeleteContainerRequest(id=self.id), f"container {self.id}")
+        self._session.forget_container(self.id)
         if os.environ.get("LIBCONTAINERD_NOCLEAN") != "1":
             _bundle.remove(bundle, self.id)
 
     def __repr__(self) -> str:
-        return f"<Container id={self.id!r} namespace={self._client.namespace!r}>"
+        return f"<Container id={self.id!r} namespace={self._session.namespace!r}>"
+
+
+def uses_runc_options(container: Container) -> bool:
+    """Whether the container's tasks take runc's ``Options`` (and its checkpoints runc's ``CheckpointOptions``).
+
+    The SDK gives every runc task runc options (for ``io_uid``/``io_gid``), so a runc runtime uses
+    them even when the container was created without any.
+    """
+    options = container.runtime_options
+    if options is not None and options.type_url.endswith(RUNC_OPTIONS):
+        return True
+    return "runc" in container.runtime
+

@@ -35,7 +35,7 @@ import time
 import uuid
 from typing import Any, Optional
 
-import grpc
+import attrs
 import tenacity
 from google.protobuf import any_pb2, empty_pb2
 
@@ -46,9 +46,9 @@ from .._api.containerd.api.types.task import task_pb2 as task_types
 from .._typeurl import unpack
 from ..queue import KeyedSerialExecutor
 from ..types import Backend, EventInfo, EventType
-from ._rpc import Connection
+from ._rpc import Connection, Stream
 
-log = logging.getLogger("libcontainerd.events")
+log = logging.getLogger(__name__)
 
 READER_THREAD_NAME = "libcontainerd-events-reader"
 RESYNC_THREAD_NAME = "libcontainerd-events-resync"
@@ -159,43 +159,50 @@ class ProcessTracker:
             return [(c, p, pid) for (c, p), pid in self._running.items()]
 
 
-class EventStream:
-    """Owns the reader thread; see the module docstring."""
+def _sync_topic() -> str:
+    return f"/libcontainerd/sync/{uuid.uuid4().hex}"
 
-    def __init__(
-        self,
-        conn: Connection,
-        namespace: str,
-        backend: Optional[Backend],
-        executor: KeyedSerialExecutor,
-        tracker: ProcessTracker,
-        *,
-        retry_max_wait: float = 2.0,
-    ) -> None:
-        self._conn = conn
-        self._namespace = namespace
-        self._backend = backend
-        self._executor = executor
-        self._tracker = tracker
-        self._retry_max_wait = retry_max_wait
-        self._closing = threading.Event()
-        self._started = threading.Event()
-        self._lock = threading.Lock()
-        self._call: Optional[Any] = None
-        self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
-        self._reconcile_pending = False  # set on every subscription, done by the reader on the sync event
-        self._first_attempt_over = threading.Event()  # the first subscription failed or ended
-        self._resync_timeout = 10.0
-        self.subscriptions = 0
-        # A private topic that only this stream subscribes to: seeing our own event on it
-        # proves that containerd has registered the subscription (gRPC gives no such signal).
-        self._sync_topic = f"/libcontainerd/sync/{uuid.uuid4().hex}"
-        self._synced = threading.Event()
-        self._reconciled = threading.Event()  # no exit can have been missed since the last subscription
+
+@attrs.define(eq=False)
+class EventStream:
+    """Owns the reader thread; see the module docstring.
+
+    Attributes:
+        subscriptions: how many times the reader has subscribed.
+        filters: the subscription's filters.
+    """
+
+    _conn: Connection = attrs.field(repr=False)
+    _namespace: str
+    _backend: Optional[Backend] = attrs.field(repr=False)
+    _executor: KeyedSerialExecutor = attrs.field(repr=False)
+    _tracker: ProcessTracker = attrs.field(repr=False)
+    _retry_max_wait: float = attrs.field(default=2.0, kw_only=True, repr=False)
+    subscriptions: int = attrs.field(init=False, default=0)
+    # A private topic that only this stream subscribes to: seeing our own event on it
+    # proves that containerd has registered the subscription (gRPC gives no such signal).
+    _sync_topic: str = attrs.field(init=False, factory=_sync_topic, repr=False)
+    filters: list[str] = attrs.field(init=False, repr=False)
+    _closing: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    _started: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    _synced: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    # no exit can have been missed since the last subscription (its reconciliation is done)
+    _reconciled: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    # the first subscription failed or ended
+    _first_attempt_over: threading.Event = attrs.field(init=False, factory=threading.Event, repr=False)
+    # set on every subscription, done by the reader on the sync event
+    _reconcile_pending: bool = attrs.field(init=False, default=False, repr=False)
+    _resync_timeout: float = attrs.field(init=False, default=10.0, repr=False)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
+    _call: Optional[Stream] = attrs.field(init=False, default=None, repr=False)
+    _thread: threading.Thread = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
         self.filters = [
-            f"namespace=={namespace},topic~=|^/tasks/|",
-            f"namespace=={namespace},topic~=|^{self._sync_topic}$|",
+            f"namespace=={self._namespace},topic~=|^/tasks/|",
+            f"namespace=={self._namespace},topic~=|^{self._sync_topic}$|",
         ]
+        self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
 
     def start(self, ready_timeout: float = 2.0) -> bool:
         """Start the reader; return once containerd delivers to it (True) or cannot yet (False).
@@ -249,8 +256,8 @@ class EventStream:
     def _subscribe_and_read(self, resubscribe: bool) -> None:
         request = events_pb2.SubscribeRequest(filters=self.filters)
         try:
-            call = self._conn.events.Subscribe(request, metadata=self._conn.metadata)
-        except ValueError:  # channel closed under us
+            call = self._conn.stream(self._conn.events.Subscribe, request, "event stream", timeout=None)
+        except errdefs.Cancelled:  # channel closed under us
             return
         with self._lock:
             self._call = call
@@ -270,14 +277,14 @@ class EventStream:
             for envelope in call:
                 self._handle(envelope)
             log.warning("event stream of namespace %s ended; reconnecting", self._namespace)
-        except grpc.RpcError as err:
-            if self._closing.is_set() or err.code() == grpc.StatusCode.CANCELLED:
+        except errdefs.LibcontainerdError as exc:
+            if self._closing.is_set() or isinstance(exc, errdefs.Cancelled):
                 if not self._closing.is_set():
                     log.warning("event stream of namespace %s was cancelled; reconnecting", self._namespace)
                 return
             log.warning(
                 "event stream of namespace %s broke (%s: %s); waiting for containerd",
-                self._namespace, err.code().name, err.details(),
+                self._namespace, exc.code.name if exc.code else type(exc).__name__, exc.explanation,
             )
         finally:
             self._reconciled.clear()
@@ -286,7 +293,7 @@ class EventStream:
             with self._lock:
                 self._call = None
 
-    def _resync(self, call: Any, stop: threading.Event) -> None:
+    def _resync(self, call: Stream, stop: threading.Event) -> None:
         """Publish to the private topic until the reader sees it; cancel a subscription that never does."""
         request = events_pb2.PublishRequest(topic=self._sync_topic, event=any_pb2.Any(type_url=_SYNC_TYPE))
         deadline = time.monotonic() + self._resync_timeout
@@ -297,9 +304,9 @@ class EventStream:
                 call.cancel()
                 return
             try:
-                self._conn.events.Publish(request, metadata=self._conn.metadata, timeout=0.5)
-            except grpc.RpcError as err:
-                log.debug("sync publish failed: %s", err.code().name)
+                self._conn.call(self._conn.events.Publish, request, "sync event", timeout=0.5)
+            except errdefs.LibcontainerdError as exc:
+                log.debug("sync publish failed: %s", exc)
                 stop.wait(0.1)
             self._synced.wait(0.05)
 
@@ -316,7 +323,7 @@ class EventStream:
                 with attempt:
                     if self._closing.is_set():
                         return
-                    self._conn.version.Version(empty_pb2.Empty(), metadata=self._conn.metadata, timeout=1.0)
+                    self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd", timeout=1.0)
         except Exception:  # stopped by close()
             return
 

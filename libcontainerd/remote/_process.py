@@ -17,12 +17,12 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-import grpc
+import attrs
 
+from .. import _validation as valid
 from .. import errdefs
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2
 from .._api.containerd.api.types.task import task_pb2 as task_types
-from .._identifiers import validate
 from .._typeurl import PROCESS_URL, RESOURCES_URL, pack_json, unpack
 from ..cio import DirectIO, FifoSet
 from ..types import ExitStatus, Stats, Status, Summary
@@ -30,8 +30,9 @@ from ._events import timestamp_to_datetime
 
 if TYPE_CHECKING:
     from ._container import Container
+    from ._session import Session
 
-log = logging.getLogger("libcontainerd")
+log = logging.getLogger(__name__)
 
 StdioCallback = Callable[[DirectIO], Any]
 
@@ -48,67 +49,12 @@ _STATUS = {
 IO_DRAIN_TIMEOUT = 5.0
 #: moby deletes an exec whose start failed with a fresh deadline of this many seconds.
 EXEC_CLEANUP_TIMEOUT = 45.0
-_WAIT_SLICE = 0.25
 #: How long wait() waits for the exit event of a process whose shim died under it.
 SHIM_EXIT_GRACE = 10.0
 #: While containerd is away, how often wait() looks whether it serves again (the exit event ends it sooner).
 _OUTAGE_SLICE = 0.5
 #: How long force_delete() waits for the task to stop after SIGKILL.
 FORCE_DELETE_WAIT = 10.0
-
-
-def parse_signal(sig: Union[int, str, _signal.Signals]) -> int:
-    """A signal number from a number, a ``signal.Signals`` or a name ("TERM", "SIGKILL").
-
-    >>> parse_signal("kill")
-    9
-    """
-    if isinstance(sig, str):
-        name = sig.upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        try:
-            return int(_signal.Signals[name])
-        except KeyError:
-            if sig.isascii() and sig.isdigit():  # str.isdigit() is also true of '²', which int() refuses
-                return parse_signal(int(sig))
-            raise errdefs.InvalidParameter(f"unknown signal {sig!r}") from None
-    if isinstance(sig, bool) or not isinstance(sig, int):
-        raise errdefs.InvalidParameter(f"signal must be an int or a name, not {type(sig).__name__}")
-    if not 1 <= int(sig) <= 64:
-        raise errdefs.InvalidParameter(f"signal {int(sig)} is out of range 1..64")
-    return int(sig)
-
-
-def _check_size(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
-        raise errdefs.InvalidParameter(f"terminal {name} must be an int from 0 to 65535, got {value!r}")
-    return value
-
-
-def check_process_spec(spec: object, what: str = "process spec") -> Mapping[str, Any]:
-    """Reject a process spec that runc would reject, before any RPC."""
-    if not isinstance(spec, Mapping):
-        raise errdefs.InvalidParameter(f"{what} must be a dict, not {type(spec).__name__}")
-    args = spec.get("args")
-    if not isinstance(args, (list, tuple)) or not args or not all(isinstance(a, str) for a in args):
-        raise errdefs.InvalidParameter(f"{what} needs 'args', a non-empty list of strings")
-    if any("\x00" in a for a in args):
-        raise errdefs.InvalidParameter(f"{what}: 'args' must not contain NUL characters")
-    if "terminal" in spec and not isinstance(spec["terminal"], bool):
-        raise errdefs.InvalidParameter(f"{what}: 'terminal' must be a bool")
-    cwd = spec.get("cwd")  # runc refuses a missing cwd ("Cwd property must not be empty"), so no default here
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise errdefs.InvalidParameter(f"{what}: 'cwd' must be an absolute path")
-    user = spec.get("user", {})
-    if not isinstance(user, Mapping) or any(
-        isinstance(user.get(k, 0), bool) or not isinstance(user.get(k, 0), int) or not 0 <= user.get(k, 0) <= 2**32 - 1
-        for k in ("uid", "gid")
-    ):
-        raise errdefs.InvalidParameter(f"{what}: 'user' must have integer 'uid' and 'gid' from 0 to {2**32 - 1}")
-    env = spec.get("env", [])
-    if not isinstance(env, (list, tuple)) or not all(isinstance(e, str) for e in env):
-        raise errdefs.InvalidParameter(f"{what}: 'env' must be a list of 'KEY=value' strings")
-    return spec
 
 
 class Stdio:
@@ -190,11 +136,12 @@ class Stdio:
             self.fifos.remove()
 
 
-def stdin_closer(conn: Any, container_id: str, exec_id: str) -> Callable[[], None]:
+def stdin_closer(session: Session, container_id: str, exec_id: str) -> Callable[[], None]:
     """The ``CloseIO(stdin)`` call for one process; "transport is closing" is not an error."""
     what = f"exec {exec_id} of container {container_id}" if exec_id else f"task {container_id}"
 
     def close() -> None:
+        conn = session.conn
         try:
             conn.call(conn.tasks.CloseIO, tasks_pb2.CloseIORequest(
                 container_id=container_id, exec_id=exec_id, stdin=True), what)
@@ -205,21 +152,49 @@ def stdin_closer(conn: Any, container_id: str, exec_id: str) -> Callable[[], Non
     return close
 
 
+def start_task(session: Session, container: Container, request: tasks_pb2.CreateTaskRequest,
+               stdio: Optional[Stdio]) -> Task:
+    """Create and start the container's task; on a failure, delete it and release its stdio."""
+    conn = session.conn
+    what = f"task {container.id}"
+    try:
+        resp = conn.call(conn.tasks.Create, request, what)
+    except BaseException:
+        if stdio is not None:
+            stdio.release(drain=False)
+        raise
+    task = Task(session, container, int(resp.pid), stdio)
+    if stdio is not None:
+        stdio.connected()
+    try:
+        conn.call(conn.tasks.Start, tasks_pb2.StartRequest(container_id=container.id), what)
+    except BaseException:
+        try:
+            task._delete_after_failed_start()
+        except errdefs.LibcontainerdError as exc:
+            log.error("failed to delete task %s after its start failed: %s", container.id, exc,
+                      extra=session.log_extra(container.id))
+            task._release()
+        raise
+    session.tracker.started(container.id, container.id, task.pid)
+    return task
+
+
 class _ProcessBase:
-    """What tasks and exec'd processes share."""
+    """What tasks and exec'd processes share (their fields are declared by each)."""
 
-    _container: Container
+    _session: Session
     _exec_id: str
+    pid: int
+    _stdio: Optional[Stdio]
 
-    def __init__(self, container: Container, exec_id: str, pid: int, stdio: Optional[Stdio] = None):
-        self._container = container
-        self._exec_id = exec_id
-        self.pid = pid
-        self._stdio = stdio
+    @property
+    def _container_id(self) -> str:
+        raise NotImplementedError
 
     @property
     def _what(self) -> str:
-        cid = self._container.id
+        cid = self._container_id
         return f"exec {self._exec_id} of container {cid}" if self._exec_id else f"task {cid}"
 
     @property
@@ -228,24 +203,27 @@ class _ProcessBase:
         return self._stdio.rio if self._stdio is not None else None
 
     def _call(self, method: Any, request: Any, **kw: Any) -> Any:
-        return self._container._client._conn.call(method, request, self._what, **kw)
+        return self._session.conn.call(method, request, self._what, **kw)
 
     @property
     def _tasks(self) -> Any:
-        return self._container._client._conn.tasks
+        return self._session.conn.tasks
 
     def kill(self, signal: Union[int, str, _signal.Signals] = _signal.SIGTERM) -> None:
         """Send a signal (number, ``signal.Signals`` or name).
 
-        >>> task.kill(signal.SIGKILL)  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> task.kill(signal.SIGKILL)
+        >>> task.wait().code
+        137
         """
-        sig = parse_signal(signal)
+        sig = valid.signal_number(signal)
         self._call(self._tasks.Kill, tasks_pb2.KillRequest(
-            container_id=self._container.id, exec_id=self._exec_id, signal=sig))
+            container_id=self._container_id, exec_id=self._exec_id, signal=sig))
 
     def status(self) -> Status:
         """The process's state now, e.g. ``Status.RUNNING``."""
-        resp = self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container.id, exec_id=self._exec_id))
+        resp = self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container_id, exec_id=self._exec_id))
         return _STATUS.get(resp.process.status, Status.UNKNOWN)
 
     def wait(self, timeout: Optional[float] = None) -> ExitStatus:
@@ -302,60 +280,52 @@ class _ProcessBase:
                 return recorded
 
     def _wait_once(self, left: Optional[float], timeout: Optional[float]) -> ExitStatus:
-        """One ``Wait`` call, polled so that Ctrl-C gets through; mapped errors."""
-        conn = self._container._client._conn
-        request = tasks_pb2.WaitRequest(container_id=self._container.id, exec_id=self._exec_id)
-        future = conn.tasks.Wait.future(request, metadata=conn.metadata, timeout=left)
+        """One ``Wait`` call, awaited so that Ctrl-C gets through; mapped errors."""
+        conn = self._session.conn
+        request = tasks_pb2.WaitRequest(container_id=self._container_id, exec_id=self._exec_id)
         try:
-            while True:
-                try:
-                    resp = future.result(timeout=_WAIT_SLICE)
-                    break
-                except grpc.FutureTimeoutError:
-                    continue
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise errdefs.Deadline(f"{self._what}: still running after {timeout} s") from err
-            if conn.closed:
-                raise errdefs.Cancelled(f"{self._what}: the client was closed during wait") from err
-            raise errdefs.from_grpc(err, self._what) from err
-        except BaseException:
-            future.cancel()
-            raise
+            with conn.future(conn.tasks.Wait, request, self._what, timeout=left) as pending:
+                resp = pending.result()
+        except errdefs.Deadline as exc:
+            raise errdefs.Deadline(f"{self._what}: still running after {timeout} s", explanation=exc.explanation,
+                                   code=exc.code) from exc.__cause__
         return ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at))
 
     def _believed_running(self) -> bool:
-        cid = self._container.id
-        return self._container._client._tracker.is_running(cid, self._exec_id or cid, self.pid)
+        cid = self._container_id
+        return self._session.tracker.is_running(cid, self._exec_id or cid, self.pid)
 
     def _report_gone(self, reason: str) -> ExitStatus:
-        cid = self._container.id
-        info = self._container._client._events.report_gone(cid, self._exec_id or cid, self.pid, reason)
+        cid, exits = self._container_id, self._session.exits
+        if exits is None:  # a session without an event stream: nobody else is told
+            return ExitStatus(255, None)
+        info = exits.report_gone(cid, self._exec_id or cid, self.pid, reason)
         return ExitStatus(int(info.exit_code), info.exited_at)
 
     def _recorded_exit(self, grace: float) -> Optional[ExitStatus]:
         """The exit the event stream delivered for this process (waiting up to ``grace`` s), or None."""
         if not self.pid:
             return None
-        cid = self._container.id
-        info = self._container._client._tracker.exit_of(cid, self._exec_id or cid, self.pid, grace)
+        cid = self._container_id
+        info = self._session.tracker.exit_of(cid, self._exec_id or cid, self.pid, grace)
         return None if info is None else ExitStatus(int(info.exit_code), info.exited_at)
 
     def close_stdin(self) -> None:
         """Close the process's stdin (our FIFO end, then containerd's side), so readers see EOF."""
         if self._stdio is not None and self._stdio.close_stdin():
             return
-        conn = self._container._client._conn
-        stdin_closer(conn, self._container.id, self._exec_id)()
+        stdin_closer(self._session, self._container_id, self._exec_id)()
 
     def resize(self, width: int, height: int) -> None:
         """Set the terminal size (columns, rows) seen inside.
 
-        >>> task.resize(120, 40)  # doctest: +SKIP
+        >>> spec = oci.default_spec(rootfs, ["sleep", "60"], terminal=True)
+        >>> task = client.new_container("web", spec).start(attach_stdio=stdio.capture())
+        >>> task.resize(120, 40)
         """
         self._call(self._tasks.ResizePty, tasks_pb2.ResizePtyRequest(
-            container_id=self._container.id, exec_id=self._exec_id,
-            width=_check_size(width, "width"), height=_check_size(height, "height")))
+            container_id=self._container_id, exec_id=self._exec_id,
+            width=valid.terminal_size(width, "width"), height=valid.terminal_size(height, "height")))
 
     def _release(self) -> None:
         stdio, self._stdio = self._stdio, None
@@ -364,26 +334,23 @@ class _ProcessBase:
 
     def _gone(self) -> None:
         """containerd no longer knows the process (it cleaned up after a dead shim): drop what we hold of it."""
-        cid = self._container.id
-        self._container._client._tracker.forget(cid, self._exec_id or cid)
+        cid = self._container_id
+        self._session.tracker.forget(cid, self._exec_id or cid)
         self._release()
 
     def _settled(self, status: ExitStatus) -> ExitStatus:
         """The exit a call learned, made the one the backend gets (see ``EventStream.settled``)."""
-        if not self.pid:
+        cid, exits = self._container_id, self._session.exits
+        if not self.pid or exits is None:
             return status
-        cid = self._container.id
-        info = self._container._client._events.settled(cid, self._exec_id or cid, self.pid, status.code,
-                                                       status.exited_at)
+        info = exits.settled(cid, self._exec_id or cid, self.pid, status.code, status.exited_at)
         return ExitStatus(int(info.exit_code), info.exited_at)
 
     def _deleted(self, resp: Any) -> ExitStatus:
         """After a successful delete: the exit to the backend if the stream may have missed it; clean up."""
         status = self._settled(ExitStatus(int(resp.exit_status), timestamp_to_datetime(resp.exited_at)))
-        cid = self._container.id
-        client = self._container._client
         # A task's delete ends its execs too: forget every process of the container.
-        client._tracker.forget(cid, self._exec_id or None)
+        self._session.tracker.forget(self._container_id, self._exec_id or None)
         self._release()
         return status
 
@@ -410,17 +377,29 @@ class _ProcessBase:
         return exc
 
 
+@attrs.define(eq=False, repr=False)
 class Process(_ProcessBase):
     """A process started inside a running task with :meth:`Task.exec`.
 
-    >>> proc = task.exec("ls-1", oci.process_spec(["ls"]), attach_stdio=stdio.capture())  # doctest: +SKIP
-    >>> proc  # doctest: +SKIP
-    <Process id='ls-1' container='web' pid=4321>
+    Attributes:
+        task: the task it runs in.
+        pid: its host pid.
+
+    >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+    >>> proc = task.exec("ls-1", oci.process_spec(["ls"]), attach_stdio=stdio.capture())
+    >>> proc  # doctest: +ELLIPSIS
+    <Process id='ls-1' container='web' pid=...>
     """
 
-    def __init__(self, task: Task, exec_id: str, pid: int = 0, stdio: Optional[Stdio] = None):
-        super().__init__(task._container, exec_id, pid, stdio)
-        self.task = task
+    _session: Session
+    task: Task
+    _exec_id: str
+    pid: int
+    _stdio: Optional[Stdio] = None
+
+    @property
+    def _container_id(self) -> str:
+        return self.task.id
 
     @property
     def id(self) -> str:
@@ -438,7 +417,7 @@ class Process(_ProcessBase):
         """
         try:
             resp = self._call(self._tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
-                container_id=self._container.id, exec_id=self._exec_id))
+                container_id=self._container_id, exec_id=self._exec_id))
         except errdefs.NotFound as exc:
             return self._deleted_meanwhile(exc)
         except errdefs.LibcontainerdError as exc:
@@ -446,19 +425,31 @@ class Process(_ProcessBase):
         return self._deleted(resp)
 
     def __repr__(self) -> str:
-        return f"<Process id={self._exec_id!r} container={self._container.id!r} pid={self.pid}>"
+        return f"<Process id={self._exec_id!r} container={self._container_id!r} pid={self.pid}>"
 
 
+@attrs.define(eq=False, repr=False)
 class Task(_ProcessBase):
     """A container's main process (containerd's task).
 
-    >>> task = container.start(attach_stdio=stdio.capture())  # doctest: +SKIP
-    >>> task.wait().code  # doctest: +SKIP
+    Attributes:
+        pid: its host pid.
+
+    >>> container = client.new_container("web", oci.default_spec(rootfs, ["true"]))
+    >>> task = container.start(attach_stdio=stdio.capture())
+    >>> task.wait().code
     0
     """
 
-    def __init__(self, container: Container, pid: int, stdio: Optional[Stdio] = None):
-        super().__init__(container, "", pid, stdio)
+    _session: Session
+    _container: Container
+    pid: int
+    _stdio: Optional[Stdio] = None
+    _exec_id: str = attrs.field(init=False, default="")
+
+    @property
+    def _container_id(self) -> str:
+        return self._container.id
 
     @property
     def id(self) -> str:
@@ -489,18 +480,18 @@ class Task(_ProcessBase):
             errdefs.Conflict: an exec with this id exists.
             errdefs.InvalidParameter: bad id or spec (nothing was sent or made).
 
-        >>> out = stdio.capture()  # doctest: +SKIP
-        >>> p = task.exec("ls-1", oci.process_spec(["ls", "/"]), attach_stdio=out)  # doctest: +SKIP
-        >>> p.wait().code, out.wait().stdout[:3]  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> out = stdio.capture()
+        >>> p = task.exec("ls-1", oci.process_spec(["ls", "/"]), attach_stdio=out)
+        >>> p.wait().code, out.wait().stdout[:3]
         (0, b'bin')
         """
-        validate(process_id, "exec id")
-        check_process_spec(spec)
+        valid.identifier(process_id, "exec id")
+        valid.process_spec(spec)
         any_spec = pack_json(PROCESS_URL, spec, "process spec")
         terminal = bool(spec.get("terminal", False))
         container = self._container
-        client = container._client
-        conn = client._conn
+        conn = self._session.conn
         what = f"exec {process_id} of container {container.id}"
         stdio: Optional[Stdio] = None
         if attach_stdio is not None:
@@ -510,8 +501,9 @@ class Task(_ProcessBase):
                 pass
             else:  # FIFOs of this exec id exist: refuse if containerd knows the exec, else they are stale
                 self._refuse_duplicate_exec(process_id)
+            closer = stdin_closer(self._session, container.id, process_id)
             stdio = Stdio.open(container.bundle_dir, process_id, with_stdin=with_stdin, terminal=terminal,
-                               attach_stdio=attach_stdio, close_stdin=stdin_closer(conn, container.id, process_id))
+                               attach_stdio=attach_stdio, close_stdin=closer)
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         try:
             conn.call(conn.tasks.Exec, tasks_pb2.ExecProcessRequest(
@@ -528,9 +520,8 @@ class Task(_ProcessBase):
             if stdio is not None:
                 stdio.release(drain=False)
             raise
-        process = Process(self, process_id, 0, stdio)
         try:
-            with client._exec_start_lock(container.id):
+            with self._session.exec_start_lock(container.id):
                 resp = conn.call(conn.tasks.Start, tasks_pb2.StartRequest(
                     container_id=container.id, exec_id=process_id), what)
         except BaseException:
@@ -539,38 +530,41 @@ class Task(_ProcessBase):
                     container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
             except errdefs.LibcontainerdError as exc:
                 log.warning("failed to delete %s after its start failed: %s", what, exc,
-                            extra={"container_id": container.id, "namespace": client.namespace})
-            process._stdio = None
+                            extra=self._session.log_extra(container.id))
             if stdio is not None:
                 stdio.release(drain=False)
             raise
-        process.pid = int(resp.pid)
-        client._tracker.started(container.id, process_id, process.pid)
+        process = Process(self._session, self, process_id, int(resp.pid), stdio)
+        self._session.tracker.started(container.id, process_id, process.pid)
         if stdio is not None:
             stdio.connected()
         return process
 
     def _refuse_duplicate_exec(self, process_id: str) -> None:
         try:
-            self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container.id, exec_id=process_id))
+            self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container_id, exec_id=process_id))
         except errdefs.NotFound:
             return
-        raise errdefs.Conflict(f"exec {process_id} of container {self._container.id}: id already in use")
+        raise errdefs.Conflict(f"exec {process_id} of container {self._container_id}: id already in use")
 
     def pause(self) -> None:
         """Freeze every process of the task (cgroup freezer).
 
-        >>> task.pause(); task.status()  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> task.pause(); task.status()
         <Status.PAUSED: 'paused'>
+        >>> task.resume()
         """
-        self._call(self._tasks.Pause, tasks_pb2.PauseTaskRequest(container_id=self._container.id))
+        self._call(self._tasks.Pause, tasks_pb2.PauseTaskRequest(container_id=self._container_id))
 
     def resume(self) -> None:
         """Thaw a paused task.
 
-        >>> task.resume()  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> task.pause(); task.resume(); task.status()
+        <Status.RUNNING: 'running'>
         """
-        self._call(self._tasks.Resume, tasks_pb2.ResumeTaskRequest(container_id=self._container.id))
+        self._call(self._tasks.Resume, tasks_pb2.ResumeTaskRequest(container_id=self._container_id))
 
     def delete(self) -> ExitStatus:
         """Delete the stopped task and release its stdio; returns the same exit status as :meth:`wait`.
@@ -582,7 +576,7 @@ class Task(_ProcessBase):
         0
         """
         try:
-            resp = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self._container.id))
+            resp = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self._container_id))
         except errdefs.NotFound as exc:
             return self._deleted_meanwhile(exc)
         except errdefs.LibcontainerdError as exc:
@@ -595,31 +589,20 @@ class Task(_ProcessBase):
         The wait is bounded (:data:`FORCE_DELETE_WAIT` seconds): a task that never ran (e.g.
         a restore that failed) does not exit, but can be deleted all the same.
         """
-        conn = self._container._client._conn
-        waiter = conn.tasks.Wait.future(tasks_pb2.WaitRequest(container_id=self._container.id),
-                                        metadata=conn.metadata)
-        try:
+        conn = self._session.conn
+        request = tasks_pb2.WaitRequest(container_id=self._container_id)
+        with conn.future(conn.tasks.Wait, request, self._what, timeout=None) as waiter:
             try:
                 self._call(self._tasks.Kill, tasks_pb2.KillRequest(
-                    container_id=self._container.id, signal=int(_signal.SIGKILL), all=True))
+                    container_id=self._container_id, signal=int(_signal.SIGKILL), all=True))
             except (errdefs.NotFound, errdefs.Conflict):
                 pass  # already stopped: Kill may say "not found" even when it did kill
-            deadline = time.monotonic() + FORCE_DELETE_WAIT
-            while True:
-                try:
-                    waiter.result(timeout=_WAIT_SLICE)
-                    break
-                except grpc.FutureTimeoutError:
-                    if time.monotonic() >= deadline:
-                        log.warning("%s did not stop within %s s of SIGKILL; deleting it anyway",
-                                    self._what, FORCE_DELETE_WAIT)
-                        break
-                except grpc.RpcError as err:
-                    if err.code() == grpc.StatusCode.NOT_FOUND:
-                        break
-                    raise errdefs.from_grpc(err, self._what) from err
-        finally:
-            waiter.cancel()
+            try:
+                waiter.result(within=FORCE_DELETE_WAIT)
+            except errdefs.NotFound:
+                pass
+            except errdefs.Deadline:
+                log.warning("%s did not stop within %s s of SIGKILL; deleting it anyway", self._what, FORCE_DELETE_WAIT)
         return self.delete()
 
     def _delete_after_failed_start(self) -> None:
@@ -632,10 +615,12 @@ class Task(_ProcessBase):
     def stats(self) -> Stats:
         """The task's cgroup metrics (v1 or v2 message, whichever containerd sends).
 
-        >>> task.stats().metrics.memory.usage.usage  # doctest: +SKIP
-        1400832
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> stats = task.stats()  # on cgroup v1: stats.metrics.memory.usage.usage, pids.current, ...
+        >>> type(stats.metrics).__name__, stats.read.tzinfo is not None
+        ('Metrics', True)
         """
-        resp = self._call(self._tasks.Metrics, tasks_pb2.MetricsRequest(filters=[f"id=={self._container.id}"]))
+        resp = self._call(self._tasks.Metrics, tasks_pb2.MetricsRequest(filters=[f"id=={self._container_id}"]))
         if not resp.metrics:
             raise errdefs.NotFound(f"{self._what}: containerd returned no metrics (is the task running?)")
         metric = resp.metrics[0]
@@ -651,20 +636,22 @@ class Task(_ProcessBase):
     def update_resources(self, resources: Mapping[str, Any]) -> None:
         """Change the task's resources with an OCI ``LinuxResources`` dict.
 
-        >>> task.update_resources({"memory": {"limit": 64 << 20}})  # doctest: +SKIP
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> task.update_resources({"memory": {"limit": 64 << 20}})
         """
         if not isinstance(resources, Mapping):
             raise errdefs.InvalidParameter("resources must be an OCI LinuxResources dict")
         self._call(self._tasks.Update, tasks_pb2.UpdateTaskRequest(
-            container_id=self._container.id, resources=pack_json(RESOURCES_URL, resources, "resources")))
+            container_id=self._container_id, resources=pack_json(RESOURCES_URL, resources, "resources")))
 
     def summary(self) -> list[Summary]:
         """The task's processes: host pid and, for exec'd ones, the exec id.
 
-        >>> task.summary()  # doctest: +SKIP
-        [Summary(pid=4242, exec_id=None), Summary(pid=4321, exec_id='ls-1')]
+        >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
+        >>> [s.pid == task.pid for s in task.summary()]
+        [True]
         """
-        resp = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=self._container.id))
+        resp = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=self._container_id))
         out = []
         for proc in resp.processes:
             exec_id: Optional[str] = None
@@ -691,8 +678,8 @@ class Task(_ProcessBase):
         """
         from ._checkpoint import create_checkpoint
 
-        create_checkpoint(self, checkpoint_dir, exit=exit)
+        create_checkpoint(self._session, self._container, checkpoint_dir, exit=exit)
 
     def __repr__(self) -> str:
-        return f"<Task id={self._container.id!r} pid={self.pid}>"
+        return f"<Task id={self._container_id!r} pid={self.pid}>"
 

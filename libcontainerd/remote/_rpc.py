@@ -1,17 +1,26 @@
-"""The gRPC connection: channel options, namespace metadata, stubs, deadlines, error mapping.
+"""The gRPC boundary: the channel, its stubs, and every call made on them.
 
-One :class:`Connection` per client. Every unary call goes through :meth:`Connection.call`,
-which adds the ``containerd-namespace`` header, applies the client's default deadline and
-maps gRPC errors to :mod:`libcontainerd.errdefs`. It knows nothing of containers or events.
+One :class:`Connection` per client, and the only code of the SDK that calls gRPC: unary calls
+(:meth:`Connection.call`), streaming calls (:meth:`Connection.stream`: the event subscription,
+content reads and writes) and calls awaited as futures (:meth:`Connection.future`). Each gets
+the ``containerd-namespace`` header (and a ``containerd-lease`` header when a lease is given)
+and the client's default deadline unless told otherwise, and each maps gRPC's errors to
+:mod:`libcontainerd.errdefs` in one place (:func:`_mapped_errors`, as httpx maps httpcore's):
+the typed error has the gRPC error as ``__cause__``, and any error of a closed connection is
+:class:`~libcontainerd.errdefs.Cancelled`. It knows nothing of containers or events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
-from typing import Any, Callable, Optional, TypeVar
+import time
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
 
+import attrs
 import grpc
 from google.protobuf import empty_pb2
 
@@ -21,13 +30,12 @@ from .._api.containerd.api.services.events.v1 import events_pb2_grpc
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc
 from .._api.containerd.api.services.version.v1 import version_pb2_grpc
 
-log = logging.getLogger("libcontainerd")
-
 NAMESPACE_HEADER = "containerd-namespace"
+LEASE_HEADER = "containerd-lease"
 # containerd's defaults.DefaultMaxRecvMsgSize / DefaultMaxSendMsgSize
 MAX_MESSAGE_SIZE = 16 << 20
-
-T = TypeVar("T")
+#: How often a wait on a future wakes up, so that Ctrl-C (handled between bytecodes) is seen.
+_WAIT_SLICE = 0.25
 
 #: Sentinel meaning "use the client's default timeout".
 DEFAULT: Any = object()
@@ -36,6 +44,8 @@ DEFAULT: Any = object()
 RECONNECT_GRACE = 3.0
 # What gRPC says of a call it failed because no connection could be made: the request never left.
 _NOT_SENT = ("failed to connect", "connection refused", "no such file or directory", "connect failed")
+
+log = logging.getLogger(__name__)
 
 
 def never_sent(err: grpc.RpcError) -> bool:
@@ -81,40 +91,151 @@ def target_for(address: str) -> tuple[str, bool]:
     return address, False
 
 
-class Connection:
-    """A channel to containerd with the stubs this SDK uses."""
+@contextlib.contextmanager
+def _mapped_errors(closed: threading.Event, what: str) -> Iterator[None]:
+    """Turn what gRPC raises inside into the typed error; every gRPC call of the SDK runs in one."""
+    try:
+        yield
+    except errdefs.LibcontainerdError:
+        raise
+    except grpc.RpcError as err:
+        if closed.is_set():
+            raise errdefs.Cancelled(f"{what + ': ' if what else ''}the client is closed") from err
+        raise errdefs.from_grpc(err, what) from err
+    except ValueError as err:
+        if closed.is_set():  # grpc raises ValueError on a closed channel
+            raise errdefs.Cancelled(f"{what + ': ' if what else ''}the client is closed") from err
+        raise
 
-    def __init__(
-        self,
+
+@attrs.define(eq=False)
+class Stream:
+    """A streaming call under way: iterate its responses (errors mapped); cancel it from any thread."""
+
+    _call: Any = attrs.field(repr=False)
+    _closed: threading.Event = attrs.field(repr=False)
+    what: str
+
+    def __iter__(self) -> Iterator[Any]:
+        with _mapped_errors(self._closed, self.what):
+            yield from self._call
+
+    def cancel(self) -> None:
+        """End the call; an iteration under way raises :class:`~libcontainerd.errdefs.Cancelled`."""
+        self._call.cancel()
+
+
+@attrs.define(eq=False)
+class Pending:
+    """A unary call under way, awaited in slices so that Ctrl-C interrupts the wait.
+
+    As a context manager it cancels the call on the way out (a no-op once it answered), so a
+    wait left by an exception or ``KeyboardInterrupt`` leaves no call behind.
+    """
+
+    _future: Any = attrs.field(repr=False)
+    _closed: threading.Event = attrs.field(repr=False)
+    what: str
+
+    def result(self, within: Optional[float] = None) -> Any:
+        """The answer; waits up to ``within`` seconds (``None``: until the call ends).
+
+        Raises:
+            errdefs.Deadline: no answer ``within`` seconds (the call goes on), or the call's own deadline passed.
+            errdefs.LibcontainerdError: the call failed (mapped).
+        """
+        deadline = None if within is None else time.monotonic() + within
+        with _mapped_errors(self._closed, self.what):
+            while True:
+                wait = _WAIT_SLICE if deadline is None else max(0.0, min(_WAIT_SLICE, deadline - time.monotonic()))
+                try:
+                    return self._future.result(timeout=wait)
+                except grpc.FutureTimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise errdefs.Deadline(f"{self.what}: no answer within {within} s") from None
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+    def __enter__(self) -> Pending:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+def _channel(address: str, credentials: Optional[grpc.ChannelCredentials], private: bool) -> grpc.Channel:
+    target, _ = target_for(address)
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+        ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+        # Reconnect quickly after containerd restarts: the default backoff grows to 120 s.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.enable_retries", 0),
+    ]
+    if private:
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+@attrs.define(eq=False, repr=False)
+class Connection:
+    """A channel to containerd, the stubs this SDK uses, and the calls made on them.
+
+    Make one with :meth:`open`. ``timeout`` is the default deadline (seconds, ``None``: none)
+    of calls that are not given their own.
+    """
+
+    _channel: grpc.Channel
+    _namespace: str
+    timeout: Optional[float] = None
+    _socket_path: Optional[str] = None  # the unix socket's path; None for a TCP address
+    _closed: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _stubs: dict[str, Any] = attrs.field(init=False, factory=dict)
+
+    @classmethod
+    def open(
+        cls,
         address: str,
         namespace: str,
         *,
         timeout: Optional[float] = None,
         credentials: Optional[grpc.ChannelCredentials] = None,
-    ) -> None:
+        private: bool = False,
+    ) -> Connection:
+        """A connection to ``address`` (nothing needs to serve there yet) for ``namespace``.
+
+        An empty ``namespace`` sends no namespace header (the supervisor's health probe needs none).
+        gRPC lets channels of one process with the same target and options share one socket
+        connection; a ``private`` connection shares its own with no one (the supervisor's probe:
+        else a client made later would ride the probe's connection, and answer while the
+        daemon's socket is gone).
+        """
         target, unix = target_for(address)
-        self._socket_path: Optional[str] = target[len("unix://"):] if unix else None
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
-            ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
-            # Reconnect quickly after containerd restarts: the default backoff grows to 120 s.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.enable_retries", 0),
-        ]
-        if credentials is not None:
-            self.channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
-        self.metadata = ((NAMESPACE_HEADER, namespace),)
-        self.timeout = timeout
-        self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
-        self.containers = containers_pb2_grpc.ContainersStub(self.channel)
-        self.events = events_pb2_grpc.EventsStub(self.channel)
-        self.version = version_pb2_grpc.VersionStub(self.channel)
-        self._closed = threading.Event()
-        self._lazy_stubs: dict[str, Any] = {}
+        return cls(_channel(address, credentials, private), namespace, timeout,
+                   target[len("unix://"):] if unix else None)
+
+    # -- stubs: made on first use (stateless, so two threads making one at once is harmless) --
+
+    @property
+    def tasks(self) -> Any:
+        return self._stub("tasks", tasks_pb2_grpc.TasksStub)
+
+    @property
+    def containers(self) -> Any:
+        return self._stub("containers", containers_pb2_grpc.ContainersStub)
+
+    @property
+    def events(self) -> Any:
+        return self._stub("events", events_pb2_grpc.EventsStub)
+
+    @property
+    def version(self) -> Any:
+        return self._stub("version", version_pb2_grpc.VersionStub)
 
     # Only checkpoints use these services: their generated modules load on first use, which keeps
     # `from libcontainerd import new_client` quicker.
@@ -137,35 +258,68 @@ class Connection:
         return self._stub("leases", leases_pb2_grpc.LeasesStub)
 
     def _stub(self, name: str, factory: Callable[[grpc.Channel], Any]) -> Any:
-        stub = self._lazy_stubs.get(name)
-        if stub is None:  # two threads may both build one: stubs are cheap and stateless
-            stub = self._lazy_stubs[name] = factory(self.channel)
+        stub = self._stubs.get(name)
+        if stub is None:
+            stub = self._stubs[name] = factory(self._channel)
         return stub
 
-    def call(self, method: Callable[..., T], request: Any, what: str = "", timeout: Any = DEFAULT, **kw: Any) -> T:
-        """Make one unary call with the namespace and deadline, mapping errors.
+    # -- calls ------------------------------------------------------------------------------
+
+    def _metadata(self, lease: Optional[str]) -> tuple[tuple[str, str], ...]:
+        headers = ((NAMESPACE_HEADER, self._namespace),) if self._namespace else ()
+        return (*headers, (LEASE_HEADER, lease)) if lease else headers
+
+    def _deadline(self, timeout: Any) -> Optional[float]:
+        return self.timeout if timeout is DEFAULT else timeout
+
+    def call(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        what: str = "",
+        *,
+        timeout: Any = DEFAULT,
+        lease: Optional[str] = None,
+        wait_for_ready: Optional[bool] = None,
+    ) -> Any:
+        """Make one unary call of a stub's ``method``.
+
+        Args:
+            method: e.g. ``conn.tasks.Start``.
+            request: its request message.
+            what: the object the call is about ("task web"), the start of an error's message.
+            timeout: the deadline in seconds (``None``: none; default: the connection's).
+            lease: a containerd lease id to make the call under.
+            wait_for_ready: wait for the channel to connect instead of failing at once.
 
         Raises:
             errdefs.LibcontainerdError: the mapped gRPC error, with the gRPC error as ``__cause__``.
         """
-        if timeout is DEFAULT:
-            timeout = self.timeout
-        try:
+        metadata, deadline = self._metadata(lease), self._deadline(timeout)
+        with _mapped_errors(self._closed, what):
             try:
-                return method(request, metadata=self.metadata, timeout=timeout, **kw)
+                return method(request, metadata=metadata, timeout=deadline, wait_for_ready=wait_for_ready)
             except grpc.RpcError as err:
                 if self._closed.is_set() or not never_sent(err) or not self.reconnected():
                     raise
                 log.debug("%s: containerd serves again; retrying on the reconnected channel", what or "call")
-                return method(request, metadata=self.metadata, timeout=timeout, **kw)
-        except grpc.RpcError as err:
-            if self._closed.is_set():
-                raise errdefs.Cancelled(f"{what + ': ' if what else ''}the client is closed") from err
-            raise errdefs.from_grpc(err, what) from err
-        except ValueError as err:
-            if self._closed.is_set():  # grpc raises ValueError on a closed channel
-                raise errdefs.Cancelled(f"{what + ': ' if what else ''}the client is closed") from err
-            raise
+                return method(request, metadata=metadata, timeout=deadline, wait_for_ready=wait_for_ready)
+
+    def stream(
+        self, method: Callable[..., Any], request: Any, what: str = "", *, timeout: Any = DEFAULT,
+        lease: Optional[str] = None,
+    ) -> Stream:
+        """Start a streaming call: ``request`` is a message, or an iterator of them for a client stream."""
+        with _mapped_errors(self._closed, what):
+            call = method(request, metadata=self._metadata(lease), timeout=self._deadline(timeout))
+        return Stream(call, self._closed, what)
+
+    def future(self, method: Callable[..., Any], request: Any, what: str = "", *, timeout: Any = DEFAULT) -> Pending:
+        """Start a unary call and return at once; :meth:`Pending.result` waits for its answer."""
+        with _mapped_errors(self._closed, what):
+            future = method.future(request, metadata=self._metadata(None),  # type: ignore[attr-defined]
+                                   timeout=self._deadline(timeout))
+        return Pending(future, self._closed, what)
 
     def reconnected(self, grace: float = RECONNECT_GRACE) -> bool:
         """After a call failed unsent: True once this channel serves again, if containerd listens now.
@@ -179,14 +333,18 @@ class Connection:
         if self._socket_path is None or self._closed.is_set() or not accepts_connections(self._socket_path):
             return False
         try:
-            self.version.Version(empty_pb2.Empty(), metadata=self.metadata, timeout=grace, wait_for_ready=True)
+            self.version.Version(empty_pb2.Empty(), metadata=self._metadata(None), timeout=grace,
+                                 wait_for_ready=True)
         except (grpc.RpcError, ValueError):
             return False
         return True
 
+    # -- lifetime -----------------------------------------------------------------------------
+
     def close(self) -> None:
+        """Close the channel; calls under way and later ones raise :class:`~libcontainerd.errdefs.Cancelled`."""
         self._closed.set()
-        self.channel.close()
+        self._channel.close()
 
     @property
     def closed(self) -> bool:

@@ -23,28 +23,28 @@ from libcontainerd.remote import _checkpoint as cp
 
 
 def blobs(client) -> dict[str, dict[str, str]]:
-    conn = client._conn
+    conn = client._session.conn
     out = {}
-    for resp in conn.content.List(content_pb2.ListContentRequest(), metadata=conn.metadata):
+    for resp in conn.stream(conn.content.List, content_pb2.ListContentRequest()):
         for info in resp.info:
             out[info.digest] = dict(info.labels)
     return out
 
 
 def ingests(client) -> list[str]:
-    conn = client._conn
-    resp = conn.content.ListStatuses(content_pb2.ListStatusesRequest(), metadata=conn.metadata)
+    conn = client._session.conn
+    resp = conn.call(conn.content.ListStatuses, content_pb2.ListStatusesRequest())
     return [s.ref for s in resp.statuses]
 
 
 def images(client) -> list[str]:
-    conn = client._conn
-    return [i.name for i in conn.images.List(images_pb2.ListImagesRequest(), metadata=conn.metadata).images]
+    conn = client._session.conn
+    return [i.name for i in conn.call(conn.images.List, images_pb2.ListImagesRequest()).images]
 
 
 def leases(client) -> list[str]:
-    conn = client._conn
-    return [lease.id for lease in conn.leases.List(leases_pb2.ListRequest(), metadata=conn.metadata).leases]
+    conn = client._session.conn
+    return [lease.id for lease in conn.call(conn.leases.List, leases_pb2.ListRequest()).leases]
 
 
 def nothing_left(client) -> None:
@@ -84,14 +84,14 @@ class Chunks(io.RawIOBase):
 
 def test_write_content_commits_with_digest_size_and_gc_root(client):
     data = os.urandom(3 << 20)
-    desc = cp.write_content(client, io.BytesIO(data), "application/octet-stream")
+    desc = cp.write_content(client._session, io.BytesIO(data), "application/octet-stream")
     assert desc.digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert desc.size == len(data)
     labels = blobs(client)[desc.digest]
     when = datetime.datetime.strptime(labels[cp.GC_ROOT_LABEL], "%Y-%m-%dT%H:%M:%SZ")
     assert abs((datetime.datetime.utcnow() - when).total_seconds()) < 120
-    assert b"".join(cp.read_content(client, desc.digest)) == data
-    cp.delete_content(client, desc.digest)
+    assert b"".join(cp.read_content(client._session, desc.digest)) == data
+    cp.delete_content(client._session, desc.digest)
     nothing_left(client)
 
 
@@ -99,21 +99,21 @@ def test_large_content_streams_in_chunks(client):
     reader = Chunks(256 << 20)
     tracemalloc.start()
     try:
-        desc = cp.write_content(client, io.BufferedReader(reader, 1 << 20), "application/octet-stream")
+        desc = cp.write_content(client._session, io.BufferedReader(reader, 1 << 20), "application/octet-stream")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert desc.size == 256 << 20
     assert desc.digest == "sha256:" + reader.sha.hexdigest()
     assert peak < 32 << 20, f"peak Python allocations {peak >> 20} MiB for a 256 MiB upload"
-    cp.delete_content(client, desc.digest)
+    cp.delete_content(client._session, desc.digest)
     nothing_left(client)
 
 
 def test_digest_mismatch_is_a_clear_error_and_leaves_no_ingest(client):
     wrong = "sha256:" + "0" * 64
     with pytest.raises(errdefs.DataLoss) as err:
-        cp.write_content(client, io.BytesIO(b"hello"), "application/octet-stream", expected_digest=wrong)
+        cp.write_content(client._session, io.BytesIO(b"hello"), "application/octet-stream", expected_digest=wrong)
     assert wrong in str(err.value)
     nothing_left(client)
 
@@ -181,10 +181,10 @@ def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
 
 
 def _publish_checkpoint(client, tar_bytes: bytes, media_type: str = cp.CHECKPOINT_MEDIA_TYPE) -> tuple[str, list[str]]:
-    tar_desc = cp.write_content(client, io.BytesIO(tar_bytes), media_type)
+    tar_desc = cp.write_content(client._session, io.BytesIO(tar_bytes), media_type)
     index = {"schemaVersion": 2, "manifests": [
         {"mediaType": media_type, "digest": tar_desc.digest, "size": tar_desc.size}]}
-    index_desc = cp.write_content(client, io.BytesIO(json.dumps(index).encode()), cp.INDEX_MEDIA_TYPE,
+    index_desc = cp.write_content(client._session, io.BytesIO(json.dumps(index).encode()), cp.INDEX_MEDIA_TYPE,
                                   labels={cp.GC_REF_CONTENT.format(0): tar_desc.digest})
     return index_desc.digest, [tar_desc.digest, index_desc.digest]
 
@@ -197,12 +197,12 @@ def test_checkpoint_index_is_read_back_and_extracted(client, tmp_path):
     tar = _tar([_file("inventory.img", b"criu inventory"), (d, b""), _file("sub/pages-1.img", b"pages"), (link, b"")])
     index_digest, made = _publish_checkpoint(client, tar)
     try:
-        names = cp.extract_checkpoint(client, index_digest, str(tmp_path / "out"))
+        names = cp.extract_checkpoint(client._session, index_digest, str(tmp_path / "out"))
         assert sorted(names) == ["inventory.img", "sub", "sub/link", "sub/pages-1.img"]
         assert (tmp_path / "out" / "sub" / "link").read_bytes() == b"criu inventory"
     finally:
         for digest in made:
-            cp.delete_content(client, digest)
+            cp.delete_content(client._session, digest)
     nothing_left(client)
 
 
@@ -210,10 +210,10 @@ def test_an_index_without_a_checkpoint_is_invalid(client, tmp_path):
     index_digest, made = _publish_checkpoint(client, _tar([_file("a")]), media_type="application/x-other")
     try:
         with pytest.raises(errdefs.System, match="invalid checkpoint"):
-            cp.extract_checkpoint(client, index_digest, str(tmp_path / "out"))
+            cp.extract_checkpoint(client._session, index_digest, str(tmp_path / "out"))
     finally:
         for digest in made:
-            cp.delete_content(client, digest)
+            cp.delete_content(client._session, digest)
 
 
 @pytest.mark.parametrize("hostile", ["absolute", "dotdot", "symlink-out", "hardlink-out", "device", "fifo",
@@ -245,10 +245,10 @@ def test_hostile_archives_write_nothing_outside(client, tmp_path, hostile):
     index_digest, made = _publish_checkpoint(client, _tar(members))
     try:
         with pytest.raises(errdefs.InvalidParameter):
-            cp.extract_checkpoint(client, index_digest, str(tmp_path / "out"))
+            cp.extract_checkpoint(client._session, index_digest, str(tmp_path / "out"))
     finally:
         for digest in made:
-            cp.delete_content(client, digest)
+            cp.delete_content(client._session, digest)
     assert sorted(os.listdir(tmp_path)) == sorted({*outside_before, "out"})
     assert not (tmp_path / "escaped").exists()
 

@@ -303,8 +303,9 @@ def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
     try:
         state = os.path.join(tmp, "state")
         with libcontainerd.new_client(daemon.address, state, _unique("late"), rec, timeout=30) as c:
-            real = c._conn.events.Subscribe
-            c._conn.events.Subscribe = lambda request, metadata=None: _LateCall(real, request, metadata, 1.5)
+            events = c._session.conn.events
+            real = events.Subscribe
+            events.Subscribe = lambda request, metadata=None, **_: _LateCall(real, request, metadata, 1.5)
             subscriptions, old_pid = c._events.subscriptions, daemon.pid
             os.kill(old_pid, signal.SIGKILL)
             # The reader's (late) Subscribe call is made at once; the new containerd comes up when
@@ -329,7 +330,7 @@ def test_an_exit_before_a_late_first_subscription_is_registered_is_not_lost(cont
         def __init__(self, channel):
             super().__init__(channel)
             real = self.Subscribe
-            self.Subscribe = lambda request, metadata=None: _LateCall(real, request, metadata, 3.5)
+            self.Subscribe = lambda request, metadata=None, **_: _LateCall(real, request, metadata, 3.5)
 
     monkeypatch.setattr(_rpc.events_pb2_grpc, "EventsStub", LateStub)
     rec = Recorder()

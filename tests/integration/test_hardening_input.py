@@ -30,8 +30,8 @@ BAD_IDS = st.one_of(st.sampled_from(["", "..", "../x", "x/y", "x\x00", "a" * 77,
 
 
 def _blobs_and_leases(client):
-    conn = client._conn
-    stream = conn.content.List(content_pb2.ListContentRequest(), metadata=conn.metadata, timeout=30)
+    conn = client._session.conn
+    stream = conn.stream(conn.content.List, content_pb2.ListContentRequest(), timeout=30)
     blobs = sorted(i.digest for resp in stream for i in resp.info)
     leases = sorted(x.id for x in conn.call(conn.leases.List, leases_pb2.ListRequest()).leases)
     return blobs, leases

@@ -36,7 +36,6 @@ class FakeConn:
     def __init__(self, table: dict[tuple[str, str], Any]) -> None:
         self.table = table
         self.tasks = SimpleNamespace(Get="Get")
-        self.metadata = ()
 
     def call(self, method, request, what="", timeout=None):
         answer = self.table[(request.container_id, request.exec_id)]
@@ -83,7 +82,7 @@ def test_translate_maps_every_task_event_as_moby_does():
 
 def test_bad_envelopes_are_skipped_and_logged(stream, caplog):
     s, backend, _ = stream
-    with caplog.at_level(logging.DEBUG, logger="libcontainerd.events"):
+    with caplog.at_level(logging.DEBUG, logger="libcontainerd.remote._events"):
         s._handle(events_pb2.Envelope(namespace="ns", topic="/tasks/none"))
         s._handle(events_pb2.Envelope(namespace="ns", topic="/tasks/bad",
                                       event=any_pb2.Any(type_url="containerd.events.TaskExit", value=b"\xff\xff")))

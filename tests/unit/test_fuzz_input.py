@@ -52,9 +52,10 @@ class Dead:
         self.spec = oci.default_spec(os.path.join(self.parent, "rootfs"), ["true"])
         bundle = os.path.join(self.state_dir, "ctr")
         os.mkdir(bundle)
-        self.container = Container(self.client, "ctr", spec=self.spec, labels={BUNDLE_LABEL: bundle},
+        session = self.client._session
+        self.container = Container(session, "ctr", spec=self.spec, labels={BUNDLE_LABEL: bundle},
                                    runtime="io.containerd.runc.v2")
-        self.task = Task(self.container, 4242)
+        self.task = Task(session, self.container, 4242)
         self.before = self.snapshot()
 
     def snapshot(self) -> tuple[list[str], list[str]]:

@@ -13,7 +13,9 @@ from libcontainerd._api.cgroups.v2.stats import metrics_pb2 as v2
 from libcontainerd._api.containerd.api.services.tasks.v1 import tasks_pb2
 from libcontainerd._api.containerd.api.types import metrics_pb2
 from libcontainerd._typeurl import pack_message
+from libcontainerd.remote._container import Container
 from libcontainerd.remote._process import Task
+from libcontainerd.remote._session import Session
 
 
 def task_answering(data: any_pb2.Any, with_metric: bool = True) -> Task:
@@ -23,9 +25,11 @@ def task_answering(data: any_pb2.Any, with_metric: bool = True) -> Task:
                                       data=data)] if with_metric else []
         return tasks_pb2.MetricsResponse(metrics=metrics)
 
+    # The one fake: a connection answering Metrics with what a cgroup v2 host (or a bad shim) would send.
     conn = SimpleNamespace(call=call, tasks=SimpleNamespace(Metrics="Metrics"))
-    container = SimpleNamespace(id="web", _client=SimpleNamespace(_conn=conn))
-    return Task(container, pid=1)  # type: ignore[arg-type]
+    session = Session(conn, "ns", "/nonexistent")  # type: ignore[arg-type]
+    container = Container(session, "web", spec={}, labels={}, runtime="io.containerd.runc.v2")
+    return Task(session, container, pid=1)
 
 
 def test_v2_metrics_decode():
