@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NoReturn, Optional, Protocol
 
 import libcontainerd
-from libcontainerd import errdefs
+from libcontainerd import _procfs, errdefs
 from libcontainerd.types import EventInfo, EventType, Stats, Status
 
 __all__ = [
@@ -588,12 +588,8 @@ def cmd_ps(args: argparse.Namespace, ctx: _Context) -> int:
 
 
 def _host_cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return "?"  # a remote daemon's pids are not ours to look at
-    return shlex.join(os.fsdecode(a) for a in raw.split(b"\0") if a) or "?"
+    # "?" also for a remote daemon's pids, which are not ours to look at.
+    return shlex.join(_procfs.cmdline(pid)) or "?"
 
 
 def cmd_top(args: argparse.Namespace, ctx: _Context) -> int:

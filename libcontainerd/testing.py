@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 import attrs
 
-from libcontainerd import errdefs, supervisor
+from libcontainerd import _procfs, errdefs, supervisor
 
 if TYPE_CHECKING:
     from libcontainerd.remote import Client
@@ -257,48 +257,11 @@ def _config_strings(config_path: str) -> dict[str, str]:
     return found
 
 
-def _pids() -> Iterator[int]:
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            yield int(name)
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def _flag(argv: list[str], name: str) -> Optional[str]:
     for a, b in zip(argv, argv[1:]):
         if a in (name, "-" + name):
             return b
     return None
-
-
-def _parents() -> dict[int, int]:
-    parents = {}
-    for pid in _pids():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat_line = f.read()
-        except OSError:
-            continue
-        fields = stat_line[stat_line.rfind(b")") + 2 :].split()
-        if fields and fields[0] != b"Z":
-            parents[pid] = int(fields[1])
-    return parents
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read()
-    except OSError:
-        return True
-    return stat_line[stat_line.rfind(b")") + 2 :][:1] == b"Z"  # a zombie our init may never reap
 
 
 @attrs.frozen
@@ -331,9 +294,9 @@ def daemon_processes(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[s
     """
     paths = _paths(daemon_or_root)
     found = {}
-    for pid in _pids():
-        argv = _cmdline(pid)
-        if not argv or _gone(pid):
+    for pid in _procfs.pids():
+        argv = _procfs.cmdline(pid)
+        if not argv or not _procfs.running(pid):
             continue
         name = os.path.basename(argv[0])
         shim = name.startswith("containerd-shim") and _flag(argv, "address") == paths.address
@@ -348,7 +311,7 @@ def _kill_and_wait(pids: Collection[int], timeout: float = 10.0) -> None:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while not _gone(pid) and time.monotonic() < deadline:
+        while _procfs.running(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
 
 
@@ -410,13 +373,8 @@ def _remove_empty_cgroups(namespaces: Collection[str]) -> None:
 
 def _mounts_under(dirs: Collection[str]) -> list[str]:
     prefixes = [d.rstrip("/") + "/" for d in dirs]
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-            if any(point == p.rstrip("/") or point.startswith(p) for p in prefixes):
-                found.append(point)
+    found = [point for point in _procfs.mount_points()
+             if any(point == p.rstrip("/") or point.startswith(p) for p in prefixes)]
     return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
 
 
@@ -455,12 +413,7 @@ def cleanup_root(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[str]]
     bundles = list(_bundles(paths.state_dir))
     for ns, cid, bundle in bundles:
         _runc_cleanup(ns, cid, bundle)
-    parents = _parents()
-    below: set[int] = set()
-    frontier = set(shims)
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - below
-        below |= frontier
+    below = _procfs.descendants(shims)
     _kill_and_wait(below)
     _kill_and_wait(shims)
     for _ns, _cid, bundle in bundles:
@@ -538,7 +491,7 @@ def open_fds() -> int:
     1
     >>> f.close()
     """
-    return len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+    return len(_procfs.fds()) - 1  # the listing's own descriptor
 
 
 def leftover_threads(baseline: Collection[threading.Thread], prefix: str = "libcontainerd-") -> list[str]:

@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 import libcontainerd
-from libcontainerd import oci, stdio, supervisor, testing
+from libcontainerd import _procfs, oci, stdio, supervisor, testing
 from libcontainerd.types import EventType
 
 from .conftest import Recorder
@@ -141,19 +141,7 @@ def wait_for_threads(baseline: Collection[threading.Thread], timeout: float = 15
 
 
 def _all_threads_stopped(pid: int) -> bool:
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return True  # gone: nothing of it can answer
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # that thread ended
-        if state not in ("T", "t"):
-            return False
-    return True
+    return all(state in ("T", "t") for state in _procfs.thread_states(pid))  # gone: nothing of it can answer
 
 
 def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) -> bool:
@@ -167,11 +155,7 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) ->
 
 
 def rss_kb() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
+    return int(_procfs.status()["VmRSS"].split()[0])
 
 
 def run_in_thread(fn: Any, *args: Any, **kw: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -192,14 +176,8 @@ def run_in_thread(fn: Any, *args: Any, **kw: Any) -> tuple[threading.Thread, dic
 def shims(address: str, namespace: str = "", container_id: str = "") -> dict[int, list[str]]:
     """The runc v2 shims of the containerd at ``address`` (optionally of one namespace / container), from /proc."""
     found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
+    for pid in _procfs.pids():
+        argv = _procfs.cmdline(pid)
         if not argv or not argv[0].endswith("containerd-shim-runc-v2"):
             continue
         flags = dict(zip(argv[1:], argv[2:]))
@@ -209,25 +187,13 @@ def shims(address: str, namespace: str = "", container_id: str = "") -> dict[int
             continue
         if container_id and flags.get("-id") != container_id:
             continue
-        found[int(entry)] = argv
+        found[pid] = argv
     return found
 
 
 def reap_orphan_shim(pid: int, namespace: str, container_id: str) -> None:
     """SIGKILL a shim containerd forgot, and what runs under it; remove the runc state it made."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    below, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - below
-        below |= frontier
-    for victim in [*below, pid]:
+    for victim in [*_procfs.descendants([pid]), pid]:
         try:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -12,7 +11,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 import libcontainerd
-from libcontainerd import testing
+from libcontainerd import _procfs, testing
 from libcontainerd.types import EventInfo, EventType
 
 
@@ -70,7 +69,7 @@ def client(containerd: Any, state_dir: str, namespace: str, recorder: Recorder) 
 
 
 def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return len(_procfs.fds())
 
 
 def lcd_threads() -> list[str]:

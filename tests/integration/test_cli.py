@@ -22,7 +22,7 @@ from typing import IO, Any, Optional
 
 import pytest
 
-from libcontainerd import errdefs, oci, testing
+from libcontainerd import _procfs, errdefs, oci, testing
 
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
                "events", "checkpoint", "rm", "demo"]
@@ -137,18 +137,7 @@ def procs() -> Iterator[Procs]:
 
 def _alive(pids: dict[int, list[str]]) -> list[int]:
     """Which of these processes still run (same pid and command line, not a zombie)."""
-    alive = []
-    for pid, argv in pids.items():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                same = [a.decode() for a in f.read().split(b"\0") if a] == argv
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-        except OSError:
-            continue
-        if same and not zombie:
-            alive.append(pid)
-    return alive
+    return [pid for pid, argv in pids.items() if _procfs.cmdline(pid) == argv and _procfs.running(pid)]
 
 
 def _one_error_line(stderr: str) -> str:
@@ -162,16 +151,10 @@ def _one_error_line(stderr: str) -> str:
 def _our_processes(path: str) -> list[str]:
     """Command lines of live processes that mention ``path`` (containerd, shims, containers of a root)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace").replace("\0", " ")
-        except OSError:
-            continue
-        if path in argv:
-            found.append(f"{entry}: {argv}")
+    for pid in _procfs.pids():
+        argv = " ".join(_procfs.cmdline(pid))
+        if pid != os.getpid() and path in argv:
+            found.append(f"{pid}: {argv}")
     return found
 
 

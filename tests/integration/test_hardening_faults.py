@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio, testing
+from libcontainerd import _procfs, errdefs, oci, stdio, testing
 from libcontainerd.types import EventType as E
 from libcontainerd.types import Status
 
@@ -360,7 +360,7 @@ def test_shim_killed_under_a_running_task(daemon, h, rootfs, namespace):
     assert info.exit_code == 137
     assert task.wait(timeout=60).code == 137
     assert out.wait(timeout=30).stdout == b"up\n"
-    assert wait_until(lambda: not os.path.exists(f"/proc/{task.pid}"), timeout=30), "the container outlived its shim"
+    assert wait_until(lambda: _procfs.state(task.pid) is None, timeout=30), "the container outlived its shim"
     with pytest.raises(errdefs.NotFound):  # containerd deleted the task when it cleaned up after the shim
         task.delete()
     ctr.delete()

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio, testing
+from libcontainerd import _procfs, errdefs, oci, stdio, testing
 from libcontainerd.types import EventType as E
 from libcontainerd.types import Status
 
@@ -77,11 +77,6 @@ def test_namespaces_do_not_see_or_touch_each_other(two, rootfs):
     ctr_a.delete()
 
 
-def _cgroups(pid: int) -> set[str]:
-    with open(f"/proc/{pid}/cgroup", encoding="ascii") as f:
-        return {line.rstrip("\n") for line in f}
-
-
 def test_the_same_id_in_two_namespaces_gets_two_cgroups(two, rootfs):
     """Without a cgroupsPath runc names the cgroup after the bare id: pausing a's "twin" froze b's."""
     a, _, b, _ = two
@@ -89,11 +84,10 @@ def test_the_same_id_in_two_namespaces_gets_two_cgroups(two, rootfs):
     cb = b.new_container("twin", spec(rootfs, "sleep", "300"))
     assert a.load_container("twin").spec["linux"]["cgroupsPath"] == f"/{a.namespace}/twin"  # as stored
     ta, tb = ca.start(), cb.start()
-    assert _cgroups(ta.pid).isdisjoint(_cgroups(tb.pid))
+    assert _procfs.cgroups(ta.pid).isdisjoint(_procfs.cgroups(tb.pid))
     ta.pause()
     try:
-        with open(f"/proc/{tb.pid}/status", encoding="ascii") as f:
-            state = next(line for line in f if line.startswith("State:"))
+        state = _procfs.status(tb.pid)["State"]
         assert "D (" not in state, f"b's twin is frozen: {state}"
         out = stdio.capture()
         p = tb.exec("alive", oci.process_spec(["echo", "alive"]), attach_stdio=out)

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio
+from libcontainerd import _procfs, errdefs, oci, stdio
 from libcontainerd.types import Status
 
 from ._hardening import wait_until
@@ -64,11 +64,7 @@ def test_stdin_closed_before_the_process_exists(client, rootfs):
 
 
 def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return int(_procfs.status()["VmRSS"].split()[0])
 
 
 class CountingSink(io.RawIOBase):

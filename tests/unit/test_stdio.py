@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from libcontainerd import errdefs, stdio
+from libcontainerd import _procfs, errdefs, stdio
 from libcontainerd.cio import DirectIO, FifoSet
 
 WAIT = 60.0  # bound for waits; a hang fails the test instead of blocking the run
 
 
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+def _fds() -> set[int]:
+    return _procfs.fds()
 
 
 def _stdio_threads() -> list[str]:
