@@ -21,15 +21,10 @@ from typing import Optional, TextIO
 
 import libcontainerd
 from libcontainerd import errdefs, oci, stdio, supervisor, testing
-from libcontainerd._cli import (
-    _deferred_interrupts,
-    _no_interrupts,
-    describe_event,
-    human_bytes,
-    human_duration,
-    stats_numbers,
-)
 from libcontainerd.types import EventInfo, EventType
+
+from ._format import describe_event, human_bytes, human_duration
+from ._signals import deferred_interrupts, no_interrupts
 
 __all__ = ["run_demo"]
 
@@ -131,7 +126,7 @@ class _Demo:
 
         s.step(4, "Running container 'hello' and capturing its output   (new_container, start, stdio.capture)")
         out = stdio.capture()
-        with _deferred_interrupts():  # see there: an interrupted start would leave containerd and us disagreeing
+        with deferred_interrupts():  # see there: an interrupted start would leave containerd and us disagreeing
             hello = client.new_container("hello", oci.default_spec(rootfs, ["sh", "-c", _HELLO], hostname="hello"))
             task = hello.start(attach_stdio=out)
         code = task.wait().code
@@ -145,7 +140,7 @@ class _Demo:
 
         s.step(5, "Starting container 'box', a small service that keeps running   (start)")
         service_out = stdio.capture()
-        with _deferred_interrupts():
+        with deferred_interrupts():
             box = client.new_container("box", oci.default_spec(rootfs, ["sh", "-c", _SERVICE], hostname="box"))
             task = box.start(attach_stdio=service_out)
         self.events.wait_for("box", EventType.START)
@@ -153,7 +148,7 @@ class _Demo:
 
         s.step(6, "Exec'ing into 'box': `ps`, then `tr` fed from our stdin   (Task.exec)")
         ps_out = stdio.capture()
-        with _deferred_interrupts():
+        with deferred_interrupts():
             proc = task.exec("ps", oci.process_spec(["ps", "-o", "pid,user,args"]), attach_stdio=ps_out)
         proc.wait()
         ps_out.wait(timeout=10)
@@ -162,7 +157,7 @@ class _Demo:
             s.detail(f"| {text}")
         proc.delete()
         tr_out = stdio.capture(stdin=b"hello from the host, through a FIFO\n")
-        with _deferred_interrupts():
+        with deferred_interrupts():
             proc = task.exec("upper", oci.process_spec(["tr", "a-z", "A-Z"]), with_stdin=True, attach_stdio=tr_out)
         proc.wait()
         tr_out.wait(timeout=10)
@@ -171,10 +166,10 @@ class _Demo:
         proc.delete()
 
         s.step(7, "Reading its stats and processes   (Task.stats, Task.summary)")
-        n = stats_numbers(task.stats())
-        limit = n["memory_limit_bytes"]
-        s.detail(f"memory {human_bytes(n['memory_bytes'] or 0)}" + (f" of {human_bytes(limit)}" if limit else "")
-                 + f", CPU time {human_duration(n['cpu_ns'] or 0)}, {n['pids']} processes")
+        st = task.stats()
+        limit = st.memory_limit_bytes
+        s.detail(f"memory {human_bytes(st.memory_bytes)}" + (f" of {human_bytes(limit)}" if limit else "")
+                 + f", CPU time {human_duration(st.cpu_ns)}, {st.pids} processes")
         s.detail("processes (host pids): " + ", ".join(
             f"{p.pid}{' (exec ' + p.exec_id + ')' if p.exec_id else ''}" for p in task.summary()))
 
@@ -260,7 +255,7 @@ def run_demo(root: Optional[str], out: TextIO, *, pause_on: Optional[TextIO] = N
         demo.screen.line()
         demo.screen.line("Interrupted.")
     finally:
-        with _no_interrupts():
+        with no_interrupts():
             demo.cleanup()
     if interrupted:
         return 130
