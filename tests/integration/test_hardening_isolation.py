@@ -24,14 +24,14 @@ from libcontainerd import _procfs, errdefs, oci, stdio, testing
 from libcontainerd.types import EventType as E
 from libcontainerd.types import Status
 
-from ._hardening import listing, spec
-from .conftest import Recorder
+from ..helpers import listing, spec
 
 
 @pytest.fixture
-def two(containerd, namespace) -> Iterator[tuple[libcontainerd.Client, Recorder, libcontainerd.Client, Recorder]]:
+def two(containerd, namespace) -> Iterator[tuple[libcontainerd.Client, testing.RecordingBackend,
+                                                  libcontainerd.Client, testing.RecordingBackend]]:
     parent = tempfile.mkdtemp(prefix="lcd-iso-")
-    ra, rb = Recorder(), Recorder()
+    ra, rb = testing.RecordingBackend(), testing.RecordingBackend()
     a = libcontainerd.new_client(containerd.address, os.path.join(parent, "a"), namespace + "-a", ra, timeout=30)
     b = libcontainerd.new_client(containerd.address, os.path.join(parent, "b"), namespace + "-b", rb, timeout=30)
     try:

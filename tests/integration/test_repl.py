@@ -21,6 +21,8 @@ import libcontainerd
 from libcontainerd import cio, oci, queue, stdio, testing
 from libcontainerd.types import EventType
 
+from ..helpers import run_true
+
 # Generous: a child that ignores SIGINT would hang until then, which is the failure.
 CHILD_TIMEOUT = 60
 
@@ -218,12 +220,7 @@ def test_backend_failure_is_logged_with_the_container_and_namespace(client, reco
 
     recorder.hook = explode
     caplog.set_level(logging.ERROR, logger="libcontainerd")
-    ctr = client.new_container("logged", oci.default_spec(rootfs, ["true"]))
-    task = ctr.start()
-    task.wait(timeout=30)
-    recorder.wait_for("logged", EventType.EXIT)
-    task.delete()
-    ctr.delete()
+    run_true(client, recorder, rootfs, "logged")
     failures = [r for r in caplog.records if r.exc_info and "backend bug" in str(r.exc_info[1])]
     assert failures, caplog.text
     assert failures[0].name.startswith("libcontainerd")

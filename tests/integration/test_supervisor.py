@@ -22,7 +22,7 @@ from google.protobuf import empty_pb2
 from libcontainerd import _procfs, errdefs, supervisor, testing
 from libcontainerd._api.containerd.api.services.version.v1.version_pb2_grpc import VersionStub
 
-from ._hardening import wait_until
+from ..helpers import wait_until
 
 StartFn = Callable[..., supervisor.Daemon]
 
