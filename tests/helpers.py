@@ -10,11 +10,13 @@ that daemon and :func:`reap_orphan_shim`, everything here only observes.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -142,14 +144,37 @@ def lifecycle_works(client: libcontainerd.Client, recorder: testing.RecordingBac
     assert not os.path.exists(os.path.join(client.state_dir, cid))
 
 
-def run_true(client: libcontainerd.Client, recorder: testing.RecordingBackend, rootfs: str, cid: str) -> None:
-    """``true`` in a new container, to its exit and its EXIT event; then its task and the container are deleted."""
-    ctr = client.new_container(cid, spec(rootfs, "true"))
+def run_once(client: libcontainerd.Client, recorder: testing.RecordingBackend, rootfs: str, cid: str,
+             *command: str) -> int:
+    """``command`` (default ``true``) in a new container, to its exit and its EXIT event; then its task
+    and the container are deleted. Returns the exit code."""
+    ctr = client.new_container(cid, spec(rootfs, *(command or ("true",))))
     task = ctr.start()
-    assert task.wait(timeout=30).code == 0
+    code = task.wait(timeout=30).code
     recorder.wait_for(cid, EventType.EXIT)
     task.delete()
     ctr.delete()
+    return code
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "",
+               mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    """One member for :func:`tar_bytes`: a file with ``data``, or a dir, link, device or FIFO."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, mode
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3  # /dev/null
+    return info, data
+
+
+def tar_bytes(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    """An uncompressed tar archive of ``members``, in that order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
 
 
 def lcd_threads() -> list[str]:

@@ -24,6 +24,8 @@ import pytest
 
 from libcontainerd import _procfs, errdefs, oci, testing
 
+from ..helpers import run_once
+
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
                "events", "checkpoint", "rm", "demo"]
 DEMO_STEPS = ["[1/9]", "[2/9]", "[3/9]", "[4/9]", "[5/9]", "[6/9]", "[7/9]", "[8/9]", "[9/9]"]
@@ -347,7 +349,7 @@ def test_checkpoint_writes_files_or_says_why_not_in_one_line(cli, client, tmp_pa
     assert cli("rm", "-f", "ck").returncode == 0
 
 
-def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, rootfs, procs):
+def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, recorder, rootfs, procs):
     proc = procs.start(*cli.globals, "events", "--json")
     err = procs.lines(proc.stderr, "events-stderr")
     out = procs.lines(proc.stdout, "events-stdout")
@@ -357,11 +359,7 @@ def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, rootfs, p
     # so slow (a loaded machine) that it was registered while the first container already ran.
     for attempt in range(3):
         cid = f"ev{attempt}"
-        ctr = client.new_container(cid, oci.default_spec(rootfs, ["true"]))
-        task = ctr.start()
-        task.wait(timeout=30)
-        task.delete()
-        ctr.delete()
+        run_once(client, recorder, rootfs, cid)
         exit_line = out.wait_for(f'"type": "exit", "container": "{cid}"', timeout=10)
         kinds = [json.loads(line)["type"] for line in out.seen if f'"{cid}"' in line]
         if exit_line is not None and kinds[:1] == ["create"]:
@@ -375,7 +373,7 @@ def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, rootfs, p
     assert "Traceback" not in err.rest()
 
 
-def test_events_human_lines(cli, client, rootfs, procs):
+def test_events_human_lines(cli, client, recorder, rootfs, procs):
     proc = procs.start(*cli.globals, "events")
     err = procs.lines(proc.stderr, "events-stderr")
     out = procs.lines(proc.stdout, "events-stdout")
@@ -383,11 +381,7 @@ def test_events_human_lines(cli, client, rootfs, procs):
     line = None
     for attempt in range(3):
         cid = f"hv{attempt}"
-        ctr = client.new_container(cid, oci.default_spec(rootfs, ["sh", "-c", "exit 7"]))
-        task = ctr.start()
-        task.wait(timeout=30)
-        task.delete()
-        ctr.delete()
+        assert run_once(client, recorder, rootfs, cid, "sh", "-c", "exit 7") == 7
         line = out.wait_for(rf"\bexit\s+{cid}\b", timeout=10)
         if line is not None:
             break

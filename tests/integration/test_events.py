@@ -12,6 +12,8 @@ import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,18 +22,23 @@ import libcontainerd
 from libcontainerd import errdefs, oci, stdio, testing
 from libcontainerd.types import EventType
 
-from ..helpers import lcd_threads, run_true, wait_until
+from ..helpers import lcd_threads, run_once, wait_until
 
 E = EventType
+
+
+def _gated_spec(rootfs: str, tmp_path: Path, then: str = "") -> tuple[dict[str, Any], Path]:
+    """A spec whose process waits until the test creates ``<gate>/go`` (the gate is its /tmp), then runs ``then``."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    script = "while [ ! -e /tmp/go ]; do sleep 0.02; done" + (f"; {then}" if then else "")
+    return oci.with_mounts(oci.default_spec(rootfs, ["sh", "-c", script]), [oci.bind_mount(gate, "/tmp")]), gate
 
 
 def test_ordered_events_of_a_container_with_an_exec(client, recorder, rootfs, tmp_path):
     # The main process ends only once the exec has exited (a gate file in a bind mount), so the
     # order asserted below does not depend on how fast a loaded machine runs the exec.
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    script = "while [ ! -e /tmp/go ]; do sleep 0.02; done"
-    s = oci.with_mounts(oci.default_spec(rootfs, ["sh", "-c", script]), [oci.bind_mount(gate, "/tmp")])
+    s, gate = _gated_spec(rootfs, tmp_path)
     ctr = client.new_container("seq", s)
     task = ctr.start()
     p = task.exec("x1", oci.process_spec(["true"]), attach_stdio=stdio.capture())
@@ -70,10 +77,7 @@ def test_oom_event(client, recorder, rootfs, tmp_path):
     # The shim watches for OOM only once its Start returned (containerd's runc shim adds the cgroup
     # to its OOM monitor after starting the process): allocate only after that, or, on a loaded
     # machine, the kill can come first and containerd never publishes a TaskOOM.
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    script = "while [ ! -e /tmp/go ]; do sleep 0.02; done; dd if=/dev/zero of=/dev/null bs=128M count=1"
-    s = oci.with_mounts(oci.default_spec(rootfs, ["sh", "-c", script]), [oci.bind_mount(gate, "/tmp")])
+    s, gate = _gated_spec(rootfs, tmp_path, then="dd if=/dev/zero of=/dev/null bs=128M count=1")
     s["linux"].setdefault("resources", {})["memory"] = {"limit": 16 << 20, "swap": 16 << 20}
     ctr = client.new_container("oom", s)
     task = ctr.start()
@@ -92,10 +96,15 @@ def test_backend_exceptions_are_logged_and_delivery_goes_on(client, recorder, ro
 
     recorder.hook = explode
     with caplog.at_level(logging.ERROR, logger="libcontainerd"):
-        run_true(client, recorder, rootfs, "boom")
+        run_once(client, recorder, rootfs, "boom")
     assert [t for t, _ in recorder.of("boom")] == [E.START, E.EXIT]
-    failures = [r for r in caplog.records if "backend failed" in r.getMessage()]
-    assert failures and "boom" in failures[0].getMessage() and "create" in failures[0].getMessage()
+    failures = [r for r in caplog.records if r.exc_info and "backend bug" in str(r.exc_info[1])]
+    assert failures, caplog.text
+    message = failures[0].getMessage()
+    assert "backend failed" in message and "boom" in message and "create" in message
+    # A prompt user's log handler can tell which container and namespace it was.
+    assert failures[0].name.startswith("libcontainerd")
+    assert (failures[0].container_id, failures[0].namespace) == ("boom", client.namespace)
 
 
 def _unique(prefix: str) -> str:
@@ -108,7 +117,7 @@ def test_events_of_another_namespace_never_arrive(containerd, rootfs, state_dir,
     with libcontainerd.new_client(containerd.address, state_dir, namespace + "-one", recorder) as one, \
             libcontainerd.new_client(containerd.address, state_dir + "-two", namespace + "-two", other) as two:
         try:
-            run_true(one, recorder, rootfs, "lonely")
+            run_once(one, recorder, rootfs, "lonely")
             with pytest.raises(libcontainerd.errdefs.NotFound):
                 two.load_container("lonely")
             assert other.events == []
@@ -329,7 +338,7 @@ def test_new_client_returns_with_a_live_subscription(containerd, rootfs, state_d
         rec = testing.RecordingBackend()
         with libcontainerd.new_client(containerd.address, state_dir, namespace, rec) as c:
             assert c._events._synced.is_set()
-            run_true(c, rec, rootfs, f"first-{attempt}")
+            run_once(c, rec, rootfs, f"first-{attempt}")
         assert [t for t, _ in rec.of(f"first-{attempt}")] == [E.CREATE, E.START, E.EXIT]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import os
 import signal
 
@@ -153,3 +154,10 @@ def test_deferred_interrupts_leave_an_ignored_sigint_ignored(sigint_restored):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("name, shown", [("libcontainerd.events", False), ("libcontainerd.remote._events", False),
+                                         ("libcontainerd.remote._client", True), ("libcontainerd", True)])
+def test_the_event_stream_s_records_are_told_by_logger_name(name, shown):
+    record = logging.LogRecord(name, logging.WARNING, "/any/where/_events.py", 1, "stream broke", None, None)
+    assert _main._not_event_stream(record) is shown
