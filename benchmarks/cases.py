@@ -9,7 +9,6 @@ Targets are checked, never asserted: a row says PASS or MISS and the run goes on
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import os
 import statistics
 import subprocess
@@ -249,21 +248,6 @@ def bench_exec(env: Env) -> list[Result]:
 # -- 3. stdout throughput ----------------------------------------------------------------------
 
 
-class CountingSink(io.RawIOBase):
-    """A writable that counts and drops."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        n = len(b)
-        self.count += n
-        return n
-
-
 def bench_stdout(env: Env) -> list[Result]:
     mib = 128 if env.quick else 1024
     n = env.iterations(4, 1)
@@ -274,7 +258,7 @@ def bench_stdout(env: Env) -> list[Result]:
         config = ctr.write_spec("stdout", s)
 
         def sdk(i: int) -> None:
-            sink = CountingSink()
+            sink = testing.CountingSink()
             c = client.new_container(f"sdk-{i}", s)
             t = c.start(attach_stdio=stdio.attach(stdout=sink))  # type: ignore[arg-type]
             t.wait()

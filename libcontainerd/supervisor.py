@@ -38,7 +38,7 @@ import attrs
 import tenacity
 from google.protobuf import empty_pb2
 
-from libcontainerd import errdefs
+from libcontainerd import _procfs, errdefs
 from libcontainerd.remote._rpc import Connection
 
 __all__ = [
@@ -286,28 +286,8 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _read_cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return []
-    return [os.fsdecode(a) for a in raw.split(b"\0") if a]
-
-
-def _process_state(pid: int) -> Optional[str]:
-    """The one-letter state of ``pid`` from /proc (``R``, ``S``, ``T``, ``Z`` ...), None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: the state follows the last ")".
-    return stat[stat.rfind(b")") + 2 :][:1].decode() or None
-
-
 def _is_our_daemon(pid: int, binary: str, config_path: str) -> bool:
-    argv = _read_cmdline(pid)
+    argv = _procfs.cmdline(pid)
     if not argv or os.path.basename(argv[0]) != os.path.basename(binary):
         return False
     return any(a == "--config" and b == config_path for a, b in zip(argv, argv[1:]))
@@ -732,7 +712,7 @@ class Daemon:
             return 0
 
     def _alive_pid(self, pid: int) -> bool:
-        state = _process_state(pid)
+        state = _procfs.state(pid)
         return state is not None and state != "Z" and _is_our_daemon(pid, self.binary, self.config_path)
 
     def _exit_code(self) -> Optional[Union[int, str]]:

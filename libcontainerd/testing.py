@@ -6,8 +6,9 @@ supervised containerd with a short socket path; :func:`cleanup_root` removes eve
 one (daemon, shims, container processes, runc state, mounts, directories), which the
 supervisor itself must never do; :func:`require_containerd` skips (or, under CI, fails) a
 test when the host lacks what it needs; :func:`open_fds` and :func:`leftover_threads` help leak
-checks. It must import without pytest (pytest is imported lazily) and must never touch a
-system-wide containerd or a process that is not under the given root.
+checks; :class:`RecordingBackend` records events and waits for one, :class:`CountingSink`
+takes a process's output in flat memory. It must import without pytest (pytest is imported
+lazily) and must never touch a system-wide containerd or a process that is not under the given root.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import io
 import json
 import logging
 import os
@@ -27,17 +29,20 @@ import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Union
 
 import attrs
 
-from libcontainerd import errdefs, supervisor
+from libcontainerd import _procfs, errdefs, supervisor
+from libcontainerd.types import EventInfo, EventType
 
 if TYPE_CHECKING:
     from libcontainerd.remote import Client
 
 __all__ = [
+    "CountingSink",
     "Leftovers",
+    "RecordingBackend",
     "busybox_rootfs",
     "cleanup_root",
     "containerd_tool",
@@ -281,48 +286,11 @@ def _config_strings(config_path: str) -> dict[str, str]:
     return found
 
 
-def _pids() -> Iterator[int]:
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            yield int(name)
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def _flag(argv: list[str], name: str) -> Optional[str]:
     for a, b in zip(argv, argv[1:]):
         if a in (name, "-" + name):
             return b
     return None
-
-
-def _parents() -> dict[int, int]:
-    parents = {}
-    for pid in _pids():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat_line = f.read()
-        except OSError:
-            continue
-        fields = stat_line[stat_line.rfind(b")") + 2 :].split()
-        if fields and fields[0] != b"Z":
-            parents[pid] = int(fields[1])
-    return parents
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read()
-    except OSError:
-        return True
-    return stat_line[stat_line.rfind(b")") + 2 :][:1] == b"Z"  # a zombie our init may never reap
 
 
 @attrs.frozen
@@ -355,9 +323,9 @@ def daemon_processes(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[s
     """
     paths = _paths(daemon_or_root)
     found = {}
-    for pid in _pids():
-        argv = _cmdline(pid)
-        if not argv or _gone(pid):
+    for pid in _procfs.pids():
+        argv = _procfs.cmdline(pid)
+        if not argv or not _procfs.running(pid):
             continue
         name = os.path.basename(argv[0])
         shim = name.startswith("containerd-shim") and _flag(argv, "address") == paths.address
@@ -372,7 +340,7 @@ def _kill_and_wait(pids: Collection[int], timeout: float = 10.0) -> None:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while not _gone(pid) and time.monotonic() < deadline:
+        while _procfs.running(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
 
 
@@ -455,13 +423,8 @@ def _remove_empty_cgroups(namespaces: Collection[str]) -> None:
 
 def _mounts_under(dirs: Collection[str]) -> list[str]:
     prefixes = [d.rstrip("/") + "/" for d in dirs]
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-            if any(point == p.rstrip("/") or point.startswith(p) for p in prefixes):
-                found.append(point)
+    found = [point for point in _procfs.mount_points()
+             if any(point == p.rstrip("/") or point.startswith(p) for p in prefixes)]
     return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
 
 
@@ -500,12 +463,7 @@ def cleanup_root(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[str]]
     bundles = list(_bundles(paths.state_dir))
     for ns, cid, bundle in bundles:
         _runc_cleanup(ns, cid, bundle)
-    parents = _parents()
-    below: set[int] = set()
-    frontier = set(shims)
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - below
-        below |= frontier
+    below = _procfs.descendants(shims)
     _kill_and_wait(below)
     _kill_and_wait(shims)
     for _ns, _cid, bundle in bundles:
@@ -583,7 +541,7 @@ def open_fds() -> int:
     1
     >>> f.close()
     """
-    return len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+    return len(_procfs.fds()) - 1  # the listing's own descriptor
 
 
 def leftover_threads(baseline: Collection[threading.Thread], prefix: str = "libcontainerd-") -> list[str]:
@@ -618,3 +576,102 @@ def remove_containers(client: Client) -> list[str]:
         ctr.delete()
         removed.append(ctr.id)
     return removed
+
+
+# -- a backend and a sink for tests ---------------------------------------------------------------
+
+
+class RecordingBackend:
+    """A backend that records every event and lets a test wait for one.
+
+    Attributes:
+        events: ``(container_id, event_type, info)`` in the order they were delivered.
+        threads: the names of the threads that delivered them.
+        hook: called with each event before it is recorded, on the delivering thread: a test
+            makes the backend slow, raise, or close the client from a callback with it.
+
+    >>> rec = RecordingBackend()
+    >>> client = libcontainerd.new_client(address, state_dir, "ns", rec)  # doctest: +SKIP
+    >>> task = client.new_container("web", spec).start()  # doctest: +SKIP
+    >>> rec.wait_for("web", EventType.START).pid == task.pid  # doctest: +SKIP
+    True
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, EventType, EventInfo]] = []
+        self.threads: set[str] = set()
+        self.hook: Optional[Callable[[str, EventType, EventInfo], None]] = None
+        self._cond = threading.Condition()
+
+    def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
+        """Record the event (after the :attr:`hook`, if any) and wake whoever waits for it."""
+        self.threads.add(threading.current_thread().name)
+        if self.hook is not None:
+            self.hook(container_id, event_type, info)
+        with self._cond:
+            self.events.append((container_id, event_type, info))
+            self._cond.notify_all()
+
+    def of(self, container_id: str) -> list[tuple[EventType, str]]:
+        """``(event_type, process_id)`` of each event of one container so far.
+
+        >>> RecordingBackend().of("web")
+        []
+        """
+        with self._cond:
+            return [(t, i.process_id) for c, t, i in self.events if c == container_id]
+
+    def wait_for(self, container_id: str, event_type: EventType, process_id: Optional[str] = None,
+                 timeout: float = 20.0) -> EventInfo:
+        """The first event of that type for the container (and process, if given), once it arrived.
+
+        Raises:
+            TimeoutError: none arrived within ``timeout`` seconds (the message lists what did).
+
+        >>> RecordingBackend().wait_for("web", EventType.EXIT, timeout=0)
+        Traceback (most recent call last):
+        ...
+        TimeoutError: no EventType.EXIT for web/None within 0 s; got []
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for c, t, i in self.events:
+                    if c == container_id and t is event_type and (process_id is None or i.process_id == process_id):
+                        return i
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {event_type} for {container_id}/{process_id} within {timeout:g} s; "
+                                       f"got {self.of(container_id)}")
+                self._cond.wait(left)
+
+
+class CountingSink(io.RawIOBase):
+    """A binary stream for :func:`libcontainerd.stdio.attach` that counts what is written and drops it.
+
+    For tests of large outputs: memory then shows what the SDK holds, not what the test kept.
+    Writes may come from several threads.
+
+    >>> sink = CountingSink(); sink.write(b"abc"); sink.count
+    3
+    3
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.count = 0
+        self.flushes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        with self._lock:
+            self.count += n
+        return n
+
+    def flush(self) -> None:
+        super().flush()
+        self.flushes += 1

@@ -14,6 +14,9 @@ import attrs
 
 __all__ = ["Backend", "EventInfo", "EventType", "ExitStatus", "Stats", "Status", "Summary", "Version"]
 
+# cgroup v1 reports "no memory limit" as a page-rounded 2**63-1.
+_NO_MEMORY_LIMIT = 1 << 62
+
 
 @attrs.frozen
 class Version:
@@ -71,14 +74,54 @@ class Stats:
             (``io.containerd.cgroups.v1.Metrics``: ``memory.usage.usage``, ``pids.current`` ...)
             or v2 (``io.containerd.cgroups.v2.Metrics``: ``memory.usage``, ``pids.current`` ...).
 
+    The properties give the numbers most callers want the same way for v1 and v2:
+    memory in use and its limit, CPU time and the number of processes and their limit
+    (a limit is None where there is none).
+
     >>> stats = task.stats()  # doctest: +SKIP
     >>> stats.metrics.memory.usage.usage  # cgroup v1  # doctest: +SKIP
     1400832
+    >>> stats.memory_bytes, stats.memory_limit_bytes, stats.pids  # either version  # doctest: +SKIP
+    (1400832, 67108864, 1)
     """
 
     read: datetime.datetime
     metrics: Any = attrs.field(repr=lambda m: f"<{getattr(type(m), 'DESCRIPTOR', type(m)).full_name}>"
                                if hasattr(type(m), "DESCRIPTOR") else repr(m))
+
+    @property
+    def _v2(self) -> bool:
+        name: str = getattr(getattr(type(self.metrics), "DESCRIPTOR", None), "full_name", "")
+        return name.endswith("v2.Metrics")
+
+    @property
+    def memory_bytes(self) -> int:
+        """Memory in use by the task's cgroup, in bytes."""
+        m = self.metrics.memory
+        return int(m.usage if self._v2 else m.usage.usage)
+
+    @property
+    def memory_limit_bytes(self) -> Optional[int]:
+        """The cgroup's memory limit in bytes; None when it has none."""
+        m = self.metrics.memory
+        limit = int(m.usage_limit if self._v2 else m.usage.limit)
+        return limit if 0 < limit < _NO_MEMORY_LIMIT else None
+
+    @property
+    def cpu_ns(self) -> int:
+        """CPU time used by the task's processes, in nanoseconds."""
+        cpu = self.metrics.cpu
+        return int(cpu.usage_usec) * 1000 if self._v2 else int(cpu.usage.total)
+
+    @property
+    def pids(self) -> int:
+        """How many processes the task's cgroup holds."""
+        return int(self.metrics.pids.current)
+
+    @property
+    def pids_limit(self) -> Optional[int]:
+        """The cgroup's limit on processes; None when it has none."""
+        return int(self.metrics.pids.limit) or None
 
 
 @attrs.frozen

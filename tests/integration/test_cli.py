@@ -22,7 +22,9 @@ from typing import IO, Any, Optional
 
 import pytest
 
-from libcontainerd import errdefs, oci, testing
+from libcontainerd import _procfs, errdefs, oci, testing
+
+from ..helpers import run_once
 
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
                "events", "checkpoint", "rm", "demo"]
@@ -137,18 +139,7 @@ def procs() -> Iterator[Procs]:
 
 def _alive(pids: dict[int, list[str]]) -> list[int]:
     """Which of these processes still run (same pid and command line, not a zombie)."""
-    alive = []
-    for pid, argv in pids.items():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                same = [a.decode() for a in f.read().split(b"\0") if a] == argv
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-        except OSError:
-            continue
-        if same and not zombie:
-            alive.append(pid)
-    return alive
+    return [pid for pid, argv in pids.items() if _procfs.cmdline(pid) == argv and _procfs.running(pid)]
 
 
 def _one_error_line(stderr: str) -> str:
@@ -162,16 +153,10 @@ def _one_error_line(stderr: str) -> str:
 def _our_processes(path: str) -> list[str]:
     """Command lines of live processes that mention ``path`` (containerd, shims, containers of a root)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace").replace("\0", " ")
-        except OSError:
-            continue
-        if path in argv:
-            found.append(f"{entry}: {argv}")
+    for pid in _procfs.pids():
+        argv = " ".join(_procfs.cmdline(pid))
+        if pid != os.getpid() and path in argv:
+            found.append(f"{pid}: {argv}")
     return found
 
 
@@ -364,7 +349,7 @@ def test_checkpoint_writes_files_or_says_why_not_in_one_line(cli, client, tmp_pa
     assert cli("rm", "-f", "ck").returncode == 0
 
 
-def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, rootfs, procs):
+def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, recorder, rootfs, procs):
     proc = procs.start(*cli.globals, "events", "--json")
     err = procs.lines(proc.stderr, "events-stderr")
     out = procs.lines(proc.stdout, "events-stdout")
@@ -374,11 +359,7 @@ def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, rootfs, p
     # so slow (a loaded machine) that it was registered while the first container already ran.
     for attempt in range(3):
         cid = f"ev{attempt}"
-        ctr = client.new_container(cid, oci.default_spec(rootfs, ["true"]))
-        task = ctr.start()
-        task.wait(timeout=30)
-        task.delete()
-        ctr.delete()
+        run_once(client, recorder, rootfs, cid)
         exit_line = out.wait_for(f'"type": "exit", "container": "{cid}"', timeout=10)
         kinds = [json.loads(line)["type"] for line in out.seen if f'"{cid}"' in line]
         if exit_line is not None and kinds[:1] == ["create"]:
@@ -392,7 +373,7 @@ def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, rootfs, p
     assert "Traceback" not in err.rest()
 
 
-def test_events_human_lines(cli, client, rootfs, procs):
+def test_events_human_lines(cli, client, recorder, rootfs, procs):
     proc = procs.start(*cli.globals, "events")
     err = procs.lines(proc.stderr, "events-stderr")
     out = procs.lines(proc.stdout, "events-stdout")
@@ -400,11 +381,7 @@ def test_events_human_lines(cli, client, rootfs, procs):
     line = None
     for attempt in range(3):
         cid = f"hv{attempt}"
-        ctr = client.new_container(cid, oci.default_spec(rootfs, ["sh", "-c", "exit 7"]))
-        task = ctr.start()
-        task.wait(timeout=30)
-        task.delete()
-        ctr.delete()
+        assert run_once(client, recorder, rootfs, cid, "sh", "-c", "exit 7") == 7
         line = out.wait_for(rf"\bexit\s+{cid}\b", timeout=10)
         if line is not None:
             break

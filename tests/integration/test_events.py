@@ -12,6 +12,8 @@ import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,19 +22,23 @@ import libcontainerd
 from libcontainerd import errdefs, oci, stdio, testing
 from libcontainerd.types import EventType
 
-from ._hardening import wait_until
-from .conftest import Recorder, lcd_threads
+from ..helpers import lcd_threads, run_once, wait_until
 
 E = EventType
+
+
+def _gated_spec(rootfs: str, tmp_path: Path, then: str = "") -> tuple[dict[str, Any], Path]:
+    """A spec whose process waits until the test creates ``<gate>/go`` (the gate is its /tmp), then runs ``then``."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    script = "while [ ! -e /tmp/go ]; do sleep 0.02; done" + (f"; {then}" if then else "")
+    return oci.with_mounts(oci.default_spec(rootfs, ["sh", "-c", script]), [oci.bind_mount(gate, "/tmp")]), gate
 
 
 def test_ordered_events_of_a_container_with_an_exec(client, recorder, rootfs, tmp_path):
     # The main process ends only once the exec has exited (a gate file in a bind mount), so the
     # order asserted below does not depend on how fast a loaded machine runs the exec.
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    script = "while [ ! -e /tmp/go ]; do sleep 0.02; done"
-    s = oci.with_mounts(oci.default_spec(rootfs, ["sh", "-c", script]), [oci.bind_mount(gate, "/tmp")])
+    s, gate = _gated_spec(rootfs, tmp_path)
     ctr = client.new_container("seq", s)
     task = ctr.start()
     p = task.exec("x1", oci.process_spec(["true"]), attach_stdio=stdio.capture())
@@ -71,10 +77,7 @@ def test_oom_event(client, recorder, rootfs, tmp_path):
     # The shim watches for OOM only once its Start returned (containerd's runc shim adds the cgroup
     # to its OOM monitor after starting the process): allocate only after that, or, on a loaded
     # machine, the kill can come first and containerd never publishes a TaskOOM.
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    script = "while [ ! -e /tmp/go ]; do sleep 0.02; done; dd if=/dev/zero of=/dev/null bs=128M count=1"
-    s = oci.with_mounts(oci.default_spec(rootfs, ["sh", "-c", script]), [oci.bind_mount(gate, "/tmp")])
+    s, gate = _gated_spec(rootfs, tmp_path, then="dd if=/dev/zero of=/dev/null bs=128M count=1")
     s["linux"].setdefault("resources", {})["memory"] = {"limit": 16 << 20, "swap": 16 << 20}
     ctr = client.new_container("oom", s)
     task = ctr.start()
@@ -93,15 +96,15 @@ def test_backend_exceptions_are_logged_and_delivery_goes_on(client, recorder, ro
 
     recorder.hook = explode
     with caplog.at_level(logging.ERROR, logger="libcontainerd"):
-        ctr = client.new_container("boom", oci.default_spec(rootfs, ["true"]))
-        task = ctr.start()
-        task.wait(timeout=20)
-        recorder.wait_for("boom", E.EXIT)
-    task.delete()
-    ctr.delete()
+        run_once(client, recorder, rootfs, "boom")
     assert [t for t, _ in recorder.of("boom")] == [E.START, E.EXIT]
-    failures = [r for r in caplog.records if "backend failed" in r.getMessage()]
-    assert failures and "boom" in failures[0].getMessage() and "create" in failures[0].getMessage()
+    failures = [r for r in caplog.records if r.exc_info and "backend bug" in str(r.exc_info[1])]
+    assert failures, caplog.text
+    message = failures[0].getMessage()
+    assert "backend failed" in message and "boom" in message and "create" in message
+    # A prompt user's log handler can tell which container and namespace it was.
+    assert failures[0].name.startswith("libcontainerd")
+    assert (failures[0].container_id, failures[0].namespace) == ("boom", client.namespace)
 
 
 def _unique(prefix: str) -> str:
@@ -110,16 +113,11 @@ def _unique(prefix: str) -> str:
 
 
 def test_events_of_another_namespace_never_arrive(containerd, rootfs, state_dir, namespace, recorder):
-    other = Recorder()
+    other = testing.RecordingBackend()
     with libcontainerd.new_client(containerd.address, state_dir, namespace + "-one", recorder) as one, \
             libcontainerd.new_client(containerd.address, state_dir + "-two", namespace + "-two", other) as two:
         try:
-            ctr = one.new_container("lonely", oci.default_spec(rootfs, ["true"]))
-            task = ctr.start()
-            task.wait(timeout=20)
-            recorder.wait_for("lonely", E.EXIT)
-            task.delete()
-            ctr.delete()
+            run_once(one, recorder, rootfs, "lonely")
             with pytest.raises(libcontainerd.errdefs.NotFound):
                 two.load_container("lonely")
             assert other.events == []
@@ -146,7 +144,7 @@ def test_close_is_quick_and_leaves_no_thread(containerd, state_dir, namespace, r
 
 
 def test_close_from_a_backend_callback(containerd, rootfs, state_dir, namespace):
-    rec = Recorder()
+    rec = testing.RecordingBackend()
     closed = threading.Event()
     c = libcontainerd.new_client(containerd.address, state_dir, namespace, rec)
 
@@ -202,7 +200,7 @@ def test_interpreter_with_an_open_client_exits_promptly(containerd, rootfs, stat
 def test_survives_a_containerd_restart_and_reports_missed_exits(rootfs):
     tmp = tempfile.mkdtemp(prefix="lcd-r-")
     daemon = testing.start_daemon(tmp, health_failures=0)
-    rec = Recorder()
+    rec = testing.RecordingBackend()
     state = os.path.join(tmp, "client-state")
     try:
         with libcontainerd.new_client(daemon.address, state, _unique("restart"), rec, timeout=30) as c:
@@ -299,7 +297,7 @@ def test_an_exit_before_a_late_resubscription_is_registered_is_not_lost(rootfs):
     """containerd comes back; the new subscription is registered late; a task runs and exits before that."""
     tmp = tempfile.mkdtemp(prefix="lcd-late-")
     daemon = testing.start_daemon(tmp, health_failures=0)
-    rec = Recorder()
+    rec = testing.RecordingBackend()
     try:
         state = os.path.join(tmp, "state")
         with libcontainerd.new_client(daemon.address, state, _unique("late"), rec, timeout=30) as c:
@@ -333,7 +331,7 @@ def test_an_exit_before_a_late_first_subscription_is_registered_is_not_lost(cont
             self.Subscribe = lambda request, metadata=None, **_: _LateCall(real, request, metadata, 3.5)
 
     monkeypatch.setattr(_rpc.events_pb2_grpc, "EventsStub", LateStub)
-    rec = Recorder()
+    rec = testing.RecordingBackend()
     with libcontainerd.new_client(containerd.address, state_dir, namespace, rec, timeout=30) as c:
         assert not c._events._synced.is_set()  # returned after its 2 s, before containerd registered it
         _short_task_reports_its_exit(c, rec, rootfs, "early", 9)
@@ -342,20 +340,16 @@ def test_an_exit_before_a_late_first_subscription_is_registered_is_not_lost(cont
 def test_new_client_returns_with_a_live_subscription(containerd, rootfs, state_dir, namespace):
     """Events of a container made right after new_client are not lost to a late subscription."""
     for attempt in range(5):
-        rec = Recorder()
+        rec = testing.RecordingBackend()
         with libcontainerd.new_client(containerd.address, state_dir, namespace, rec) as c:
             assert c._events._synced.is_set()
-            ctr = c.new_container(f"first-{attempt}", oci.default_spec(rootfs, ["true"]))
-            task = ctr.start()
-            task.wait(timeout=20)
-            rec.wait_for(ctr.id, E.EXIT)
-            task.delete()
-            ctr.delete()
-        assert [t for t, _ in rec.of(ctr.id)] == [E.CREATE, E.START, E.EXIT]
+            run_once(c, rec, rootfs, f"first-{attempt}")
+        assert [t for t, _ in rec.of(f"first-{attempt}")] == [E.CREATE, E.START, E.EXIT]
 
 
 def test_new_client_to_a_dead_address_returns_quickly(state_dir, namespace):
     started = time.monotonic()
-    with libcontainerd.new_client(os.path.join(state_dir, "nothing.sock"), state_dir, namespace, Recorder()) as c:
+    with libcontainerd.new_client(os.path.join(state_dir, "nothing.sock"), state_dir, namespace,
+                                  testing.RecordingBackend()) as c:
         assert not c._events._synced.is_set()
     assert time.monotonic() - started < 5

@@ -8,22 +8,20 @@ state dir holds only bundles of live containers, and after ``close()`` no libcon
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio, testing
+from libcontainerd import _procfs, errdefs, oci, stdio, testing
 from libcontainerd.types import EventType as E
 from libcontainerd.types import Status
 
-from ._hardening import (
+from ..helpers import (
     PrivateDaemon,
     assert_state_dir_matches,
     lifecycle_works,
@@ -34,7 +32,6 @@ from ._hardening import (
     wait_for_threads,
     wait_until,
 )
-from .conftest import Recorder
 
 #: Shims that containerd itself lost track of when it was killed mid-start (see the test).
 ORPHANED_SHIMS: list[int] = []
@@ -52,7 +49,7 @@ def daemon() -> Iterator[PrivateDaemon]:
 class Harness:
     def __init__(self, daemon: PrivateDaemon, state_dir: str, namespace: str, timeout: float = 20.0) -> None:
         self.daemon = daemon
-        self.recorder = Recorder()
+        self.recorder = testing.RecordingBackend()
         self.baseline = threading.enumerate()
         self.client = libcontainerd.new_client(daemon.address, state_dir, namespace, self.recorder, timeout=timeout)
 
@@ -74,8 +71,8 @@ def h(daemon: PrivateDaemon, state_dir: str, namespace: str) -> Iterator[Harness
         assert c.is_serving(timeout=60)
         testing.remove_containers(c)
         c.close()
-        assert wait_until(lambda: not shims(daemon.address, namespace), timeout=20), \
-            f"shims outlived their containers: {shims(daemon.address, namespace)}"
+        assert wait_until(lambda: not shims(daemon.daemon, namespace), timeout=20), \
+            f"shims outlived their containers: {shims(daemon.daemon, namespace)}"
         left = wait_for_threads(harness.baseline)
         assert not left, f"threads left after close(): {left}"
         assert os.listdir(state_dir) == [], f"state dir not empty: {os.listdir(state_dir)}"
@@ -138,9 +135,9 @@ def test_containerd_killed_at_any_point_of_start(daemon, h, rootfs, delay):
     ctr.delete()
     # containerd killed after it spawned the shim but before it recorded the task forgets that shim for good
     # (it is not in its state after the restart): containerd's leak, not the client's. Count and reap it.
-    if not wait_until(lambda: not shims(daemon.address, c.namespace, "k-any"), timeout=10):
-        ORPHANED_SHIMS.extend(shims(daemon.address, c.namespace, "k-any"))
-        for pid in shims(daemon.address, c.namespace, "k-any"):
+    if not wait_until(lambda: not shims(daemon.daemon, c.namespace, "k-any"), timeout=10):
+        ORPHANED_SHIMS.extend(shims(daemon.daemon, c.namespace, "k-any"))
+        for pid in shims(daemon.daemon, c.namespace, "k-any"):
             reap_orphan_shim(pid, c.namespace, "k-any")
     h.recovered(rootfs)
 
@@ -177,24 +174,10 @@ def test_containerd_killed_during_exec(daemon, h, rootfs):
     h.recovered(rootfs)
 
 
-class Counter(io.RawIOBase):
-    def __init__(self) -> None:
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        with self.lock:
-            self.count += len(b)
-        return len(b)
-
-
 def test_containerd_killed_while_streaming_stdout(daemon, h, rootfs):
     """Output keeps flowing while containerd is dead; the exit is reported once it is back."""
     c = h.client
-    sink = Counter()
+    sink = testing.CountingSink()
     ctr = c.new_container("k-stream", spec(rootfs, "sh", "-c", "while true; do echo tick; usleep 2000; done"))
     task = ctr.start(attach_stdio=stdio.attach(stdout=sink))
     assert wait_until(lambda: sink.count > 100, timeout=20)
@@ -235,7 +218,7 @@ def test_containerd_killed_while_idle(daemon, h, rootfs):
 
 def test_frozen_containerd_gives_deadline_then_works_again(daemon, state_dir, namespace, rootfs):
     baseline = threading.enumerate()
-    rec = Recorder()
+    rec = testing.RecordingBackend()
     # A generous default for the work around the freeze (a loaded machine can take seconds to
     # create a task); the short deadline only while containerd is frozen.
     c = libcontainerd.new_client(daemon.address, state_dir, namespace, rec, timeout=60)
@@ -288,7 +271,7 @@ def test_frozen_containerd_gives_deadline_then_works_again(daemon, state_dir, na
 def test_socket_gone_before_connecting_then_recreated(daemon, state_dir, namespace, rootfs):
     """No socket: Unavailable (nothing made); the socket comes back: the same client recovers."""
     baseline = threading.enumerate()
-    rec = Recorder()
+    rec = testing.RecordingBackend()
     moved = daemon.address + ".moved"
     os.rename(daemon.address, moved)
     restored = False
@@ -365,7 +348,7 @@ def test_shim_killed_under_a_running_task(daemon, h, rootfs, namespace):
     assert info.exit_code == 137
     assert task.wait(timeout=60).code == 137
     assert out.wait(timeout=30).stdout == b"up\n"
-    assert wait_until(lambda: not os.path.exists(f"/proc/{task.pid}"), timeout=30), "the container outlived its shim"
+    assert wait_until(lambda: _procfs.state(task.pid) is None, timeout=30), "the container outlived its shim"
     # containerd deleted the task when it cleaned up after the shim: delete() returns the exit wait() gave
     assert task.delete().code == 137
     ctr.delete()

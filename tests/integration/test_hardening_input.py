@@ -22,7 +22,7 @@ from libcontainerd import errdefs, oci, stdio
 from libcontainerd._api.containerd.api.services.content.v1 import content_pb2
 from libcontainerd._api.containerd.api.services.leases.v1 import leases_pb2
 
-from ._hardening import listing, spec
+from ..helpers import listing, spec
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 BAD_IDS = st.one_of(st.sampled_from(["", "..", "../x", "x/y", "x\x00", "a" * 77, "é", "-x", "x-"]),

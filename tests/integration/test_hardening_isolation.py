@@ -20,18 +20,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio, testing
+from libcontainerd import _procfs, errdefs, oci, stdio, testing
 from libcontainerd.types import EventType as E
 from libcontainerd.types import Status
 
-from ._hardening import listing, spec, wait_until
-from .conftest import Recorder
+from ..helpers import listing, spec, wait_until
 
 
 @pytest.fixture
-def two(containerd, namespace) -> Iterator[tuple[libcontainerd.Client, Recorder, libcontainerd.Client, Recorder]]:
+def two(containerd, namespace) -> Iterator[tuple[libcontainerd.Client, testing.RecordingBackend,
+                                                  libcontainerd.Client, testing.RecordingBackend]]:
     parent = tempfile.mkdtemp(prefix="lcd-iso-")
-    ra, rb = Recorder(), Recorder()
+    ra, rb = testing.RecordingBackend(), testing.RecordingBackend()
     a = libcontainerd.new_client(containerd.address, os.path.join(parent, "a"), namespace + "-a", ra, timeout=30)
     b = libcontainerd.new_client(containerd.address, os.path.join(parent, "b"), namespace + "-b", rb, timeout=30)
     try:
@@ -77,11 +77,6 @@ def test_namespaces_do_not_see_or_touch_each_other(two, rootfs):
     ctr_a.delete()
 
 
-def _cgroups(pid: int) -> set[str]:
-    with open(f"/proc/{pid}/cgroup", encoding="ascii") as f:
-        return {line.rstrip("\n") for line in f}
-
-
 def test_the_same_id_in_two_namespaces_gets_two_cgroups(two, rootfs):
     """Without a cgroupsPath runc names the cgroup after the bare id: pausing a's "twin" froze b's."""
     a, _, b, _ = two
@@ -89,12 +84,11 @@ def test_the_same_id_in_two_namespaces_gets_two_cgroups(two, rootfs):
     cb = b.new_container("twin", spec(rootfs, "sleep", "300"))
     assert a.load_container("twin").spec["linux"]["cgroupsPath"] == f"/{a.namespace}/twin"  # as stored
     ta, tb = ca.start(), cb.start()
-    assert _cgroups(ta.pid).isdisjoint(_cgroups(tb.pid))
+    assert _procfs.cgroups(ta.pid).isdisjoint(_procfs.cgroups(tb.pid))
     ta.pause()
     try:
         def state() -> str:
-            with open(f"/proc/{tb.pid}/status", encoding="ascii") as f:
-                return next(line for line in f if line.startswith("State:"))
+            return _procfs.status(tb.pid)["State"]
 
         # A frozen task stays in D; a process just started may pass through it (loading its binary).
         assert wait_until(lambda: "D (" not in state(), timeout=10), f"b's twin is frozen: {state()}"

@@ -15,7 +15,6 @@ import gc
 import itertools
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ import libcontainerd
 from libcontainerd import oci, stdio, testing
 from libcontainerd.types import EventInfo, EventType
 
-from ._hardening import rss_kb, spec
+from ..helpers import echo_lifecycle, lcd_threads, rss_kb, spec
 
 pytestmark = pytest.mark.soak
 
@@ -85,11 +84,6 @@ class OrderChecker:
         assert got == self.ORDERS[kind], f"events of {key} out of order: {got}"
 
 
-def lcd_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate()
-                  if t.name.startswith("libcontainerd") and not re.fullmatch(r"libcontainerd-events-\d+", t.name))
-
-
 class Sampler:
     def __init__(self) -> None:
         self.samples: list[dict[str, int]] = []
@@ -136,13 +130,7 @@ def soak_client(containerd: Any, state_dir: str, namespace: str) -> Iterator[tup
 
 
 def lifecycle(client: libcontainerd.Client, checker: OrderChecker, rootfs: str, cid: str) -> None:
-    ctr = client.new_container(cid, spec(rootfs, "sh", "-c", f"echo {cid}"))
-    out = stdio.capture()
-    task = ctr.start(attach_stdio=out)
-    assert task.wait(timeout=60).code == 0
-    assert out.wait(timeout=60).stdout == f"{cid}\n".encode()
-    assert task.delete().code == 0
-    ctr.delete()
+    echo_lifecycle(client, rootfs, cid, cid, timeout=60)
     checker.finish(cid, cid, "task")
 
 

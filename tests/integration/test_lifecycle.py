@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import threading
+from typing import Any
 
 import pytest
 
 import libcontainerd
-from libcontainerd import errdefs, oci, stdio
+from libcontainerd import errdefs, oci, stdio, testing
 from libcontainerd.types import Status
 
-from ._hardening import wait_until
-from .conftest import fd_count, lcd_threads
-
-
-def spec(rootfs: str, *args: str, **kw: object) -> dict:
-    return oci.default_spec(rootfs, list(args), **kw)  # type: ignore[arg-type]
+from ..helpers import lcd_threads, rss_kb, spec, wait_until
 
 
 def run(client: libcontainerd.Client, cid: str, s: dict, **start_kw: object) -> tuple[int, stdio.Capture]:
@@ -63,32 +58,23 @@ def test_stdin_closed_before_the_process_exists(client, rootfs):
     ctr.delete()
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+class RssSamplingSink(testing.CountingSink):
+    """Counts, and samples this process's RSS at every 64 MiB written."""
 
-
-class CountingSink(io.RawIOBase):
     def __init__(self) -> None:
-        self.count = 0
+        super().__init__()
         self.peak_rss = 0
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:  # type: ignore[override]
-        self.count += len(b)
-        if self.count % (64 << 20) < len(b):
-            self.peak_rss = max(self.peak_rss, _rss_kb())
-        return len(b)
+    def write(self, data: Any) -> int:
+        n = super().write(data)
+        if self.count % (64 << 20) < n:
+            self.peak_rss = max(self.peak_rss, rss_kb())
+        return n
 
 
 def test_one_gib_of_stdout_streams_with_flat_memory(client, rootfs):
-    sink = CountingSink()
-    before = _rss_kb()
+    sink = RssSamplingSink()
+    before = rss_kb()
     ctr = client.new_container("gib", spec(rootfs, "dd", "if=/dev/zero", "bs=1048576", "count=1024"))
     task = ctr.start(attach_stdio=stdio.attach(stdout=sink))
     assert task.wait(timeout=120).code == 0
@@ -361,13 +347,13 @@ def test_two_hundred_cycles_leak_nothing(client, rootfs, state_dir):
 
     for i in range(5):  # warm up lazily created threads and channels
         cycle(i)
-    threads, fds = lcd_threads(), fd_count()
+    threads, fds = lcd_threads(), testing.open_fds()
     for i in range(5, 205):
         cycle(i)
     assert os.listdir(state_dir) == []
     # Ending threads (idle event workers) may take a moment on a loaded machine; a leak never ends.
-    wait_until(lambda: fd_count() == fds and lcd_threads() == threads, timeout=15)
-    assert fd_count() == fds
+    wait_until(lambda: testing.open_fds() == fds and lcd_threads() == threads, timeout=15)
+    assert testing.open_fds() == fds
     assert lcd_threads() == threads
 
 

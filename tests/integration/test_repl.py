@@ -6,7 +6,6 @@ would, and check that the child caught ``KeyboardInterrupt`` and could go on usi
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ import pytest
 
 import libcontainerd
 from libcontainerd import cio, oci, queue, stdio, testing
-from libcontainerd.types import EventType
 
 # Generous: a child that ignores SIGINT would hang until then, which is the failure.
 CHILD_TIMEOUT = 60
@@ -209,26 +207,6 @@ def test_reprs_are_short_and_informative(client, rootfs, tmp_path):
 def test_daemon_repr(containerd):
     assert repr(containerd) == (f"<Daemon pid={containerd.pid} address={containerd.address} "
                                 f"restarts={containerd.restarts}>")
-
-
-def test_backend_failure_is_logged_with_the_container_and_namespace(client, recorder, rootfs, caplog):
-    def explode(container_id, event_type, info):
-        if event_type is EventType.START:
-            raise RuntimeError("backend bug")
-
-    recorder.hook = explode
-    caplog.set_level(logging.ERROR, logger="libcontainerd")
-    ctr = client.new_container("logged", oci.default_spec(rootfs, ["true"]))
-    task = ctr.start()
-    task.wait(timeout=30)
-    recorder.wait_for("logged", EventType.EXIT)
-    task.delete()
-    ctr.delete()
-    failures = [r for r in caplog.records if r.exc_info and "backend bug" in str(r.exc_info[1])]
-    assert failures, caplog.text
-    assert failures[0].name.startswith("libcontainerd")
-    assert failures[0].container_id == "logged"
-    assert failures[0].namespace == client.namespace
 
 
 def test_busybox_helper_is_quiet(tmp_path, capfd):

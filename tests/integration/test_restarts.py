@@ -26,8 +26,6 @@ import libcontainerd
 from libcontainerd import errdefs, oci, stdio, supervisor, testing
 from libcontainerd.types import EventType, ExitStatus
 
-from .conftest import Recorder
-
 RESTARTS = 20
 
 
@@ -49,7 +47,7 @@ def _restart(daemon: supervisor.Daemon) -> None:
 
 
 def _check_exit(release: supervisor.ContainerdRelease, cid: str, expected: int, got: ExitStatus,
-                rec: Recorder) -> None:
+                rec: testing.RecordingBackend) -> None:
     """The exit wait() returned is the one the backend got, once; real unless the release lost it."""
     infos = [i for c, t, i in rec.events if c == cid and t is EventType.EXIT]
     assert len(infos) == 1, f"{cid}: {len(infos)} EXIT events"
@@ -63,7 +61,7 @@ def _check_exit(release: supervisor.ContainerdRelease, cid: str, expected: int, 
 def test_waits_ride_a_storm_of_restarts_and_every_exit_arrives_once(own_daemon, rootfs):
     """20 SIGKILLs of containerd while containers with known codes end: every wait() returns, every
     EXIT reaches the backend once, and no call made after containerd is back fails."""
-    daemon, rec = own_daemon, Recorder()
+    daemon, rec = own_daemon, testing.RecordingBackend()
     rnd = random.Random(1234)
     state = os.path.join(os.path.dirname(daemon.root_dir), "client-state")
     ns = f"storm-{uuid.uuid4().hex[:8]}"
@@ -118,7 +116,7 @@ def test_waits_ride_a_storm_of_restarts_and_every_exit_arrives_once(own_daemon, 
 
 def test_a_wait_in_flight_returns_the_exit_after_a_restart(own_daemon, rootfs):
     """A wait() in flight when containerd is SIGKILLed returns the exit, not ``Unavailable``."""
-    daemon, rec = own_daemon, Recorder()
+    daemon, rec = own_daemon, testing.RecordingBackend()
     state = os.path.join(os.path.dirname(daemon.root_dir), "client-state")
     with libcontainerd.new_client(daemon.address, state, f"inflight-{uuid.uuid4().hex[:8]}", rec, timeout=60) as c:
         ctr = c.new_container("w", oci.default_spec(rootfs, ["sh", "-c", "read x; exit 3"]))

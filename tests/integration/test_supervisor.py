@@ -19,10 +19,10 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 
-from libcontainerd import errdefs, supervisor, testing
+from libcontainerd import _procfs, errdefs, supervisor, testing
 from libcontainerd._api.containerd.api.services.version.v1.version_pb2_grpc import VersionStub
 
-from ._hardening import wait_until
+from ..helpers import wait_until
 
 StartFn = Callable[..., supervisor.Daemon]
 
@@ -194,11 +194,7 @@ def test_restart_after_stop_gets_a_new_daemon(start_own: StartFn) -> None:
 
 def _gone(pid: int) -> bool:
     """The process ended (this machine's init may leave orphans as zombies)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return not _procfs.running(pid)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -267,7 +263,7 @@ def test_daemon_not_serving_in_time_is_a_deadline(tmp_root: str) -> None:
     with pytest.raises(errdefs.Deadline, match="did not serve"):
         supervisor.start(root, binary=binary, start_timeout=3.0)  # time for the fake to write its pid
     assert not os.path.exists(os.path.join(root, supervisor.PID_NAME))
-    assert not os.path.exists(f"/proc/{int(Path(pid_file).read_text())}")  # killed and reaped
+    assert _procfs.state(int(Path(pid_file).read_text())) is None  # killed and reaped
     _nothing_left(root, threads)
 
 
@@ -285,7 +281,7 @@ def test_stop_leaves_containers_running_and_cleanup_root_removes_them(start_own:
 
     daemon.stop()  # shims and containers outlive containerd by design
     assert list(testing.daemon_processes(daemon)) == shims
-    assert os.path.exists(f"/proc/{container_pid}")
+    assert _procfs.state(container_pid) is not None
 
     leftovers = testing.cleanup_root(daemon)
     assert leftovers.processes and set(shims) <= set(leftovers.processes)

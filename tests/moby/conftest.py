@@ -42,8 +42,6 @@ import libcontainerd
 from libcontainerd import testing
 from libcontainerd.types import EventType
 
-from ..integration.conftest import Recorder
-
 REPO = Path(__file__).resolve().parents[2]
 DOCKERD = os.environ.get("LIBCONTAINERD_DOCKERD") or str(REPO / ".cache/moby/docker.io/usr/sbin/dockerd")
 DOCKER = os.environ.get("LIBCONTAINERD_DOCKER") or str(REPO / ".cache/moby/docker-cli/usr/bin/docker")
@@ -328,13 +326,13 @@ def image(dockerd: Dockerd, rootfs: str) -> str:
 
 
 @pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
+def recorder() -> testing.RecordingBackend:
+    return testing.RecordingBackend()
 
 
 @pytest.fixture
 def moby_client(
-    dockerd: Dockerd, state_dir: str, recorder: Recorder
+    dockerd: Dockerd, state_dir: str, recorder: testing.RecordingBackend
 ) -> Iterator[libcontainerd.Client]:
     with libcontainerd.new_client(dockerd.containerd_address, state_dir, NAMESPACE, recorder, timeout=60) as client:
         yield client

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import libcontainerd
-from libcontainerd import errdefs
+from libcontainerd import errdefs, testing
 from libcontainerd.types import EventType, Status
 
-from ..integration.conftest import Recorder
 from .conftest import Dockerd, docker_events, wait_until
 
 BUNDLE_LABEL = "com.docker/engine.bundle.path"
@@ -42,7 +41,7 @@ def _run_gated(dockerd: Dockerd, image: str, gate: Path, script: str) -> str:
 
 
 def test_the_sdk_sees_dockerds_container_and_the_task_events_dockerd_gets(
-    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: Recorder, tmp_path: Path
+    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: testing.RecordingBackend, tmp_path: Path
 ) -> None:
     since, mark = time.time(), dockerd.log_offset()
     script = "until [ -e /gate/go ]; do sleep 0.05; done; exit 7"
@@ -83,7 +82,7 @@ def test_the_sdk_sees_dockerds_container_and_the_task_events_dockerd_gets(
 
 
 def test_docker_rm_force_is_an_exit_137_for_the_sdk_and_then_the_container_is_gone(
-    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: Recorder
+    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: testing.RecordingBackend
 ) -> None:
     since, mark = time.time(), dockerd.log_offset()
     cid = dockerd.docker("run", "-d", "--network", "none", image, "sleep", "1000")
@@ -103,7 +102,7 @@ def test_docker_rm_force_is_an_exit_137_for_the_sdk_and_then_the_container_is_go
 
 
 def test_a_signal_sent_through_the_sdk_ends_dockerds_container_with_the_code_dockerd_reports(
-    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: Recorder, tmp_path: Path
+    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: testing.RecordingBackend, tmp_path: Path
 ) -> None:
     mark = dockerd.log_offset()
     # sh as pid 1 ignores SIGTERM unless it traps it; /gate/ready says the trap is set.
@@ -122,7 +121,7 @@ def test_a_signal_sent_through_the_sdk_ends_dockerds_container_with_the_code_doc
 
 
 def test_docker_exec_reaches_the_sdk_as_the_exec_events_dockerd_gets(
-    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: Recorder
+    dockerd: Dockerd, image: str, moby_client: libcontainerd.Client, recorder: testing.RecordingBackend
 ) -> None:
     since, mark = time.time(), dockerd.log_offset()
     cid = dockerd.docker("run", "-d", "--network", "none", image, "sleep", "1000")

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from libcontainerd import errdefs
+from libcontainerd import _procfs, errdefs
 from libcontainerd.cio import Canceller, DirectIO, FifoReader, FifoSet, FifoWriter
 
 WAIT = 10.0  # bound for joins; a hang fails the test instead of blocking the run
 
 
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+def _fds() -> set[int]:
+    return _procfs.fds()
 
 
 class _Thread(threading.Thread):

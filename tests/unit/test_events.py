@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from google.protobuf import any_pb2, timestamp_pb2
 
-from libcontainerd import errdefs
+from libcontainerd import errdefs, testing
 from libcontainerd._api.containerd.api.events import task_pb2 as ev
 from libcontainerd._api.containerd.api.services.events.v1 import events_pb2
 from libcontainerd._api.containerd.api.services.tasks.v1 import tasks_pb2
@@ -19,15 +19,6 @@ from libcontainerd._typeurl import pack_message
 from libcontainerd.queue import KeyedSerialExecutor
 from libcontainerd.remote._events import EventStream, ProcessTracker, timestamp_to_datetime, translate
 from libcontainerd.types import EventType as E
-
-
-class Backend:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, E, Any]] = []
-        self.done = threading.Event()
-
-    def process_event(self, cid, event_type, info):
-        self.got.append((cid, event_type, info))
 
 
 class FakeConn:
@@ -50,7 +41,7 @@ def envelope(message, namespace="ns") -> events_pb2.Envelope:
 
 @pytest.fixture
 def stream():
-    backend = Backend()
+    backend = testing.RecordingBackend()
     executor = KeyedSerialExecutor(max_workers=2)
     tracker = ProcessTracker()
     s = EventStream(FakeConn({}), "ns", backend, executor, tracker)
@@ -92,7 +83,7 @@ def test_bad_envelopes_are_skipped_and_logged(stream, caplog):
         s._handle(envelope(ev.TaskStart(container_id="c", pid=9), namespace="elsewhere"))
         s._handle(envelope(ev.TaskStart(container_id="c", pid=9)))
     s._executor.close(timeout=5)
-    assert [(c, t) for c, t, _ in backend.got] == [("c", E.START)]
+    assert [(c, t) for c, t, _ in backend.events] == [("c", E.START)]
     text = caplog.text
     assert "without an event" in text and "skipped" in text and "ignored" in text
 
@@ -104,12 +95,12 @@ def test_an_exit_is_delivered_once(stream):
     s._handle(envelope(exit_event))
     s._handle(envelope(exit_event))
     s._executor.close(timeout=5)
-    assert [t for _, t, _ in backend.got] == [E.EXIT]
+    assert [t for _, t, _ in backend.events] == [E.EXIT]
     assert tracker.running() == []
 
 
 def test_reconcile_reports_exits_missed_while_disconnected():
-    backend = Backend()
+    backend = testing.RecordingBackend()
     executor = KeyedSerialExecutor(max_workers=2)
     tracker = ProcessTracker()
     stopped = task_types.Process(pid=11, status=task_types.STOPPED, exit_status=137)
@@ -125,7 +116,7 @@ def test_reconcile_reports_exits_missed_while_disconnected():
     s._reconcile()  # a second reconnect must not repeat them
     s._handle(envelope(ev.TaskExit(container_id="a", id="a", pid=11, exit_status=137)))  # late real event
     executor.close(timeout=5)
-    exits = sorted((c, i.process_id, i.exit_code, i.error is not None) for c, t, i in backend.got if t is E.EXIT)
+    exits = sorted((c, i.process_id, i.exit_code, i.error is not None) for c, t, i in backend.events if t is E.EXIT)
     assert exits == [("a", "a", 137, False), ("b", "x", 255, True)]
     assert sorted(tracker.running()) == [("b", "b", 12), ("c", "c", 14)]
 
@@ -145,7 +136,7 @@ def test_reconcile_waits_until_the_new_subscription_is_registered():
     Asked earlier, an exit published before containerd registered the subscription would be
     missed by both the stream and the lookup.
     """
-    backend = Backend()
+    backend = testing.RecordingBackend()
     executor = KeyedSerialExecutor(max_workers=1)  # one worker: delivery order is submission order across keys
     tracker = ProcessTracker()
     conn = FakeConn({("a", ""): task_types.Process(pid=11, status=task_types.STOPPED, exit_status=3),
@@ -158,5 +149,5 @@ def test_reconcile_waits_until_the_new_subscription_is_registered():
     s._handle(sync)
     s._handle(sync)  # later sync events change nothing
     executor.close(timeout=5)
-    assert [(c, t) for c, t, _ in backend.got] == [("b", E.START), ("a", E.EXIT)]
+    assert [(c, t) for c, t, _ in backend.events] == [("b", E.START), ("a", E.EXIT)]
     assert s._synced.is_set() and not s._reconcile_pending

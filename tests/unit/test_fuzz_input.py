@@ -28,17 +28,12 @@ from libcontainerd.remote._bundle import BUNDLE_LABEL
 from libcontainerd.remote._container import Container
 from libcontainerd.remote._process import Task
 
+from ..helpers import listing
+
 ID_RULE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*\Z")
 #: examples per property; raise it for a longer hunt (e.g. LIBCONTAINERD_FUZZ_EXAMPLES=2000)
 EXAMPLES = int(os.environ.get("LIBCONTAINERD_FUZZ_EXAMPLES", "80"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def listing(path: str) -> list[str]:
-    out = []
-    for root, dirs, files in os.walk(path):
-        out.extend(os.path.relpath(os.path.join(root, n), path) for n in dirs + files)
-    return sorted(out)
 
 
 class Dead:

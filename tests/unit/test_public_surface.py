@@ -13,7 +13,7 @@ import pytest
 import libcontainerd
 
 PACKAGE = pathlib.Path(libcontainerd.__file__).parent
-# The command line is the one place allowed to write to the terminal.
+# The command line (and the _cli package) is the one place allowed to write to the terminal.
 TALKERS = {"__main__.py"}
 
 
@@ -66,7 +66,7 @@ def test_the_library_never_prints():
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE)
-        if rel.parts[0] == "_api" or path.name in TALKERS or path.name.startswith("_cli"):
+        if rel.parts[0] in ("_api", "_cli") or path.name in TALKERS:
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":

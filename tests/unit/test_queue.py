@@ -206,18 +206,23 @@ def test_on_error_hook_gets_key_exception_and_context(caplog: pytest.LogCaptureF
     assert calls == [("k", err, "exit of k")]
 
 
-def test_close_drains_queued_work() -> None:
-    ex = KeyedSerialExecutor(max_workers=2, name="libcontainerd-test-drain")
-    gate = threading.Event()
-    started = threading.Event()
-    seen: list[int] = []
+def _occupy(ex: KeyedSerialExecutor, key: str = "a") -> threading.Event:
+    """Submit to ``key`` a callback that holds its worker until the returned gate is set; return once it runs."""
+    gate, started = threading.Event(), threading.Event()
 
-    def first() -> None:
+    def hold() -> None:
         started.set()
         assert gate.wait(WAIT)
 
-    ex.submit("a", first)
-    assert started.wait(WAIT)  # the first callback is running, not pending
+    ex.submit(key, hold)
+    assert started.wait(WAIT)  # running, not pending
+    return gate
+
+
+def test_close_drains_queued_work() -> None:
+    ex = KeyedSerialExecutor(max_workers=2, name="libcontainerd-test-drain")
+    seen: list[int] = []
+    gate = _occupy(ex)
     for i in range(100):
         ex.submit("a", seen.append, i)
     assert ex.pending == 100
@@ -231,21 +236,13 @@ def test_close_drains_queued_work() -> None:
 def test_close_without_drain_abandons_queued_work() -> None:
     name = "libcontainerd-test-abandon"
     ex = KeyedSerialExecutor(max_workers=1, name=name)
-    gate = threading.Event()
-    started = threading.Event()
     seen: list[int] = []
-
-    def first() -> None:
-        started.set()
-        assert gate.wait(WAIT)
-
-    ex.submit("a", first)
+    gate = _occupy(ex)
     for i in range(100):
         ex.submit("a", seen.append, i)
         ex.submit(f"other-{i}", seen.append, i)
-    assert started.wait(WAIT)
     assert ex.pending == 200
-    # The only worker is stuck in first(), so nothing else can have run before the queue is dropped.
+    # The only worker is held by _occupy, so nothing else can have run before the queue is dropped.
     with pytest.raises(errdefs.Deadline):
         ex.close(timeout=0.01, drain=False)
     assert ex.pending == 0
@@ -258,15 +255,7 @@ def test_close_without_drain_abandons_queued_work() -> None:
 def test_close_times_out_with_deadline_then_second_close_joins() -> None:
     name = "libcontainerd-test-timeout"
     ex = KeyedSerialExecutor(max_workers=1, name=name)
-    gate = threading.Event()
-    started = threading.Event()
-
-    def stuck() -> None:
-        started.set()
-        gate.wait(WAIT)
-
-    ex.submit("a", stuck)
-    assert started.wait(WAIT)
+    gate = _occupy(ex)
     with pytest.raises(errdefs.Deadline, match="still running"):
         ex.close(timeout=0.01)
     assert ex.closed

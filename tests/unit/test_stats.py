@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ from libcontainerd._typeurl import pack_message
 from libcontainerd.remote._container import Container
 from libcontainerd.remote._process import Task
 from libcontainerd.remote._session import Session
+from libcontainerd.types import Stats
 
 
 def task_answering(data: any_pb2.Any, with_metric: bool = True) -> Task:
@@ -54,3 +56,26 @@ def test_unknown_metrics_type_is_a_clear_error():
 def test_no_metrics_is_not_found():
     with pytest.raises(errdefs.NotFound, match="no metrics"):
         task_answering(any_pb2.Any(), with_metric=False).stats()
+
+
+def _stats(metrics) -> Stats:
+    return Stats(read=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc), metrics=metrics)
+
+
+def test_v1_and_v2_give_the_same_numbers():
+    one = _stats(v1.Metrics(memory=v1.MemoryStat(usage=v1.MemoryEntry(usage=5 << 20, limit=64 << 20)),
+                            cpu=v1.CPUStat(usage=v1.CPUUsage(total=1_500_000)),
+                            pids=v1.PidsStat(current=3, limit=100)))
+    two = _stats(v2.Metrics(memory=v2.MemoryStat(usage=5 << 20, usage_limit=64 << 20),
+                            cpu=v2.CPUStat(usage_usec=1_500), pids=v2.PidsStat(current=3, limit=100)))
+    for stats in (one, two):
+        assert (stats.memory_bytes, stats.memory_limit_bytes, stats.cpu_ns, stats.pids, stats.pids_limit) == (
+            5 << 20, 64 << 20, 1_500_000, 3, 100)
+
+
+@pytest.mark.parametrize("limit", [0, 0x7FFFFFFFFFFFF000, 2**63 - 1])  # unset; v1's "none", page-rounded or not
+def test_no_limit_is_none(limit):
+    v1_stats = _stats(v1.Metrics(memory=v1.MemoryStat(usage=v1.MemoryEntry(usage=1, limit=limit))))
+    v2_stats = _stats(v2.Metrics(memory=v2.MemoryStat(usage=1, usage_limit=limit)))
+    assert v1_stats.memory_limit_bytes is None and v2_stats.memory_limit_bytes is None
+    assert v1_stats.pids_limit is None and v2_stats.pids_limit is None

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from libcontainerd import errdefs, stdio
+from libcontainerd import _procfs, errdefs, stdio, testing
 from libcontainerd.cio import DirectIO, FifoSet
 
 WAIT = 60.0  # bound for waits; a hang fails the test instead of blocking the run
 
 
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+def _fds() -> set[int]:
+    return _procfs.fds()
 
 
 def _stdio_threads() -> list[str]:
@@ -207,30 +207,10 @@ def test_capture_cancel_keeps_what_was_read(tmp_path: Path, clean: None) -> None
     fifos.remove()
 
 
-class _CountingSink(io.RawIOBase):
-    """A sink that keeps only a byte count, so memory shows what the pump holds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self.flushes = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: object) -> int:
-        n = memoryview(data).nbytes  # type: ignore[arg-type]
-        self.count += n
-        return n
-
-    def flush(self) -> None:
-        self.flushes += 1
-
-
 def test_attach_streams_200mb_with_flat_memory(tmp_path: Path, clean: None) -> None:
     size = 200 * 1024 * 1024
     fifos = _fifo_set(tmp_path, with_stdin=False)
-    sink, err = _CountingSink(), _CountingSink()
+    sink, err = testing.CountingSink(), testing.CountingSink()
     tracemalloc.start()
     try:
         attached = stdio.attach(stdout=sink, stderr=err)(DirectIO.open(fifos))

@@ -1,4 +1,4 @@
-"""libcontainerd.testing helpers that need no daemon: the busybox rootfs and the leak-check helpers."""
+"""libcontainerd.testing without a daemon: the busybox rootfs, leak checks, the recording backend and sink."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from libcontainerd import errdefs, supervisor, testing
+from libcontainerd.types import EventInfo, EventType
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,54 @@ def test_supervisor_rejects_bad_options(tmp_path: Path) -> None:
     with pytest.raises(errdefs.InvalidParameter, match=r"grpc\.address"):
         supervisor.start(str(root), grpc={"address": "/elsewhere.sock"})
     assert not root.exists()
+
+
+def test_recording_backend_waits_for_an_event_from_another_thread():
+    rec = testing.RecordingBackend()
+    info = EventInfo("web", "e1", pid=42, exit_code=3)
+    t = threading.Timer(0.05, rec.process_event, ("web", EventType.EXIT, info))
+    t.name = "libcontainerd-test-deliverer"
+    t.start()
+    try:
+        assert rec.wait_for("web", EventType.EXIT, "e1", timeout=30) is info
+    finally:
+        t.join()
+    rec.process_event("web", EventType.START, EventInfo("web", "web"))
+    assert rec.of("web") == [(EventType.EXIT, "e1"), (EventType.START, "web")]
+    assert rec.of("other") == []
+    assert rec.threads == {"libcontainerd-test-deliverer", threading.current_thread().name}
+    with pytest.raises(TimeoutError, match=r"no EventType.EXIT for web/web within 0 s; got \[\(<EventType.EXIT"):
+        rec.wait_for("web", EventType.EXIT, "web", timeout=0)  # an exit of another process does not count
+
+
+def test_recording_backend_hook_runs_before_the_event_is_recorded():
+    rec = testing.RecordingBackend()
+    seen_then: list[int] = []
+    rec.hook = lambda cid, event_type, info: seen_then.append(len(rec.events))
+    rec.process_event("web", EventType.CREATE, EventInfo("web", "web"))
+    assert seen_then == [0] and len(rec.events) == 1
+    rec.hook = lambda *event: (_ for _ in ()).throw(RuntimeError("backend failed"))
+    with pytest.raises(RuntimeError):
+        rec.process_event("web", EventType.START, EventInfo("web", "web"))
+    assert rec.of("web") == [(EventType.CREATE, "web")]  # a failing hook records nothing
+
+
+def test_counting_sink_counts_writes_from_many_threads():
+    sink = testing.CountingSink()
+    chunk = memoryview(bytearray(1000))
+
+    def writes() -> None:
+        for _ in range(1000):
+            sink.write(chunk)
+
+    threads = [threading.Thread(target=writes, name=f"libcontainerd-test-writer-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sink.count == 4 * 1000 * 1000
+    sink.flush()
+    assert sink.flushes == 1
+    sink.close()
+    with pytest.raises(ValueError):
+        sink.flush()  # a closed stream says so, as every io object does

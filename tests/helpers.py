@@ -1,28 +1,31 @@
-"""Shared pieces of the hardening suite: a private daemon per module, leak probes, state-dir checks.
+"""The tests' shared helpers: specs, waits, leak probes, shims, and a private daemon tests may break.
 
-The hardening modules inject faults (SIGKILL, SIGSTOP, removed sockets, dead shims) into a containerd
-of their own, never into the session's ``containerd`` fixture. This module only observes: it lists
-files, threads and descriptors, and starts/stops the private daemon for a module.
+What users of the SDK would want as well lives in :mod:`libcontainerd.testing` (the recording
+backend, the counting sink, fd and thread leak checks, daemon clean-up); this module holds what
+only this suite needs. The hardening modules inject faults (SIGKILL, SIGSTOP, removed sockets, dead
+shims) into a :class:`PrivateDaemon`, never into the session's ``containerd`` fixture; apart from
+that daemon and :func:`reap_orphan_shim`, everything here only observes.
 """
 
 from __future__ import annotations
 
 import glob
+import io
 import os
+import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator
-from typing import Any
+from collections.abc import Collection
+from typing import Any, Callable
 
 import libcontainerd
-from libcontainerd import oci, stdio, supervisor, testing
+from libcontainerd import _procfs, oci, stdio, supervisor, testing
 from libcontainerd.types import EventType
-
-from .conftest import Recorder
 
 
 class PrivateDaemon:
@@ -81,7 +84,7 @@ class PrivateDaemon:
             with open(path, encoding="ascii") as f:
                 return int(f.read().strip())
         except FileNotFoundError:  # containerd 1.6's runc v2 shim writes no shim.pid
-            pids = list(iter_shims(container_id, self.daemon.address))
+            pids = list(shims(self.daemon, container_id=container_id))
         assert len(pids) == 1, f"shims of {container_id}: {pids}"
         return pids[0]
 
@@ -97,6 +100,7 @@ class PrivateDaemon:
 
 
 def spec(rootfs: str, *args: str, **kw: Any) -> dict[str, Any]:
+    """``oci.default_spec`` with the command as arguments: ``spec(rootfs, "echo", "hi")``."""
     return oci.default_spec(rootfs, list(args), **kw)
 
 
@@ -116,47 +120,86 @@ def assert_state_dir_matches(client: libcontainerd.Client) -> None:
         assert name in live, f"state dir holds {name!r}, which is no container of namespace {client.namespace}"
 
 
-def lifecycle_works(client: libcontainerd.Client, recorder: Recorder, rootfs: str, cid: str) -> None:
-    """A whole container lifecycle with stdio and events, on the client under test."""
-    ctr = client.new_container(cid, spec(rootfs, "sh", "-c", f"echo alive-{cid}"))
+def echo_lifecycle(client: libcontainerd.Client, rootfs: str, cid: str, text: str, timeout: float = 30.0,
+                   before_delete: Callable[[], object] = lambda: None) -> None:
+    """A whole container lifecycle with stdio: ``echo text`` is created, started, exits 0, is deleted.
+
+    ``before_delete`` runs once the output is read, e.g. to wait for the EXIT event while the
+    client still tracks the task (after a resubscription it reports a missed exit only then).
+    """
+    ctr = client.new_container(cid, spec(rootfs, "sh", "-c", f"echo {text}"))
     out = stdio.capture()
     task = ctr.start(attach_stdio=out)
-    assert task.wait(timeout=30).code == 0
-    assert out.wait(timeout=30).stdout == f"alive-{cid}\n".encode()
-    recorder.wait_for(cid, EventType.EXIT, timeout=30)
+    assert task.wait(timeout=timeout).code == 0
+    assert out.wait(timeout=timeout).stdout == f"{text}\n".encode()
+    before_delete()
     assert task.delete().code == 0
     ctr.delete()
+
+
+def lifecycle_works(client: libcontainerd.Client, recorder: testing.RecordingBackend, rootfs: str, cid: str) -> None:
+    """A whole container lifecycle with stdio and events, on the client under test."""
+    echo_lifecycle(client, rootfs, cid, f"alive-{cid}",
+                   before_delete=lambda: recorder.wait_for(cid, EventType.EXIT, timeout=30))
     assert not os.path.exists(os.path.join(client.state_dir, cid))
+
+
+def run_once(client: libcontainerd.Client, recorder: testing.RecordingBackend, rootfs: str, cid: str,
+             *command: str) -> int:
+    """``command`` (default ``true``) in a new container, to its exit and its EXIT event; then its task
+    and the container are deleted. Returns the exit code."""
+    ctr = client.new_container(cid, spec(rootfs, *(command or ("true",))))
+    task = ctr.start()
+    code = task.wait(timeout=30).code
+    recorder.wait_for(cid, EventType.EXIT)
+    task.delete()
+    ctr.delete()
+    return code
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "",
+               mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    """One member for :func:`tar_bytes`: a file with ``data``, or a dir, link, device or FIFO."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, mode
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3  # /dev/null
+    return info, data
+
+
+def tar_bytes(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    """An uncompressed tar archive of ``members``, in that order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def lcd_threads() -> list[str]:
+    """Names of libcontainerd's threads, without the event pool's idle-expiring workers."""
+    return [name for name in testing.leftover_threads((), prefix="libcontainerd")
+            if not re.fullmatch(r"libcontainerd-events-\d+", name)]
 
 
 def wait_for_threads(baseline: Collection[threading.Thread], timeout: float = 15.0) -> list[str]:
     """libcontainerd threads not in ``baseline``, after giving ending ones up to ``timeout`` s to end."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def left() -> list[str]:
         # The supervisor's monitor belongs to the daemon (a test may restart it), not to the client.
-        left = [n for n in testing.leftover_threads(baseline) if n != "libcontainerd-supervisor"]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+        return [n for n in testing.leftover_threads(baseline) if n != "libcontainerd-supervisor"]
+
+    wait_until(lambda: not left(), timeout=timeout, interval=0.05)
+    return left()
 
 
 def _all_threads_stopped(pid: int) -> bool:
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return True  # gone: nothing of it can answer
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # that thread ended
-        if state not in ("T", "t"):
-            return False
-    return True
+    return all(state in ("T", "t") for state in _procfs.thread_states(pid))  # gone: nothing of it can answer
 
 
 def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds passed (False)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -165,13 +208,9 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) ->
     return True
 
 
-
 def rss_kb() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
+    """This process's resident memory in kB."""
+    return int(_procfs.status()["VmRSS"].split()[0])
 
 
 def run_in_thread(fn: Any, *args: Any, **kw: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -189,45 +228,24 @@ def run_in_thread(fn: Any, *args: Any, **kw: Any) -> tuple[threading.Thread, dic
     return t, box
 
 
-def shims(address: str, namespace: str = "", container_id: str = "") -> dict[int, list[str]]:
-    """The runc v2 shims of the containerd at ``address`` (optionally of one namespace / container), from /proc."""
+def shims(daemon: supervisor.Daemon, namespace: str = "", container_id: str = "") -> dict[int, list[str]]:
+    """The shims of ``daemon`` (optionally of one namespace / container): ``{pid: argv}``."""
     found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if not argv or not argv[0].endswith("containerd-shim-runc-v2"):
-            continue
+    for pid, argv in testing.daemon_processes(daemon).items():
         flags = dict(zip(argv[1:], argv[2:]))
-        if flags.get("-address") != address:
+        if os.path.basename(argv[0]) == "containerd":
             continue
         if namespace and flags.get("-namespace") != namespace:
             continue
         if container_id and flags.get("-id") != container_id:
             continue
-        found[int(entry)] = argv
+        found[pid] = argv
     return found
 
 
 def reap_orphan_shim(pid: int, namespace: str, container_id: str) -> None:
     """SIGKILL a shim containerd forgot, and what runs under it; remove the runc state it made."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    below, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - below
-        below |= frontier
-    for victim in [*below, pid]:
+    for victim in [*_procfs.descendants([pid]), pid]:
         try:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
@@ -241,8 +259,3 @@ def reap_orphan_shim(pid: int, namespace: str, container_id: str) -> None:
             os.rmdir(cgroup)
         except OSError:
             pass
-
-
-def iter_shims(container_id: str, address: str) -> Iterator[int]:
-    """Pids of the runc v2 shims of ``container_id`` serving the containerd at ``address``."""
-    yield from shims(address, container_id=container_id)

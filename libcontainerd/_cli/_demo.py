@@ -17,19 +17,14 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Optional, TextIO
+from typing import Optional, TextIO, Union
 
 import libcontainerd
 from libcontainerd import errdefs, oci, stdio, supervisor, testing
-from libcontainerd._cli import (
-    _deferred_interrupts,
-    _no_interrupts,
-    describe_event,
-    human_bytes,
-    human_duration,
-    stats_numbers,
-)
 from libcontainerd.types import EventInfo, EventType
+
+from ._format import describe_event, human_bytes, human_duration
+from ._signals import deferred_interrupts, no_interrupts
 
 __all__ = ["run_demo"]
 
@@ -69,33 +64,11 @@ class _Screen:
         self.line(f"      {text}")
 
 
-class _EventBackend:
-    """The demo's backend: prints each event as it arrives and lets the script wait for one."""
-
-    def __init__(self, screen: _Screen) -> None:
-        self._screen = screen
-        self._cond = threading.Condition()
-        self._seen: list[tuple[str, EventType, str]] = []
-
-    def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
-        elapsed = time.monotonic() - self._screen.started
-        self._screen.line(f"        event  +{elapsed:5.2f}s  {event_type.value:<12} {container_id}"
-                          f"{describe_event(container_id, event_type, info)}")
-        with self._cond:
-            self._seen.append((container_id, event_type, info.process_id))
-            self._cond.notify_all()
-
-    def wait_for(self, container_id: str, event_type: EventType, process_id: Optional[str] = None) -> bool:
-        """Wait until that event was printed, so that the demo's lines and the events stay in order."""
-        pid = process_id or container_id
-        with self._cond:
-            return self._cond.wait_for(lambda: (container_id, event_type, pid) in self._seen, _EVENT_WAIT)
-
-
 class _Demo:
     def __init__(self, root: Optional[str], out: TextIO, pause_on: Optional[TextIO]) -> None:
         self.screen = _Screen(out, pause_on)
-        self.events = _EventBackend(self.screen)
+        self.events = testing.RecordingBackend()
+        self.events.hook = self._print_event
         self.given_root = root
         self.root = ""
         self.made_root = False
@@ -131,71 +104,75 @@ class _Demo:
 
         s.step(4, "Running container 'hello' and capturing its output   (new_container, start, stdio.capture)")
         out = stdio.capture()
-        with _deferred_interrupts():  # see there: an interrupted start would leave containerd and us disagreeing
+        with deferred_interrupts():  # see there: an interrupted start would leave containerd and us disagreeing
             hello = client.new_container("hello", oci.default_spec(rootfs, ["sh", "-c", _HELLO], hostname="hello"))
             task = hello.start(attach_stdio=out)
-        code = task.wait().code
-        out.wait(timeout=10)
-        self.events.wait_for("hello", EventType.EXIT)
-        for text in out.stdout.decode(errors="replace").splitlines():
-            s.detail(f"| {text}")
+        code = self.show_exit(task, out, "hello")
         s.detail(f"exit code {code}; deleting its task and the container")
         task.delete()
         hello.delete()
 
         s.step(5, "Starting container 'box', a small service that keeps running   (start)")
         service_out = stdio.capture()
-        with _deferred_interrupts():
+        with deferred_interrupts():
             box = client.new_container("box", oci.default_spec(rootfs, ["sh", "-c", _SERVICE], hostname="box"))
             task = box.start(attach_stdio=service_out)
-        self.events.wait_for("box", EventType.START)
+        self.wait_for_event("box", EventType.START)
         s.detail(f"running as host pid {task.pid}, status {task.status().value}")
 
         s.step(6, "Exec'ing into 'box': `ps`, then `tr` fed from our stdin   (Task.exec)")
         ps_out = stdio.capture()
-        with _deferred_interrupts():
+        with deferred_interrupts():
             proc = task.exec("ps", oci.process_spec(["ps", "-o", "pid,user,args"]), attach_stdio=ps_out)
-        proc.wait()
-        ps_out.wait(timeout=10)
-        self.events.wait_for("box", EventType.EXIT, "ps")
-        for text in ps_out.stdout.decode(errors="replace").splitlines():
-            s.detail(f"| {text}")
+        self.show_exit(proc, ps_out, "box", "ps")
         proc.delete()
         tr_out = stdio.capture(stdin=b"hello from the host, through a FIFO\n")
-        with _deferred_interrupts():
+        with deferred_interrupts():
             proc = task.exec("upper", oci.process_spec(["tr", "a-z", "A-Z"]), with_stdin=True, attach_stdio=tr_out)
-        proc.wait()
-        tr_out.wait(timeout=10)
-        self.events.wait_for("box", EventType.EXIT, "upper")
-        s.detail(f"| {tr_out.stdout.decode(errors='replace').strip()}")
+        self.show_exit(proc, tr_out, "box", "upper")
         proc.delete()
 
         s.step(7, "Reading its stats and processes   (Task.stats, Task.summary)")
-        n = stats_numbers(task.stats())
-        limit = n["memory_limit_bytes"]
-        s.detail(f"memory {human_bytes(n['memory_bytes'] or 0)}" + (f" of {human_bytes(limit)}" if limit else "")
-                 + f", CPU time {human_duration(n['cpu_ns'] or 0)}, {n['pids']} processes")
+        st = task.stats()
+        limit = st.memory_limit_bytes
+        s.detail(f"memory {human_bytes(st.memory_bytes)}" + (f" of {human_bytes(limit)}" if limit else "")
+                 + f", CPU time {human_duration(st.cpu_ns)}, {st.pids} processes")
         s.detail("processes (host pids): " + ", ".join(
             f"{p.pid}{' (exec ' + p.exec_id + ')' if p.exec_id else ''}" for p in task.summary()))
 
         s.step(8, "Pausing and resuming it   (Task.pause, Task.resume)")
         task.pause()
-        self.events.wait_for("box", EventType.PAUSED)
+        self.wait_for_event("box", EventType.PAUSED)
         s.detail(f"status {task.status().value}")
         task.resume()
-        self.events.wait_for("box", EventType.RESUMED)
+        self.wait_for_event("box", EventType.RESUMED)
         s.detail(f"status {task.status().value}")
 
         s.step(9, "Stopping it with SIGTERM, then deleting task and container   (Task.kill, wait, delete)")
         task.kill("TERM")
-        status = task.wait()
-        service_out.wait(timeout=10)
-        self.events.wait_for("box", EventType.EXIT)
-        for text in service_out.stdout.decode(errors="replace").splitlines():
-            s.detail(f"| {text}")
-        s.detail(f"exit code {status.code}")
+        s.detail(f"exit code {self.show_exit(task, service_out, 'box')}")
         task.delete()
         box.delete()
+
+    def _print_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
+        elapsed = time.monotonic() - self.screen.started
+        self.screen.line(f"        event  +{elapsed:5.2f}s  {event_type.value:<12} {container_id}"
+                         f"{describe_event(container_id, event_type, info)}")
+
+    def wait_for_event(self, container_id: str, event_type: EventType, process_id: Optional[str] = None) -> None:
+        """Wait until that event (of the main process by default) was printed, so that lines stay in order."""
+        with contextlib.suppress(TimeoutError):  # a broken daemon's missing event must not stop the demo
+            self.events.wait_for(container_id, event_type, process_id or container_id, timeout=_EVENT_WAIT)
+
+    def show_exit(self, proc: Union[libcontainerd.Task, libcontainerd.Process], out: stdio.Capture,
+                  container_id: str, process_id: Optional[str] = None) -> int:
+        """Wait for the exit, its output and its EXIT event (so that lines stay in order); show the output."""
+        code = proc.wait().code
+        out.wait(timeout=10)
+        self.wait_for_event(container_id, EventType.EXIT, process_id)
+        for text in out.stdout.decode(errors="replace").splitlines():
+            self.screen.detail(f"| {text}")
+        return code
 
     # -- cleanup ------------------------------------------------------------------------------
 
@@ -260,7 +237,7 @@ def run_demo(root: Optional[str], out: TextIO, *, pause_on: Optional[TextIO] = N
         demo.screen.line()
         demo.screen.line("Interrupted.")
     finally:
-        with _no_interrupts():
+        with no_interrupts():
             demo.cleanup()
     if interrupted:
         return 130

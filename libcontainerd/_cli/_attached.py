@@ -1,0 +1,144 @@
+"""``run`` and ``exec`` in the foreground: the spec from the options, the start, the follow, the removal.
+
+This module owns what the two commands share once their options are read: the process
+spec (:func:`run_spec`, :func:`exec_spec`), the start with Ctrl-C held back, following
+the process at the terminal, and the one path that removes what was made
+(:class:`Attached`), after the exit, after an error and after Ctrl-C alike. It must not
+write to stdout (the commands say what they print) and must not leave a container or
+process of its own making behind unless the user asked to keep it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+from typing import Any, Callable, Optional, Union
+
+import attrs
+
+import libcontainerd
+from libcontainerd import errdefs, oci
+
+from ._context import Context, UsageError
+from ._signals import deferred_interrupts, no_interrupts
+from ._terminal import follow, with_console_size
+from ._values import parse_memory, parse_user
+
+__all__ = ["Attached", "exec_spec", "run_spec"]
+
+# How long a killed exec'd process may take to exit before it is deleted anyway.
+_KILL_WAIT = 10.0
+
+
+def run_spec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """The container's OCI spec from ``run``'s options (rootfs, user, env, memory, terminal size)."""
+    if args.busybox and args.rootfs:
+        raise UsageError("give either --rootfs DIR or --busybox, not both")
+    if args.busybox:
+        rootfs = ctx.busybox_rootfs()
+    elif args.rootfs:
+        rootfs = os.path.abspath(args.rootfs)
+        if not os.path.isdir(rootfs):
+            raise UsageError(f"--rootfs {args.rootfs}: not a directory")
+    else:
+        raise UsageError("say which root filesystem to run: --rootfs DIR, or --busybox for a minimal one")
+    user = parse_user(args.user, rootfs) if args.user else (0, 0)
+    memory = parse_memory(args.memory) if args.memory else None
+    command = list(args.command) or ["sh"]
+    spec = oci.default_spec(rootfs, command, env=list(args.env), cwd=args.cwd or "/", terminal=args.tty, user=user,
+                            hostname=args.hostname or args.id)
+    if memory is not None:
+        spec = oci.with_memory_limit(spec, memory)
+    with_console_size(spec["process"], args.tty)
+    return spec
+
+
+def exec_spec(args: argparse.Namespace, ctr: libcontainerd.Container) -> dict[str, Any]:
+    """The process spec from ``exec``'s options; user, env and cwd default to the container's own."""
+    process = dict(ctr.spec.get("process") or {})
+    root = str((ctr.spec.get("root") or {}).get("path", ""))
+    if root and not os.path.isabs(root):
+        root = os.path.join(ctr.bundle_dir, root)
+    if args.user:
+        user = parse_user(args.user, root or None)
+    else:
+        spec_user = process.get("user") or {}
+        user = (int(spec_user.get("uid", 0)), int(spec_user.get("gid", 0)))
+    env = [e for e in process.get("env") or [] if not e.startswith("TERM=")] + list(args.env)
+    cwd = args.cwd or process.get("cwd") or "/"
+    spec = oci.process_spec(list(args.command), env=env, cwd=cwd, terminal=args.tty, user=user)
+    with_console_size(spec, args.tty)
+    return spec
+
+
+@attrs.define
+class Attached:
+    """What ``run`` or ``exec`` made, and the one way it is removed.
+
+    After the exit the process is deleted, and ``run --rm``'s container too. After an error
+    or Ctrl-C (which is held back while the start is under way, and off during the removal)
+    the process is killed before it is deleted, errors of the removal give way to the first
+    one, and ``run``'s container goes unless ``--rm`` was not given and its task had started:
+    a container whose task never started is of no use to anyone.
+
+    Attributes:
+        keep_container: keep the container once its task started (``run`` without ``--rm``).
+        container: the container ``run`` created (exec's container is not its to remove).
+        process: the task or exec'd process, once started.
+    """
+
+    keep_container: bool
+    container: Optional[libcontainerd.Container] = None
+    process: Optional[Union[libcontainerd.Task, libcontainerd.Process]] = None
+    _started: bool = False
+
+    def start(self, start: Callable[[Attached], None]) -> None:
+        """Run ``start`` (which sets :attr:`container` and :attr:`process` as it makes them); remove on failure."""
+        try:
+            with deferred_interrupts():
+                start(self)
+        except BaseException:
+            self._remove(failed=True)
+            raise
+        self._started = True
+
+    def follow(self, tty_mode: bool, interactive: bool) -> int:
+        """Follow the started process at this terminal to its exit, remove it; return its exit code."""
+        assert self.process is not None  # start() made it or raised
+        try:
+            code = follow(self.process, tty_mode, interactive)
+        except BaseException:
+            # Interrupted (or the wait failed): what is attached to this terminal must not linger unseen.
+            self._remove(failed=True)
+            raise
+        self._remove(failed=False)
+        return code
+
+    def _remove(self, *, failed: bool) -> None:
+        keep = self.keep_container and self._started
+        with no_interrupts():
+            if self.process is not None:
+                if failed:
+                    _discard(self.process)
+                else:
+                    self.process.delete()
+            if self.container is not None and not keep:
+                if failed:
+                    with contextlib.suppress(errdefs.LibcontainerdError):
+                        self.container.delete()
+                else:
+                    self.container.delete()
+
+
+def _discard(proc: Union[libcontainerd.Task, libcontainerd.Process]) -> None:
+    """Kill and delete a process after a failure, ignoring errors (the first error is the one to report)."""
+    if isinstance(proc, libcontainerd.Task):
+        with contextlib.suppress(errdefs.LibcontainerdError):
+            proc.force_delete()
+        return
+    with contextlib.suppress(errdefs.LibcontainerdError, TimeoutError):
+        proc.kill(signal.SIGKILL)
+        proc.wait(timeout=_KILL_WAIT)
+        proc.delete()

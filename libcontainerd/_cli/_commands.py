@@ -1,0 +1,416 @@
+"""The subcommands, each declared once: its name, help, example, arguments and handler together.
+
+This module owns what each command does with the public SDK and what it prints; the
+order of declaration is the order of ``--help``. It must use the public API only
+(``new_client``, ``Container``, ``Task``, ``oci``, ``stdio``, ``supervisor``,
+``testing``), never the client's private parts or the generated gRPC modules, and it
+leaves errors to :mod:`._main`, which turns each into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+import libcontainerd
+from libcontainerd import _procfs, errdefs
+from libcontainerd.types import EventInfo, EventType, Status
+
+from ._attached import Attached, exec_spec, run_spec
+from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Context, UsageError
+from ._format import describe_event, error_line, human_bytes, human_duration, iso, note, out, table
+from ._registry import command
+from ._signals import no_interrupts
+from ._terminal import stdio_callback
+
+__all__: list[str] = []  # the commands are reached through the registry
+
+
+def _daemon_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", metavar="DIR", default=DEFAULT_DAEMON_ROOT,
+                   help=f"the daemon's directory: config, data, log, socket (default {DEFAULT_DAEMON_ROOT})")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"],
+                   help="containerd's log level (default info)")
+
+
+@command("daemon", "run a private, managed containerd in the foreground until Ctrl-C",
+         f"example:\n  {PROG} daemon --root /tmp/lcd\n  export {ENV_ADDRESS}=/tmp/lcd/state/containerd.sock",
+         arguments=_daemon_arguments)
+def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
+    from libcontainerd import supervisor
+
+    stop = threading.Event()
+    root = os.path.abspath(args.root)
+    daemon = supervisor.start(root, log_level=args.log_level)
+    old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        out(f"containerd (pid {daemon.pid}) is serving at {daemon.address}")
+        note(f"root {root}, log {daemon.log_path}")
+        note(f"use it with: export {ENV_ADDRESS}={daemon.address}")
+        note("press Ctrl-C to stop it")
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how this command is meant to end
+    finally:
+        with no_interrupts():
+            note("stopping containerd")
+            daemon.stop()
+            signal.signal(signal.SIGTERM, old_term)
+    note("containerd stopped (containers and their shims keep running until removed)")
+    return 0
+
+
+@command("version", "show the versions of this client and of containerd",
+         f"example:\n  {PROG} version --address /tmp/lcd/state/containerd.sock")
+def cmd_version(args: argparse.Namespace, ctx: Context) -> int:
+    import grpc
+
+    with ctx.client() as client:
+        v = client.version()
+    rows = [
+        ("client", f"libcontainerd {libcontainerd.__version__} "
+                   f"(Python {sys.version.split()[0]}, grpcio {grpc.__version__})"),
+        ("server", f"containerd {v}"),
+        ("address", ctx.address),
+        ("namespace", ctx.namespace),
+    ]
+    out("\n".join(f"{key:<10} {value}" for key, value in rows))
+    return 0
+
+
+def _stdio_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("-i", "--interactive", action="store_true", help="connect your stdin to the process")
+    parser.add_argument("-t", "--tty", action="store_true",
+                        help="give the process a terminal (your terminal goes into raw mode with -i)")
+    parser.add_argument("-d", "--detach", action="store_true", help=f"start the {what} and print its id, no stdio")
+    parser.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user (number or name in the rootfs)")
+    parser.add_argument("-e", "--env", metavar="KEY=VALUE", action="append", default=[],
+                        help="set an environment variable (repeatable)")
+    parser.add_argument("-w", "--cwd", metavar="DIR", default=None, help="working directory inside the container")
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rm", action="store_true",
+                   help="remove the container when it exits (else it stays, stopped, until `rm`)")
+    rootfs = p.add_mutually_exclusive_group()
+    rootfs.add_argument("--rootfs", metavar="DIR", help="the root filesystem directory to run")
+    rootfs.add_argument("--busybox", action="store_true",
+                        help="use a minimal busybox root filesystem (built once, cached in the state dir)")
+    _stdio_options(p, "container")
+    p.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 64m, 512MiB, 1g")
+    p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its id)")
+    p.add_argument("id", metavar="ID", help="the new container's id")
+    p.add_argument("command", metavar="COMMAND ...", nargs=argparse.REMAINDER,
+                   help="the command and its arguments (default: sh)")
+
+
+@command("run", "create a container, start it and follow it; its exit code becomes yours",
+         f"examples:\n  {PROG} run --rm --busybox hello echo hello world\n"
+         f"  {PROG} run --rm -it --busybox box sh\n"
+         f"  {PROG} run -d --busybox --memory 64m web httpd -f -p 8080\n"
+         f"  echo data | {PROG} run --rm -i --busybox up tr a-z A-Z\n\n"
+         "Everything after the container id is the command and its arguments; no `--` needed.",
+         arguments=_run_arguments)
+def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+    if args.detach and (args.rm or args.interactive):
+        raise UsageError("-d/--detach cannot be combined with --rm or -i: nothing would stay attached")
+    spec = run_spec(args, ctx)
+    with ctx.client() as client:
+        def start(made: Attached) -> None:
+            made.container = client.new_container(args.id, spec)
+            if args.detach:
+                made.process = made.container.start()
+            else:
+                made.process = made.container.start(with_stdin=args.interactive,
+                                                    attach_stdio=stdio_callback(args.tty, args.interactive))
+
+        attached = Attached(keep_container=not args.rm)
+        attached.start(start)
+        if args.detach:
+            out(args.id)
+            return 0
+        return attached.follow(args.tty, args.interactive)
+
+
+def _exec_arguments(p: argparse.ArgumentParser) -> None:
+    _stdio_options(p, "process")
+    p.add_argument("--exec-id", metavar="EXEC_ID", help="the process's exec id (default: exec-<random>)")
+    p.add_argument("id", metavar="ID", help="the running container")
+    p.add_argument("command", metavar="COMMAND ...", nargs=argparse.REMAINDER, help="the command and its arguments")
+
+
+@command("exec", "run another process in a running container",
+         f"examples:\n  {PROG} exec web ps\n  {PROG} exec -it web sh\n  {PROG} exec --user 1000 web id",
+         arguments=_exec_arguments)
+def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
+    if not args.command:
+        raise UsageError("say what to run: exec ID COMMAND [ARG...]")
+    exec_id = args.exec_id or f"exec-{uuid.uuid4().hex[:8]}"
+    with ctx.client() as client:
+        ctr = client.load_container(args.id)
+        task = ctr.task()
+        spec = exec_spec(args, ctr)
+        if args.detach:
+            task.exec(exec_id, spec)
+            out(exec_id)
+            return 0
+
+        def start(made: Attached) -> None:
+            made.process = task.exec(exec_id, spec, with_stdin=args.interactive,
+                                     attach_stdio=stdio_callback(args.tty, args.interactive))
+
+        attached = Attached(keep_container=True)
+        attached.start(start)
+        return attached.follow(args.tty, args.interactive)
+
+
+def _task_or_none(ctr: libcontainerd.Container) -> Optional[libcontainerd.Task]:
+    try:
+        return ctr.task()
+    except errdefs.NotFound:
+        return None
+
+
+def _ps_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print the container ids only")
+
+
+@command("ps", "list the containers of the namespace with their task status and pid",
+         f"example:\n  {PROG} ps\n  {PROG} ps -q | xargs {PROG} rm -f",
+         arguments=_ps_arguments, aliases=("list", "ls"))
+def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        containers = sorted(client.list_containers(), key=lambda c: c.id)
+        if args.quiet:
+            for ctr in containers:
+                out(ctr.id)
+            return 0
+        rows = []
+        for ctr in containers:
+            task = _task_or_none(ctr)
+            status, pid = "stopped", "-"
+            if task is not None:
+                try:
+                    status = task.status().value
+                    pid = str(task.pid) if task.pid else "-"
+                except errdefs.NotFound:
+                    pass
+            args_ = (ctr.spec.get("process") or {}).get("args") or []
+            rows.append([ctr.id, status, pid, shlex.join(str(a) for a in args_)])
+    out(table(["CONTAINER", "STATUS", "PID", "COMMAND"], rows, right=(2,)))
+    return 0
+
+
+def _one_container(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="the container")
+
+
+@command("top", "list the processes running in a container", f"example:\n  {PROG} top web",
+         arguments=_one_container)
+def cmd_top(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        task = client.load_container(args.id).task()
+        procs = task.summary()
+    rows = [[str(p.pid), p.exec_id or ("(main)" if p.pid == task.pid else "-"),
+             shlex.join(_procfs.cmdline(p.pid)) or "?"]  # "?" too for a remote daemon's pids: not ours to read
+            for p in sorted(procs, key=lambda p: p.pid)]
+    out(table(["PID", "EXEC", "COMMAND"], rows, right=(0,)))
+    return 0
+
+
+def _kill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--signal", default="TERM", metavar="SIGNAL", help="name or number (default TERM)")
+    _one_container(p)
+
+
+@command("kill", "send a signal to a container's main process",
+         f"examples:\n  {PROG} kill web\n  {PROG} kill --signal KILL web", arguments=_kill_arguments)
+def cmd_kill(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        client.load_container(args.id).task().kill(args.signal)
+    return 0
+
+
+def _each(ids: Sequence[str], ctx: Context, action: Callable[[libcontainerd.Client, str], None]) -> int:
+    """Apply ``action`` to each id; report failures one line each and go on (exit 1 if any failed)."""
+    failed = 0
+    with ctx.client() as client:
+        for cid in ids:
+            try:
+                action(client, cid)
+            except errdefs.LibcontainerdError as exc:
+                if len(ids) == 1:
+                    raise
+                error_line(str(exc))
+                failed += 1
+    return EXIT_ERROR if failed else 0
+
+
+def _containers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", metavar="ID", nargs="+", help="the containers")
+
+
+@command("pause", "freeze every process of containers", f"example:\n  {PROG} pause web", arguments=_containers)
+def cmd_pause(args: argparse.Namespace, ctx: Context) -> int:
+    return _each(args.ids, ctx, lambda client, cid: client.load_container(cid).task().pause())
+
+
+@command("resume", "thaw paused containers", f"example:\n  {PROG} resume web", arguments=_containers)
+def cmd_resume(args: argparse.Namespace, ctx: Context) -> int:
+    return _each(args.ids, ctx, lambda client, cid: client.load_container(cid).task().resume())
+
+
+def _stats_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object per container and line, with raw metrics")
+    p.add_argument("ids", metavar="ID", nargs="*", help="the containers (default: every running one)")
+
+
+@command("stats", "show CPU time, memory and pids of running containers",
+         f"examples:\n  {PROG} stats\n  {PROG} stats --json web", arguments=_stats_arguments)
+def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        if args.ids:
+            targets = [(cid, client.load_container(cid).task()) for cid in args.ids]
+        else:
+            targets = []
+            for ctr in sorted(client.list_containers(), key=lambda c: c.id):
+                task = _task_or_none(ctr)
+                if task is not None and task.status() in (Status.RUNNING, Status.PAUSED, Status.PAUSING):
+                    targets.append((ctr.id, task))
+        results = [(cid, task.stats()) for cid, task in targets]
+    if args.json:
+        from google.protobuf import json_format
+
+        for cid, st in results:
+            doc: dict[str, Any] = {
+                "id": cid, "read": iso(st.read), "memory_bytes": st.memory_bytes,
+                "memory_limit_bytes": st.memory_limit_bytes, "cpu_ns": st.cpu_ns, "pids": st.pids,
+                "pids_limit": st.pids_limit, "metrics": json_format.MessageToDict(st.metrics),
+            }
+            out(json.dumps(doc, sort_keys=False))
+        return 0
+    rows = []
+    for cid, st in results:
+        limit, pids_limit = st.memory_limit_bytes, st.pids_limit
+        rows.append([
+            cid,
+            human_duration(st.cpu_ns),
+            human_bytes(st.memory_bytes),
+            human_bytes(limit) if limit else "-",
+            f"{st.pids}" + (f" / {pids_limit}" if pids_limit else ""),
+        ])
+    out(table(["CONTAINER", "CPU TIME", "MEMORY", "LIMIT", "PIDS"], rows, right=(1, 2, 3, 4)))
+    return 0
+
+
+class _EventPrinter:
+    """A backend that writes one line per event to stdout as it arrives."""
+
+    def __init__(self, as_json: bool) -> None:
+        self._json = as_json
+        self._lock = threading.Lock()
+
+    def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if self._json:
+            line = json.dumps({
+                "time": iso(now), "type": event_type.value, "container": container_id,
+                "process": info.process_id, "pid": info.pid, "exit_code": info.exit_code,
+                "exited_at": iso(info.exited_at), "error": info.error,
+            })
+        else:
+            details = describe_event(container_id, event_type, info)
+            line = f"{iso(now)}  {event_type.value:<12}  {container_id}{details}"
+        with self._lock:
+            try:
+                out(line)
+            except (BrokenPipeError, ValueError):
+                pass  # the reader went away; the main thread notices on its own
+
+
+def _events_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object per event and line")
+
+
+@command("events", "print task events as they happen, until Ctrl-C",
+         f"examples:\n  {PROG} events\n  {PROG} events --json | jq .type", arguments=_events_arguments,
+         reports_event_stream=True)
+def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
+    stop = threading.Event()
+    with ctx.client(_EventPrinter(args.json)) as client:
+        client.version()  # fail now, with the usual message, when nothing serves there
+        note(f"watching events of namespace {ctx.namespace} at {ctx.address} (Ctrl-C to stop)")
+        while not stop.wait(1.0):
+            pass
+    return 0
+
+
+def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exit", action="store_true", help="stop the container after the checkpoint")
+    p.add_argument("id", metavar="ID", help="the running container")
+    p.add_argument("dir", metavar="DIR", help="where the checkpoint's files go")
+
+
+@command("checkpoint", "checkpoint a running container with CRIU into a directory",
+         f"example:\n  {PROG} checkpoint --exit web /tmp/web-checkpoint", arguments=_checkpoint_arguments)
+def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
+    directory = os.path.abspath(args.dir)
+    with ctx.client() as client:
+        task = client.load_container(args.id).task()
+        task.create_checkpoint(directory, exit=args.exit)
+    note(f"checkpoint of {args.id} written to {directory}" + (" (the task was stopped)" if args.exit else ""))
+    return 0
+
+
+def _rm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="kill and remove running containers too")
+    _containers(p)
+
+
+@command("rm", "remove containers (their stopped tasks too; -f kills running ones first)",
+         f"examples:\n  {PROG} rm web\n  {PROG} rm -f web db", arguments=_rm_arguments)
+def cmd_rm(args: argparse.Namespace, ctx: Context) -> int:
+    def remove(client: libcontainerd.Client, cid: str) -> None:
+        ctr = client.load_container(cid)
+        task = _task_or_none(ctr)
+        if task is not None:
+            status = task.status()
+            if status is Status.STOPPED:
+                task.delete()
+            elif args.force or status is Status.CREATED:  # a created task never ran: nothing to lose
+                task.force_delete()
+            else:
+                raise errdefs.Conflict(f"container {cid} is {status.value}; stop it first or use rm -f")
+        ctr.delete()
+        out(cid)
+
+    with no_interrupts():
+        return _each(args.ids, ctx, remove)
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", metavar="DIR", default=None,
+                   help="put everything under DIR instead of a fresh temporary directory")
+    p.add_argument("--pause", action="store_true", help="wait for Enter before each step (for presenting it)")
+
+
+@command("demo", "a private containerd, a busybox container, exec, stats, pause/resume and events, step by step",
+         f"examples:\n  {PROG} demo\n  {PROG} demo --pause       # wait for Enter before each step\n"
+         f"  {PROG} demo --root /tmp/lcd-demo\n\n"
+         "Everything the demo makes is removed at the end, also on Ctrl-C.",
+         arguments=_demo_arguments)
+def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args.root, sys.stdout, pause_on=sys.stdin if args.pause else None)
