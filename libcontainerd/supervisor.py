@@ -342,7 +342,7 @@ class Daemon:
     _started: threading.Event = attrs.field(init=False, factory=threading.Event)
     _start_error: Optional[BaseException] = attrs.field(init=False, default=None)
     _thread: Optional[threading.Thread] = attrs.field(init=False, default=None)
-    _conn: Optional[Connection] = attrs.field(init=False, default=None)
+    _probe_rpc: Optional[Connection] = attrs.field(init=False, default=None)
     _proc: Optional[subprocess.Popen[bytes]] = attrs.field(init=False, default=None)
     _pid: int = attrs.field(init=False, default=0)
     _spawned_at: float = attrs.field(init=False, default=0.0)
@@ -494,7 +494,7 @@ class Daemon:
     def _launch(self) -> None:
         """Start the monitor thread and wait for its first launch (or adoption) to succeed or fail."""
         # private: the probe's connection to the socket must not serve the clients of this process
-        self._conn = Connection.open(self.address, "", private=True)
+        self._probe_rpc = Connection.open(self.address, "", private=True)
         self._thread = threading.Thread(target=self._run, name="libcontainerd-supervisor", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -529,8 +529,8 @@ class Daemon:
         self._release()
 
     def _release(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        if self._probe_rpc is not None:
+            self._probe_rpc.close()
         self._lock_file.close()  # drops the flock: another supervisor may take this root now
 
     # -- the monitor thread -----------------------------------------------------------------------
@@ -695,7 +695,7 @@ class Daemon:
     # -- process helpers (monitor thread) ----------------------------------------------------------
 
     def _probe(self, timeout: float) -> bool:
-        conn = self._conn
+        conn = self._probe_rpc
         if conn is None:
             return False
         try:

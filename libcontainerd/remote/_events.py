@@ -172,7 +172,7 @@ class EventStream:
         filters: the subscription's filters.
     """
 
-    _conn: Connection = attrs.field(repr=False)
+    _rpc: Connection = attrs.field(repr=False)
     _namespace: str
     _backend: Optional[Backend] = attrs.field(repr=False)
     _executor: KeyedSerialExecutor = attrs.field(repr=False)
@@ -256,7 +256,7 @@ class EventStream:
     def _subscribe_and_read(self, resubscribe: bool) -> None:
         request = events_pb2.SubscribeRequest(filters=self.filters)
         try:
-            call = self._conn.stream(self._conn.events.Subscribe, request, "event stream", timeout=None)
+            call = self._rpc.stream(self._rpc.events.Subscribe, request, "event stream", timeout=None)
         except errdefs.Cancelled:  # channel closed under us
             return
         with self._lock:
@@ -304,7 +304,7 @@ class EventStream:
                 call.cancel()
                 return
             try:
-                self._conn.call(self._conn.events.Publish, request, "sync event", timeout=0.5)
+                self._rpc.call(self._rpc.events.Publish, request, "sync event", timeout=0.5)
             except errdefs.LibcontainerdError as exc:
                 log.debug("sync publish failed: %s", exc)
                 stop.wait(0.1)
@@ -323,7 +323,7 @@ class EventStream:
                 with attempt:
                     if self._closing.is_set():
                         return
-                    self._conn.call(self._conn.version.Version, empty_pb2.Empty(), "containerd", timeout=1.0)
+                    self._rpc.call(self._rpc.version.Version, empty_pb2.Empty(), "containerd", timeout=1.0)
         except Exception:  # stopped by close()
             return
 
@@ -361,8 +361,8 @@ class EventStream:
         """Deliver the exit of a process that stopped; False if containerd does not know it."""
         exec_id = "" if process_id == container_id else process_id
         try:
-            resp = self._conn.call(
-                self._conn.tasks.Get,
+            resp = self._rpc.call(
+                self._rpc.tasks.Get,
                 tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id),
                 f"container {container_id}",
                 timeout=10.0,
