@@ -268,6 +268,7 @@ class Daemon:
     _health_failures: int
     _start_timeout: float
     _lock_file: IO[bytes]
+    _env: Optional[Mapping[str, str]] = None
     _cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
     _stop_requested: threading.Event = attrs.field(init=False, factory=threading.Event)
     _started: threading.Event = attrs.field(init=False, factory=threading.Event)
@@ -563,6 +564,7 @@ class Daemon:
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     cwd="/",
+                    env=self._env,
                     start_new_session=True,
                 )
         except OSError as err:
@@ -684,6 +686,7 @@ def start(
     health_failures: int = 3,
     start_timeout: float = 30.0,
     kill_with_parent: bool = True,
+    env: Optional[Mapping[str, str]] = None,
     **opts: TomlValue,
 ) -> Daemon:
     """Start (or adopt) a private containerd under ``root_dir`` and supervise it.
@@ -706,6 +709,8 @@ def start(
         start_timeout: seconds to wait for the daemon to serve, at start and at each restart.
         kill_with_parent: SIGKILL the daemon when this process dies (PR_SET_PDEATHSIG); with False it
             outlives us, at exit it is detached rather than stopped, and the next start() adopts it.
+        env: the daemon's environment (default: this process's). Its shims and runc inherit it: runc
+            finds CRIU on this ``PATH``.
         **opts: more containerd config merged into the file: top-level keys (``oom_score=-999``) or
             tables as dicts (``plugins={"io.containerd.gc.v1.scheduler": {"pause_threshold": 0.05}}``).
 
@@ -797,6 +802,7 @@ def start(
             health_failures=health_failures,
             start_timeout=start_timeout,
             lock_file=lock_file,
+            env=dict(env) if env is not None else None,
         )
     except BaseException:
         lock_file.close()
