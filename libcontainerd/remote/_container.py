@@ -137,7 +137,8 @@ class Container:
         if stdio is not None:
             stdio.connected()
         try:
-            client._conn.call(client._conn.tasks.Start, tasks_pb2.StartRequest(container_id=self.id), f"task {self.id}")
+            started = client._conn.call(client._conn.tasks.Start, tasks_pb2.StartRequest(container_id=self.id),
+                                        f"task {self.id}")
         except BaseException:
             try:
                 task._delete_after_failed_start()
@@ -146,6 +147,9 @@ class Container:
                           extra={"container_id": self.id, "namespace": client.namespace})
                 task._release()
             raise
+        # A restore's Create answers pid 0: runc restores the process in Start, whose answer has the pid
+        # (the Go client takes it from there too).
+        task.pid = int(started.pid) or task.pid
         client._tracker.started(self.id, self.id, task.pid)
         return task
 

@@ -295,6 +295,8 @@ def test_checkpoint_with_exit_stops_the_task_and_restore_counts_on(client, rootf
     out2 = stdio.capture()
     restored = task.container.start(checkpoint_dir=str(tmp_path / "cp"), attach_stdio=out2)
     assert restored.status().value == "running"
+    # Create of a restore answers pid 0 (runc restores in Start): the pid is Start's
+    assert restored.pid == task.container.task().pid > 0
     _assert_counts_on(restored, before, out2)
     restored.force_delete()
     task.container.delete()
