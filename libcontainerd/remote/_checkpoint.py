@@ -105,6 +105,7 @@ def write_content(
 
     Raises:
         errdefs.DataLoss: the data did not match ``expected_digest``; the ingest is aborted.
+        Exception: whatever ``reader`` raised; nothing is committed and the ingest is aborted.
     """
     ref = ref or f"libcontainerd-{uuid.uuid4().hex}"
     all_labels = dict(labels or {})
@@ -112,11 +113,18 @@ def write_content(
         all_labels.setdefault(GC_ROOT_LABEL, _rfc3339())
     hasher = hashlib.sha256()
     state = {"size": 0}
+    failed: list[Exception] = []
 
     def requests() -> Iterator[content_pb2.WriteContentRequest]:
         yield content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=ref)
         while True:
-            chunk = reader.read(CHUNK)
+            try:
+                chunk = reader.read(CHUNK)
+            except Exception as exc:
+                # End the stream without a commit: what was written stays an ingest, aborted below.
+                # (Raised here, gRPC would log it as a crash of the request iterator.)
+                failed.append(exc)
+                return
             if not chunk:
                 break
             hasher.update(chunk)
@@ -133,6 +141,8 @@ def write_content(
     try:
         for _ in conn.content.Write(requests(), metadata=_md(client, lease), timeout=conn.timeout):
             pass
+        if failed:
+            raise failed[0]
     except grpc.RpcError as err:
         _abort(client, ref, lease)
         mapped = errdefs.from_grpc(err, what)
@@ -216,31 +226,67 @@ def _check_dir(checkpoint_dir: object) -> str:
     return path
 
 
+class _TarPipe(io.RawIOBase):
+    """The read end of the tar producer's pipe: its end is an error when the producer failed.
+
+    The producer closes the pipe when it stops, for whatever reason; a tar cut short must not
+    reach containerd's commit as if it were whole.
+    """
+
+    def __init__(self, fd: int, errors: list[BaseException]) -> None:
+        self._file = os.fdopen(fd, "rb", buffering=0)
+        self._errors = errors
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._file.readinto(b)
+        if not n and self._errors:
+            raise OSError(f"the checkpoint tar was cut short: {self._errors[0]}")
+        return n or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def upload_checkpoint_dir(client: Client, checkpoint_dir: str, container_id: str) -> Blob:
     """Tar ``checkpoint_dir`` (a plain tar of its content) into the content store.
 
     Raises:
-        errdefs.InvalidParameter: the directory is missing or unreadable (nothing written).
+        errdefs.InvalidParameter: the directory is missing or unreadable, or a file could not
+            be read whole; nothing is committed.
     """
     path = _check_dir(checkpoint_dir)
     rfd, wfd = os.pipe()
-    reader = os.fdopen(rfd, "rb")
     errors: list[BaseException] = []
+    reader = _TarPipe(rfd, errors)
 
     def produce() -> None:
+        w = os.fdopen(wfd, "wb")
         try:
-            with os.fdopen(wfd, "wb") as w, tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for name in sorted(os.listdir(path)):
                     tar.add(os.path.join(path, name), arcname=name)
         except BrokenPipeError:
             pass  # the upload stopped reading: its error is the one to report
         except BaseException as exc:
-            errors.append(exc)
+            errors.append(exc)  # before the pipe closes: the reader must see it at the end
+        finally:
+            try:
+                w.close()
+            except BrokenPipeError:
+                pass
 
     producer = threading.Thread(target=produce, name=f"libcontainerd-checkpoint-tar-{container_id}", daemon=True)
     producer.start()
     try:
-        desc = write_content(client, reader, CHECKPOINT_MEDIA_TYPE, ref=f"checkpoint-{container_id}-{uuid.uuid4().hex}")
+        desc = write_content(client, io.BufferedReader(reader, CHUNK), CHECKPOINT_MEDIA_TYPE,
+                             ref=f"checkpoint-{container_id}-{uuid.uuid4().hex}")
+    except OSError:
+        if not errors:
+            raise
     finally:
         reader.close()
         producer.join()

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import tarfile
 import time
 import tracemalloc
@@ -164,6 +165,36 @@ def _publish_checkpoint(client, tar_bytes: bytes, media_type: str = cp.CHECKPOIN
     index_desc = cp.write_content(client, io.BytesIO(json.dumps(index).encode()), cp.INDEX_MEDIA_TYPE,
                                   labels={cp.GC_REF_CONTENT.format(0): tar_desc.digest})
     return index_desc.digest, [tar_desc.digest, index_desc.digest]
+
+
+@pytest.fixture
+def dir_that_reads_short(tmp_path):
+    """A checkpoint dir whose last file looks like 4 kB but reads short (a sysfs attribute bind-mounted).
+
+    Its first file, 3 MiB, is streamed into containerd before the tar breaks.
+    """
+    cp_dir = tmp_path / "cp"
+    cp_dir.mkdir()
+    (cp_dir / "a-pages.img").write_bytes(os.urandom(3 << 20))
+    bad = cp_dir / "z.img"
+    bad.write_bytes(b"")
+    subprocess.run(["mount", "--bind", "/sys/kernel/uevent_seqnum", str(bad)], check=True)
+    try:
+        yield cp_dir
+    finally:
+        subprocess.run(["umount", str(bad)], check=True)
+
+
+def test_a_restore_upload_that_fails_part_way_commits_nothing(client, rootfs, dir_that_reads_short):
+    ctr = client.new_container("upload", oci.default_spec(rootfs, ["true"]))
+    try:
+        with pytest.raises(errdefs.InvalidParameter, match="cannot read checkpoint dir"):
+            ctr.start(checkpoint_dir=str(dir_that_reads_short))
+        nothing_left(client)
+        with pytest.raises(errdefs.NotFound):
+            ctr.task()
+    finally:
+        ctr.delete()
 
 
 def test_checkpoint_index_is_read_back_and_extracted(client, tmp_path):
