@@ -303,6 +303,9 @@ class _ProcessBase:
             container_id=self._container.id, exec_id=self._exec_id,
             width=_check_size(width, "width"), height=_check_size(height, "height")))
 
+    def _log_extra(self) -> dict[str, str]:
+        return {"container_id": self._container.id, "namespace": self._container._client.namespace}
+
     def _release(self) -> None:
         stdio, self._stdio = self._stdio, None
         if stdio is not None:
@@ -509,11 +512,16 @@ class Task(_ProcessBase):
         """Kill every process of the task with SIGKILL, wait for it to stop, then delete it.
 
         The wait is bounded (:data:`FORCE_DELETE_WAIT` seconds): a task that never ran (e.g.
-        a restore that failed) does not exit, but can be deleted all the same.
+        a restore that failed) does not exit, but can be deleted all the same. A wait broken by
+        a dying shim or a containerd restart is logged, and the delete follows all the same.
+
+        Raises:
+            errdefs.NotFound: the task is gone (containerd cleaned up after its dead shim).
         """
         conn = self._container._client._conn
         waiter = conn.tasks.Wait.future(tasks_pb2.WaitRequest(container_id=self._container.id),
                                         metadata=conn.metadata)
+        wait_broke = False
         try:
             try:
                 self._call(self._tasks.Kill, tasks_pb2.KillRequest(
@@ -528,15 +536,33 @@ class Task(_ProcessBase):
                 except grpc.FutureTimeoutError:
                     if time.monotonic() >= deadline:
                         log.warning("%s did not stop within %s s of SIGKILL; deleting it anyway",
-                                    self._what, FORCE_DELETE_WAIT)
+                                    self._what, FORCE_DELETE_WAIT, extra=self._log_extra())
                         break
                 except grpc.RpcError as err:
-                    if err.code() == grpc.StatusCode.NOT_FOUND:
-                        break
-                    raise errdefs.from_grpc(err, self._what) from err
+                    # A shim that died or a containerd that restarted breaks the Wait; as in the Go
+                    # client's kill-and-delete, Delete follows whatever Wait returned (and says
+                    # NotFound when containerd already cleaned up after the shim).
+                    if err.code() != grpc.StatusCode.NOT_FOUND:
+                        wait_broke = True
+                        log.warning("waiting for %s to stop failed (%s); deleting it anyway", self._what,
+                                    errdefs.from_grpc(err, self._what), extra=self._log_extra())
+                    break
         finally:
             waiter.cancel()
-        return self.delete()
+        if not wait_broke:
+            return self.delete()
+        # containerd cleans up after a dead shim on its own, a moment after the shim's connection
+        # broke; a Delete in that moment fails the same way ("ttrpc: closed"), so try again.
+        deadline = time.monotonic() + SHIM_EXIT_GRACE
+        while True:
+            try:
+                return self.delete()
+            except (errdefs.NotFound, errdefs.Conflict):
+                raise
+            except errdefs.LibcontainerdError:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(_WAIT_SLICE)
 
     def _delete_after_failed_start(self) -> None:
         """Clean up a task whose Start failed: a created task can be deleted as it is."""

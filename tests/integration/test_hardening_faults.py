@@ -368,3 +368,43 @@ def test_shim_killed_under_a_running_task(daemon, h, rootfs, namespace):
     wait_until(lambda: testing.open_fds() == fds, timeout=10)
     assert testing.open_fds() == fds, "the task's FIFO descriptors leaked"
     h.recovered(rootfs)
+
+
+def _sigkill_pending(pid: int) -> bool:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return any(int(fields[k], 16) & (1 << (signal.SIGKILL - 1)) for k in ("SigPnd", "ShdPnd"))
+
+
+def test_force_delete_goes_on_when_the_shim_dies_during_its_wait(daemon, h, rootfs, namespace):
+    """As the Go client's kill-and-delete: whatever Wait returned, Delete follows (and says NotFound here)."""
+    c = h.client
+    ctr = c.new_container("held", spec(rootfs, "sleep", "300"))
+    task = ctr.start()
+    # runc thaws the task's cgroup after `kill --all`, but not a frozen child cgroup of it: the
+    # SIGKILL stays pending there, and force_delete() waits for an exit that does not come.
+    held = f"/sys/fs/cgroup/freezer/{namespace}/held/frozen"
+    os.mkdir(held)
+    try:
+        with open(os.path.join(held, "cgroup.procs"), "w", encoding="ascii") as f:
+            f.write(str(task.pid))
+        with open(os.path.join(held, "freezer.state"), "w", encoding="ascii") as f:
+            f.write("FROZEN")
+        shim = daemon.shim_pid(namespace, "held")
+        thread, box = run_in_thread(task.force_delete)
+        assert wait_until(lambda: _sigkill_pending(task.pid), timeout=30), "force_delete() sent no SIGKILL"
+        os.kill(shim, signal.SIGKILL)
+        thread.join(60)
+        assert not thread.is_alive()
+        assert isinstance(box.get("error"), errdefs.NotFound), box
+        with pytest.raises(errdefs.NotFound):
+            ctr.task()
+    finally:
+        if os.path.isdir(held):  # containerd's clean-up after the dead shim may have removed it
+            with open(os.path.join(held, "freezer.state"), "w", encoding="ascii") as f:
+                f.write("THAWED")
+        assert wait_until(lambda: not os.path.exists(f"/proc/{task.pid}"), timeout=30)
+        if os.path.isdir(held):
+            os.rmdir(held)
+    ctr.delete()
+    h.recovered(rootfs)
