@@ -3,7 +3,7 @@
 Restoring (``Container.start(checkpoint_dir=...)``) tars the directory into a content blob
 of media type :data:`CHECKPOINT_MEDIA_TYPE` and hands its descriptor to the task; the blob
 is deleted afterwards whatever happens. Checkpointing (``Task.create_checkpoint``) does what
-containerd's Go client does -- a lease, ``Tasks.Checkpoint``, an OCI index of the returned
+containerd's Go client does -- a lease, a pause (a task paused already stays paused), ``Tasks.Checkpoint``, an OCI index of the returned
 descriptors, a ``containerd.io/checkpoint/<id>:<time>`` image -- and then what moby does:
 read the index back, find the checkpoint tar, extract it into the directory, and delete the
 image (and the lease, so the garbage collector takes the blobs) whatever happens.
@@ -14,6 +14,7 @@ ever written (no absolute paths, no ``..``, no links leading out, no device node
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import io
@@ -38,6 +39,7 @@ from .._api.containerd.api.services.tasks.v1 import tasks_pb2
 from .._api.containerd.api.types import descriptor_pb2
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message
+from ..types import Status
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -350,7 +352,8 @@ def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) ->
     lease = _create_lease(client)
     image_name = ""
     try:
-        image_name, index_desc = _checkpoint_image(task, lease, exit)
+        with _paused(task, exit):
+            image_name, index_desc = _checkpoint_image(task, lease, exit)
         extract_checkpoint(client, index_desc.digest, target, what=f"task {cid}", lease=lease)
     finally:
         if image_name:
@@ -360,6 +363,31 @@ def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) ->
             except errdefs.LibcontainerdError as exc:
                 log.warning("failed to delete checkpoint image %s: %s", image_name, exc)
         _delete_lease(client, lease)
+
+
+@contextlib.contextmanager
+def _paused(task: Task, exit: bool) -> Iterator[None]:
+    """Pause a running task for the dump and resume it after, as containerd's Go client does.
+
+    The image is then of a frozen task, and the backend sees ``PAUSED`` then ``RESUMED``,
+    also when the dump fails. A task that was paused already stays paused; one that the
+    checkpoint stopped (``exit``) is not resumed.
+    """
+    if task.status() is not Status.RUNNING:
+        yield
+        return
+    task.pause()
+    stopped = False
+    try:
+        yield
+        stopped = exit
+    finally:
+        if not stopped:
+            try:
+                task.resume()
+            except errdefs.LibcontainerdError as exc:
+                log.warning("failed to resume task %s after its checkpoint: %s", task.id, exc,
+                            extra={"container_id": task.id, "namespace": task.container._client.namespace})
 
 
 def extract_checkpoint(client: Client, index_digest: str, target: str, *, what: str = "checkpoint",

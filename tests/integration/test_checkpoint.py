@@ -21,6 +21,7 @@ from libcontainerd._api.containerd.api.services.content.v1 import content_pb2
 from libcontainerd._api.containerd.api.services.images.v1 import images_pb2
 from libcontainerd._api.containerd.api.services.leases.v1 import leases_pb2
 from libcontainerd.remote import _checkpoint as cp
+from libcontainerd.types import EventType, Status
 
 from ._hardening import wait_until
 
@@ -422,7 +423,38 @@ def test_checkpoint_and_restore_of_a_terminal_task(client, rootfs, tmp_path, cri
     nothing_left(client)
 
 
-def test_criu_failure_is_typed_mentions_criu_and_leaves_nothing(client, rootfs, tmp_path, criu):
+def _pause_events(recorder, cid: str) -> list[EventType]:
+    return [t for t, _ in recorder.of(cid) if t in (EventType.PAUSED, EventType.RESUMED)]
+
+
+def test_checkpoint_pauses_a_running_task_and_resumes_it(client, rootfs, tmp_path, criu, recorder):
+    # As containerd's Go client: the image is taken of a frozen task, and the backend sees it.
+    ctr = client.new_container("pausing", oci.default_spec(rootfs, ["sleep", "300"]))
+    task = ctr.start()
+    task.create_checkpoint(str(tmp_path / "cp"))
+    recorder.wait_for("pausing", EventType.RESUMED)
+    assert _pause_events(recorder, "pausing") == [EventType.PAUSED, EventType.RESUMED]
+    assert task.status() is Status.RUNNING
+    task.force_delete()
+    ctr.delete()
+
+
+def test_checkpoint_of_a_paused_task_leaves_it_paused(client, rootfs, tmp_path, criu, recorder):
+    ctr = client.new_container("paused", oci.default_spec(rootfs, ["sleep", "300"]))
+    task = ctr.start()
+    task.pause()
+    recorder.wait_for("paused", EventType.PAUSED)
+    task.create_checkpoint(str(tmp_path / "cp"))
+    assert (tmp_path / "cp" / "inventory.img").is_file()
+    assert task.status() is Status.PAUSED
+    task.resume()  # the one RESUMED: the checkpoint neither paused nor resumed it
+    recorder.wait_for("paused", EventType.RESUMED)
+    assert _pause_events(recorder, "paused") == [EventType.PAUSED, EventType.RESUMED]
+    task.force_delete()
+    ctr.delete()
+
+
+def test_criu_failure_is_typed_mentions_criu_and_leaves_nothing(client, rootfs, tmp_path, criu, recorder):
     # CRIU refuses to dump an established TCP connection of a task in the host's network namespace.
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
@@ -439,7 +471,9 @@ def test_criu_failure_is_typed_mentions_criu_and_leaves_nothing(client, rootfs, 
             assert str(err.value).startswith("checkpoint of task tcp")
             assert not (tmp_path / "out").exists()
             nothing_left(client)
-            assert task.status().value == "running"
+            assert task.status() is Status.RUNNING  # resumed after the failed dump
+            recorder.wait_for("tcp", EventType.RESUMED)
+            assert _pause_events(recorder, "tcp") == [EventType.PAUSED, EventType.RESUMED]
         finally:
             conn.close()
             task.force_delete()
