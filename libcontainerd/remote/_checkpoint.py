@@ -20,11 +20,13 @@ import hashlib
 import io
 import json
 import logging
+import lzma
 import os
 import posixpath
 import tarfile
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
@@ -333,6 +335,7 @@ def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) ->
     Raises:
         errdefs.System: CRIU or the runtime failed (the message has their words), or the
             checkpoint image was invalid. Nothing is left in containerd either way.
+        errdefs.DataLoss: the checkpoint archive read back was corrupt.
     """
     client = task.container._client
     cid = task.container.id
@@ -395,7 +398,9 @@ def extract_checkpoint(client: Client, index_digest: str, target: str, *, what: 
     """Read a checkpoint's OCI index blob, find the CRIU tar by media type, extract it safely.
 
     Raises:
-        errdefs.System: the index does not decode or has no checkpoint descriptor ("invalid checkpoint").
+        errdefs.System: the index does not decode or has no checkpoint descriptor ("invalid checkpoint"),
+            or the files cannot be written into ``target``.
+        errdefs.DataLoss: the archive is corrupt (not a tar, cut short, bad compression).
         errdefs.InvalidParameter: the archive is hostile (see :func:`safe_extract`).
     """
     try:
@@ -406,8 +411,17 @@ def extract_checkpoint(client: Client, index_digest: str, target: str, *, what: 
         raise errdefs.System(f"{what}: failed to decode checkpoint data: {exc}") from exc
     if found is None or not isinstance(found.get("digest"), str):
         raise errdefs.System(f"{what}: invalid checkpoint: no {CHECKPOINT_MEDIA_TYPE} in the index")
-    os.makedirs(target, exist_ok=True)
-    return safe_extract(_IterReader(read_content(client, found["digest"], lease)), target)
+    try:
+        os.makedirs(target, exist_ok=True)
+        return safe_extract(_IterReader(read_content(client, found["digest"], lease)), target)
+    except errdefs.LibcontainerdError:
+        raise
+    except (tarfile.TarError, zlib.error, lzma.LZMAError, EOFError) as exc:
+        raise errdefs.DataLoss(f"{what}: checkpoint archive is corrupt: {exc}") from exc
+    except OSError as exc:
+        if exc.errno is None:  # bz2 says "Invalid data stream" this way
+            raise errdefs.DataLoss(f"{what}: checkpoint archive is corrupt: {exc}") from exc
+        raise errdefs.System(f"{what}: cannot extract the checkpoint into {target}: {exc}") from exc
 
 
 def _checkpoint_image(task: Task, lease: str, exit: bool) -> tuple[str, descriptor_pb2.Descriptor]:

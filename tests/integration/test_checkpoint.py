@@ -215,6 +215,26 @@ def test_checkpoint_index_is_read_back_and_extracted(client, tmp_path):
     nothing_left(client)
 
 
+@pytest.mark.parametrize("corruption", ["noise", "truncated", "bad-gzip", "bad-bzip2", "bad-xz"])
+def test_a_corrupt_checkpoint_archive_is_a_typed_error(client, tmp_path, corruption):
+    whole = _tar([_file("inventory.img", b"criu inventory"), _file("pages-1.img", os.urandom(64 << 10))])
+    data = {
+        "noise": os.urandom(10 << 10),
+        "truncated": whole[: 512 + 512 + 4096],  # the second member's data is cut short
+        "bad-gzip": b"\x1f\x8b\x08\x00" + os.urandom(4 << 10),
+        "bad-bzip2": b"BZh91AY&SY" + os.urandom(4 << 10),
+        "bad-xz": b"\xfd7zXZ\x00" + os.urandom(4 << 10),
+    }[corruption]
+    index_digest, made = _publish_checkpoint(client, data)
+    try:
+        with pytest.raises(errdefs.DataLoss, match="checkpoint archive is corrupt"):
+            cp.extract_checkpoint(client, index_digest, str(tmp_path / "out"))
+    finally:
+        for digest in made:
+            cp.delete_content(client, digest)
+    nothing_left(client)
+
+
 def test_an_index_without_a_checkpoint_is_invalid(client, tmp_path):
     index_digest, made = _publish_checkpoint(client, _tar([_file("a")]), media_type="application/x-other")
     try:
