@@ -156,15 +156,19 @@ class Container:
     def attach_task(self, attach_stdio: StdioCallback) -> Task:
         """Re-open the running task's FIFOs (e.g. after this service restarted).
 
-        The FIFOs are those the task was started with in ``<bundle dir>``; a task started
-        without ``attach_stdio`` has none to re-open.
+        The FIFOs are those the task was started with in ``<bundle dir>``. A task started
+        without ``attach_stdio`` has none to re-open: it is returned without IO (``io`` is
+        None) and ``attach_stdio`` is not called, as moby's client returns it with empty IO.
 
         Raises:
-            errdefs.NotFound: the container has no task (or the task has no FIFOs).
+            errdefs.NotFound: the container has no task, or the FIFOs it was started with are gone.
 
         >>> task = client.load_container("web").attach_task(stdio.attach(stdout=sys.stdout.buffer))  # doctest: +SKIP
         """
         proc = self._get_task()
+        if not (proc.stdin or proc.stdout or proc.stderr):
+            self._track(proc)
+            return Task(self, int(proc.pid))
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
         stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=False, terminal=terminal, attach_stdio=attach_stdio,
                            close_stdin=stdin_closer(self._client._conn, self.id, ""), existing=True)

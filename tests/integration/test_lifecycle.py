@@ -318,6 +318,23 @@ def test_load_attach_and_task(client, rootfs, containerd, state_dir, namespace):
     ctr.delete()
 
 
+def test_attach_to_a_task_started_without_stdio_returns_it_without_io(client, rootfs, containerd, state_dir,
+                                                                     namespace):
+    """As moby's client: nothing to re-open is not an error; the task comes back with empty IO."""
+    ctr = client.new_container("mute", spec(rootfs, "sleep", "300"))
+    task = ctr.start()
+    with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as other:
+        again = other.load_container("mute").attach_task(stdio.capture())
+        assert again.pid == task.pid
+        assert again.io is None
+        again.kill("KILL")
+        assert again.wait(timeout=20).code == 137
+        again.delete()
+    assert os.listdir(state_dir) == ["mute"]  # the bundle dir, and no FIFOs made in it
+    assert os.listdir(os.path.join(state_dir, "mute")) == []
+    ctr.delete()
+
+
 def test_replace_container(client, rootfs):
     old = client.new_container("phoenix", spec(rootfs, "sleep", "300"))
     old.start()
