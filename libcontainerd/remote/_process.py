@@ -404,7 +404,8 @@ class Task(_ProcessBase):
 
         Raises:
             errdefs.Conflict: an exec with this id exists.
-            errdefs.InvalidParameter: bad id or spec (nothing was sent or made).
+            errdefs.InvalidParameter: bad id (the container's own among them) or spec (nothing was
+                sent or made).
 
         >>> out = stdio.capture()  # doctest: +SKIP
         >>> p = task.exec("ls-1", oci.process_spec(["ls", "/"]), attach_stdio=out)  # doctest: +SKIP
@@ -412,6 +413,9 @@ class Task(_ProcessBase):
         (0, b'bin')
         """
         validate(process_id, "exec id")
+        if process_id == self._container.id:
+            # Its FIFOs would take the task's names in the bundle dir and replace them.
+            raise errdefs.InvalidParameter(f"exec id {process_id!r} is the container id; choose another")
         check_process_spec(spec)
         any_spec = pack_json(PROCESS_URL, spec, "process spec")
         terminal = bool(spec.get("terminal", False))
