@@ -42,8 +42,8 @@ __all__ = [
     "Leftovers",
     "busybox_rootfs",
     "cleanup_root",
-    "daemon_processes",
     "daemon_env",
+    "daemon_processes",
     "find_busybox",
     "find_criu",
     "leftover_threads",
@@ -243,7 +243,7 @@ def start_daemon(tmpdir: Union[str, os.PathLike[str]], **opts: Any) -> superviso
         raise
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _criu_check(path: str) -> bool:
     try:
         proc = subprocess.run([path, "check"], capture_output=True, text=True, timeout=60, check=False)
@@ -269,7 +269,7 @@ def find_criu(candidates: Iterable[Union[str, os.PathLike[str]]] = ()) -> Option
     >>> find_criu([".cache/criu/4.1.1/bin/criu"])  # doctest: +SKIP
     '/src/libcontainerd/.cache/criu/4.1.1/bin/criu'
     """
-    tried = [os.environ.get("LIBCONTAINERD_CRIU", ""), *map(os.fspath, candidates), shutil.which("criu") or ""]
+    tried = [os.environ.get("LIBCONTAINERD_CRIU", ""), *(os.fspath(c) for c in candidates), shutil.which("criu") or ""]
     for path in tried:
         if path and os.access(path, os.X_OK) and _criu_check(os.path.abspath(path)):
             return os.path.abspath(path)

@@ -3,8 +3,9 @@
 Restoring (``Container.start(checkpoint_dir=...)``) tars the directory into a content blob
 of media type :data:`CHECKPOINT_MEDIA_TYPE` and hands its descriptor to the task; the blob
 is deleted afterwards whatever happens. Checkpointing (``Task.create_checkpoint``) does what
-containerd's Go client does -- a lease, a pause (a task paused already stays paused), ``Tasks.Checkpoint``, an OCI index of the returned
-descriptors, a ``containerd.io/checkpoint/<id>:<time>`` image -- and then what moby does:
+containerd's Go client does -- a lease, a pause (a task paused already stays paused),
+``Tasks.Checkpoint``, an OCI index of the returned descriptors, a
+``containerd.io/checkpoint/<id>:<time>`` image -- and then what moby does:
 read the index back, find the checkpoint tar, extract it into the directory, and delete the
 image (and the lease, so the garbage collector takes the blobs) whatever happens.
 
@@ -71,10 +72,17 @@ class Blob:
 
     client: Client = attrs.field(repr=False)
     descriptor: descriptor_pb2.Descriptor = attrs.field(repr=lambda d: f"{d.media_type} {d.digest} {d.size}B")
+    ref: str = ""
+    container_id: str = ""
 
     def delete(self) -> None:
-        """Delete the blob; a failure is logged with its ref and digest, never raised."""
-        delete_content(self.client, self.descriptor.digest)
+        """Delete the blob; a failure is logged with its ref, digest and container, never raised."""
+        delete_content(self.client, self.descriptor.digest, ref=self.ref, container_id=self.container_id)
+
+
+def _extra(client: Client, container_id: str) -> dict[str, str]:
+    """Log record attributes that let a handler filter by container and namespace."""
+    return {"container_id": container_id, "namespace": client.namespace}
 
 
 def _md(client: Client, lease: Optional[str]) -> tuple[tuple[str, str], ...]:
@@ -92,6 +100,7 @@ def write_content(
     expected_digest: Optional[str] = None,
     lease: Optional[str] = None,
     gc_root: bool = True,
+    container_id: str = "",
 ) -> descriptor_pb2.Descriptor:
     """Stream ``reader`` into the content store (1 MiB chunks) and commit it.
 
@@ -103,6 +112,7 @@ def write_content(
             current UTC time when ``gc_root``.
         expected_digest: commit only if the data has this digest (``sha256:...``).
         lease: a lease id to write under.
+        container_id: the container the content belongs to, for the log records of a clean-up.
 
     Returns:
         The descriptor (media type, digest, size).
@@ -148,7 +158,7 @@ def write_content(
         if failed:
             raise failed[0]
     except grpc.RpcError as err:
-        _abort(client, ref, lease)
+        _abort(client, ref, lease, container_id)
         mapped = errdefs.from_grpc(err, what)
         if isinstance(mapped, errdefs.Conflict) and "already exists" in str(mapped):
             pass  # the same bytes are there already: as good as committed (as in Go's writeContent)
@@ -158,18 +168,19 @@ def write_content(
         else:
             raise mapped from err
     except BaseException:
-        _abort(client, ref, lease)
+        _abort(client, ref, lease, container_id)
         raise
     return descriptor_pb2.Descriptor(media_type=media_type, digest="sha256:" + hasher.hexdigest(), size=state["size"])
 
 
-def _abort(client: Client, ref: str, lease: Optional[str]) -> None:
+def _abort(client: Client, ref: str, lease: Optional[str], container_id: str) -> None:
     conn = client._conn
     try:
         conn.content.Abort(content_pb2.AbortRequest(ref=ref), metadata=_md(client, lease), timeout=30.0)
     except grpc.RpcError as err:
         if err.code() != grpc.StatusCode.NOT_FOUND:
-            log.warning("failed to abort content ingest %s: %s", ref, err.details())
+            log.warning("failed to abort content ingest %s of container %s: %s", ref, container_id or "-",
+                        err.details(), extra=_extra(client, container_id))
 
 
 def read_content(client: Client, digest: str, lease: Optional[str] = None) -> Iterator[bytes]:
@@ -183,15 +194,16 @@ def read_content(client: Client, digest: str, lease: Optional[str] = None) -> It
         raise errdefs.from_grpc(err, f"content {digest}") from err
 
 
-def delete_content(client: Client, digest: str) -> None:
-    """Delete a blob; log (with the digest) rather than raise on failure."""
+def delete_content(client: Client, digest: str, *, ref: str = "", container_id: str = "") -> None:
+    """Delete a blob; log (with its ingest ref, digest and container) rather than raise on failure."""
     try:
         client._conn.call(client._conn.content.Delete, content_pb2.DeleteContentRequest(digest=digest),
                           f"content {digest}")
     except errdefs.NotFound:
         pass
     except errdefs.LibcontainerdError as exc:
-        log.warning("failed to delete content %s: %s", digest, exc)
+        log.warning("failed to delete content %s (ref %s) of container %s: %s", digest, ref or "-",
+                    container_id or "-", exc, extra=_extra(client, container_id))
 
 
 class _IterReader(io.RawIOBase):
@@ -285,9 +297,10 @@ def upload_checkpoint_dir(client: Client, checkpoint_dir: str, container_id: str
 
     producer = threading.Thread(target=produce, name=f"libcontainerd-checkpoint-tar-{container_id}", daemon=True)
     producer.start()
+    ref = f"checkpoint-{container_id}-{uuid.uuid4().hex}"
     try:
-        desc = write_content(client, io.BufferedReader(reader, CHUNK), CHECKPOINT_MEDIA_TYPE,
-                             ref=f"checkpoint-{container_id}-{uuid.uuid4().hex}")
+        desc = write_content(client, io.BufferedReader(reader, CHUNK), CHECKPOINT_MEDIA_TYPE, ref=ref,
+                             container_id=container_id)
     except OSError:
         if not errors:
             raise
@@ -296,7 +309,7 @@ def upload_checkpoint_dir(client: Client, checkpoint_dir: str, container_id: str
         producer.join()
     if errors:
         raise errdefs.InvalidParameter(f"cannot read checkpoint dir {path}: {errors[0]}") from errors[0]
-    return Blob(client, desc)
+    return Blob(client, desc, ref, container_id)
 
 
 # -- checkpoint -------------------------------------------------------------------------
@@ -310,12 +323,13 @@ def _create_lease(client: Client) -> str:
     return lease_id
 
 
-def _delete_lease(client: Client, lease_id: str) -> None:
+def _delete_lease(client: Client, lease_id: str, container_id: str) -> None:
     try:
         client._conn.call(client._conn.leases.Delete, leases_pb2.DeleteRequest(id=lease_id, sync=True),
                           f"lease {lease_id}")
     except errdefs.LibcontainerdError as exc:
-        log.warning("failed to delete lease %s: %s", lease_id, exc)
+        log.warning("failed to delete lease %s of the checkpoint of container %s: %s", lease_id, container_id, exc,
+                    extra=_extra(client, container_id))
 
 
 def _checkpoint_options(task: Task, exit: bool) -> Optional[Any]:
@@ -364,8 +378,9 @@ def create_checkpoint(task: Task, checkpoint_dir: str, *, exit: bool = False) ->
                 client._conn.call(client._conn.images.Delete, images_pb2.DeleteImageRequest(
                     name=image_name, sync=True), f"image {image_name}")
             except errdefs.LibcontainerdError as exc:
-                log.warning("failed to delete checkpoint image %s: %s", image_name, exc)
-        _delete_lease(client, lease)
+                log.warning("failed to delete checkpoint image %s of container %s: %s", image_name, cid, exc,
+                            extra=_extra(client, cid))
+        _delete_lease(client, lease, cid)
 
 
 @contextlib.contextmanager
@@ -390,7 +405,7 @@ def _paused(task: Task, exit: bool) -> Iterator[None]:
                 task.resume()
             except errdefs.LibcontainerdError as exc:
                 log.warning("failed to resume task %s after its checkpoint: %s", task.id, exc,
-                            extra={"container_id": task.id, "namespace": task.container._client.namespace})
+                            extra=_extra(task.container._client, task.id))
 
 
 def extract_checkpoint(client: Client, index_digest: str, target: str, *, what: str = "checkpoint",
@@ -450,7 +465,7 @@ def _checkpoint_image(task: Task, lease: str, exit: bool) -> tuple[str, descript
     index = {"schemaVersion": 2, "manifests": manifests, "annotations": {}}
     data = json.dumps(index).encode() + b"\n"
     desc = write_content(client, io.BytesIO(data), INDEX_MEDIA_TYPE, ref=f"checkpoint-index-{cid}-{uuid.uuid4().hex}",
-                         labels=labels, lease=lease, gc_root=False)
+                         labels=labels, lease=lease, gc_root=False, container_id=cid)
     name = f"containerd.io/checkpoint/{cid}:{datetime.datetime.now():%m-%d-%Y-%H:%M:%S}"
     image = images_pb2.Image(name=name, labels={CHECKPOINT_LABEL: "true"}, target=desc)
     try:

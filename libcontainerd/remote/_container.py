@@ -64,6 +64,10 @@ class Container:
     def _what(self) -> str:
         return f"container {self.id}"
 
+    def _log_extra(self) -> dict[str, str]:
+        """Log record attributes that let a handler filter by container and namespace."""
+        return {"container_id": self.id, "namespace": self._client.namespace}
+
     def _task_options(self) -> Optional[Any]:
         """runc options for the task: the container's, with io_uid/io_gid of the process user."""
         if self._runtime_options is not None and self._runtime_options.type_url.endswith(RUNC_OPTIONS):
@@ -121,7 +125,8 @@ class Container:
         stdio: Optional[Stdio] = None
         if attach_stdio is not None:
             stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=with_stdin, terminal=terminal,
-                               attach_stdio=attach_stdio, close_stdin=stdin_closer(client._conn, self.id, ""))
+                               attach_stdio=attach_stdio, close_stdin=stdin_closer(client._conn, self.id, ""),
+                               log_extra=self._log_extra())
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         request = tasks_pb2.CreateTaskRequest(
             container_id=self.id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal,
@@ -144,7 +149,7 @@ class Container:
                 task._delete_after_failed_start()
             except errdefs.LibcontainerdError as exc:
                 log.error("failed to delete task %s after its start failed: %s", self.id, exc,
-                          extra={"container_id": self.id, "namespace": client.namespace})
+                          extra=self._log_extra())
                 task._release()
             raise
         # A restore's Create answers pid 0: runc restores the process in Start, whose answer has the pid
@@ -171,7 +176,8 @@ class Container:
             return Task(self, int(proc.pid))
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
         stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=False, terminal=terminal, attach_stdio=attach_stdio,
-                           close_stdin=stdin_closer(self._client._conn, self.id, ""), existing=True)
+                           close_stdin=stdin_closer(self._client._conn, self.id, ""), existing=True,
+                           log_extra=self._log_extra())
         stdio.connected()
         self._track(proc)
         return Task(self, int(proc.pid), stdio)
@@ -226,7 +232,7 @@ class Container:
         client._tracker.forget(self.id)
         client._forget_container(self.id)
         if os.environ.get("LIBCONTAINERD_NOCLEAN") != "1":
-            _bundle.remove(bundle, self.id)
+            _bundle.remove(bundle, self.id, client.namespace)
 
     def __repr__(self) -> str:
         return f"<Container id={self.id!r} namespace={self._client.namespace!r}>"

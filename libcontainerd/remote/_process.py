@@ -117,10 +117,11 @@ class Stdio:
     start (exec) call returned -- moby's ``stdinCloseSync``.
     """
 
-    def __init__(self, fifos: FifoSet, dio: DirectIO, rio: Any) -> None:
+    def __init__(self, fifos: FifoSet, dio: DirectIO, rio: Any, log_extra: Optional[Mapping[str, str]] = None) -> None:
         self.fifos = fifos
         self.dio = dio
         self.rio = rio
+        self._log_extra = dict(log_extra or {})
         self._released = False
         self._lock = threading.Lock()
 
@@ -135,8 +136,12 @@ class Stdio:
         attach_stdio: StdioCallback,
         close_stdin: Callable[[], None],
         existing: bool = False,
+        log_extra: Optional[Mapping[str, str]] = None,
     ) -> Stdio:
-        """Make (or, with ``existing``, find) the FIFOs, open them, and call the callback."""
+        """Make (or, with ``existing``, find) the FIFOs, open them, and call the callback.
+
+        ``log_extra`` (container id and namespace) goes on this object's log records.
+        """
         if existing:
             fifos = FifoSet.existing(directory, process_id, terminal=terminal)
         else:
@@ -152,7 +157,7 @@ class Stdio:
             if not existing:
                 fifos.remove()
             raise
-        return cls(fifos, dio, dio if rio is None else rio)
+        return cls(fifos, dio, dio if rio is None else rio, log_extra)
 
     def paths(self) -> tuple[str, str, str]:
         stdin, stdout, stderr, _ = self.fifos.to_paths()
@@ -180,7 +185,8 @@ class Stdio:
                 try:
                     self.rio.wait(IO_DRAIN_TIMEOUT)
                 except Exception:  # a pump that does not finish in time is cancelled below
-                    log.debug("stdio of %s did not drain in time", self.fifos.process_id, exc_info=True)
+                    log.debug("stdio of %s did not drain in time", self.fifos.process_id, exc_info=True,
+                              extra=self._log_extra)
             self.rio.cancel()
             self.rio.close()
         finally:
@@ -304,7 +310,7 @@ class _ProcessBase:
             width=_check_size(width, "width"), height=_check_size(height, "height")))
 
     def _log_extra(self) -> dict[str, str]:
-        return {"container_id": self._container.id, "namespace": self._container._client.namespace}
+        return self._container._log_extra()
 
     def _release(self) -> None:
         stdio, self._stdio = self._stdio, None
@@ -432,7 +438,8 @@ class Task(_ProcessBase):
             else:  # FIFOs of this exec id exist: refuse if containerd knows the exec, else they are stale
                 self._refuse_duplicate_exec(process_id)
             stdio = Stdio.open(container.bundle_dir, process_id, with_stdin=with_stdin, terminal=terminal,
-                               attach_stdio=attach_stdio, close_stdin=stdin_closer(conn, container.id, process_id))
+                               attach_stdio=attach_stdio, close_stdin=stdin_closer(conn, container.id, process_id),
+                               log_extra=self._log_extra())
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         try:
             conn.call(conn.tasks.Exec, tasks_pb2.ExecProcessRequest(
@@ -459,8 +466,7 @@ class Task(_ProcessBase):
                 conn.call(conn.tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
                     container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
             except errdefs.LibcontainerdError as exc:
-                log.warning("failed to delete %s after its start failed: %s", what, exc,
-                            extra={"container_id": container.id, "namespace": client.namespace})
+                log.warning("failed to delete %s after its start failed: %s", what, exc, extra=self._log_extra())
             process._stdio = None
             if stdio is not None:
                 stdio.release(drain=False)

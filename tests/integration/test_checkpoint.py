@@ -433,6 +433,7 @@ def test_checkpoint_of_a_task_with_an_exec_running(client, rootfs, tmp_path, cri
 
 def test_checkpoint_and_restore_of_a_terminal_task(client, rootfs, tmp_path, criu):
     task, before, out = _checkpoint_counter(client, rootfs, "tty", tmp_path / "cp", terminal=True)
+    assert max(_counted(out)) >= before  # through the terminal
     task.wait(timeout=30)
     task.delete()
     out2 = stdio.capture()
