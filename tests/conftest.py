@@ -12,7 +12,8 @@ Fixtures (names are relied on by every test module):
 - ``state_dir`` (function): a fresh temp dir for bundles and FIFOs, removed after the test.
 - ``namespace`` (function): a containerd namespace unique to the test.
 
-Tests under ``tests/integration`` get the ``integration`` marker automatically.
+Tests under ``tests/integration`` get the ``integration`` marker automatically, tests that take
+``criu`` the ``criu`` marker (``pytest -m criu`` runs every CRIU test).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.path).startswith(_INTEGRATION_DIR):
             item.add_marker(pytest.mark.integration)
+        if "criu" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.criu)
 
 
 @pytest.fixture(scope="session")
