@@ -631,12 +631,18 @@ class Task(_ProcessBase):
     def create_checkpoint(self, checkpoint_dir: str, exit: bool = False) -> None:
         """Checkpoint the task with CRIU into ``checkpoint_dir`` (see :mod:`libcontainerd.remote._checkpoint`).
 
+        A running task is paused for the dump and resumed after (the backend sees ``PAUSED`` and
+        ``RESUMED``), as containerd's Go client does; a paused task stays paused. Processes
+        started with :meth:`exec` are not part of the dump.
+
         Args:
             checkpoint_dir: where the checkpoint's files are extracted.
             exit: stop the task after the checkpoint.
 
         Raises:
-            errdefs.LibcontainerdError: CRIU failed; the message carries CRIU's reason.
+            errdefs.InvalidParameter: ``checkpoint_dir`` cannot be a directory (nothing was dumped).
+            errdefs.System: CRIU failed; the message carries CRIU's reason, nothing is left behind.
+            errdefs.DataLoss: the checkpoint read back from containerd was corrupt.
 
         >>> task.create_checkpoint("/tmp/ckpt", exit=True)  # doctest: +SKIP
         >>> restored = ctr.start(checkpoint_dir="/tmp/ckpt")  # doctest: +SKIP
