@@ -135,7 +135,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         built = glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "criu",
                                        "*", "bin", "criu"))
         criu = testing.find_criu(sorted(built, reverse=True))
-        daemon = testing.start_daemon(tmp, health_failures=0, env=testing.daemon_env(criu))
+        runtime_dir = os.path.join(tmp, "xdg")  # where containerd 1.6 leaves each restored checkpoint
+        os.mkdir(runtime_dir, 0o700)
+        daemon = testing.start_daemon(tmp, health_failures=0, env=testing.daemon_env(criu, runtime_dir))
         rootfs = testing.busybox_rootfs(os.path.join(tmp, "rootfs"))
         env = Env(address=daemon.address, rootfs=rootfs, work=tmp, quick=args.quick, criu=criu)
         info = machine(daemon.address)

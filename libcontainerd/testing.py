@@ -276,7 +276,7 @@ def find_criu(candidates: Iterable[Union[str, os.PathLike[str]]] = ()) -> Option
     return None
 
 
-def daemon_env(criu: Optional[str]) -> Optional[dict[str, str]]:
+def daemon_env(criu: Optional[str], runtime_dir: Optional[str] = None) -> Optional[dict[str, str]]:
     """An environment for :func:`start_daemon` in which the runc shim finds ``criu`` first on PATH.
 
     containerd's runc shim runs ``runc checkpoint``/``restore``, and runc runs ``criu`` from
@@ -284,14 +284,24 @@ def daemon_env(criu: Optional[str]) -> Optional[dict[str, str]]:
     decides which CRIU dumps.
 
     Args:
-        criu: a path from :func:`find_criu`, or None for this process's environment unchanged.
+        criu: a path from :func:`find_criu`, or None to leave PATH as it is.
+        runtime_dir: the daemon's ``XDG_RUNTIME_DIR``. containerd 1.6 extracts every checkpoint
+            it restores into a ``ctrd-checkpoint*`` directory there (``/tmp`` when unset) and
+            never removes it; a directory of the daemon's own keeps that with the daemon.
+
+    Returns:
+        The environment, or None (this process's, unchanged) when neither is given.
 
     >>> start_daemon("/tmp/lcd-test", env=daemon_env(find_criu()))  # doctest: +SKIP
     """
-    if criu is None:
+    if criu is None and runtime_dir is None:
         return None
-    path = os.environ.get("PATH", os.defpath)
-    return {**os.environ, "PATH": os.pathsep.join([os.path.dirname(criu), path])}
+    env = dict(os.environ)
+    if criu is not None:
+        env["PATH"] = os.pathsep.join([os.path.dirname(criu), env.get("PATH", os.defpath)])
+    if runtime_dir is not None:
+        env["XDG_RUNTIME_DIR"] = runtime_dir
+    return env
 
 
 def _config_strings(config_path: str) -> dict[str, str]:

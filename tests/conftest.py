@@ -59,8 +59,10 @@ def containerd() -> Iterator[supervisor.Daemon]:
     testing.require_containerd()
     tmp = tempfile.mkdtemp(prefix="lcd-")  # short: the socket path must fit in 104 bytes
     try:
+        runtime_dir = os.path.join(tmp, "xdg")  # where containerd 1.6 leaves each restored checkpoint
+        os.mkdir(runtime_dir, 0o700)
         daemon = testing.start_daemon(tmp, health_failures=0, log_level="debug",
-                                      env=testing.daemon_env(testing.find_criu(_BUILT_CRIU)))
+                                      env=testing.daemon_env(testing.find_criu(_BUILT_CRIU), runtime_dir))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

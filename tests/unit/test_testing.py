@@ -184,3 +184,5 @@ def test_daemon_env_puts_the_criu_dir_first_on_path(monkeypatch: pytest.MonkeyPa
     env = testing.daemon_env("/opt/criu/bin/criu")
     assert env is not None and env["PATH"] == "/opt/criu/bin:/usr/bin:/bin"
     assert testing.daemon_env(None) is None
+    env = testing.daemon_env(None, "/run/lcd-xdg")
+    assert env is not None and (env["PATH"], env["XDG_RUNTIME_DIR"]) == ("/usr/bin:/bin", "/run/lcd-xdg")
