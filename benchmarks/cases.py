@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import attrs
 import grpc
-from refs import Ctr, RawClient, check
+from refs import Ctr, RawClient, check, docker_archive
 
 import libcontainerd
 from libcontainerd import oci, stdio, testing
@@ -68,6 +69,7 @@ class Env:
     rootfs: str
     work: str
     quick: bool
+    criu: Optional[str] = None  # a CRIU that passes `criu check`, first on the daemon's PATH
 
     def namespace(self, name: str) -> str:
         return f"bench-{name}-{uuid.uuid4().hex[:6]}"
@@ -624,6 +626,74 @@ def bench_startup(env: Env) -> list[Result]:
     ]
 
 
+# -- 8. checkpoint and restore ------------------------------------------------------------------
+
+
+def bench_checkpoint(env: Env) -> list[Result]:
+    """CRIU dump and restore of a running `sleep`: the SDK (a directory) vs ctr (a checkpoint image).
+
+    ``ctr containers checkpoint`` works only on a container made from an image, so ctr's runs
+    on the same rootfs imported as one; ``ctr containers restore --live`` makes the container
+    and its task from the image, and the SDK's restore is timed the same way: a new container,
+    then ``start(checkpoint_dir=...)``. The kill and delete in between are not timed.
+    """
+    if not env.criu:
+        raise RuntimeError("no CRIU passes `criu check` here (scripts/build-criu builds one)")
+    n = env.iterations(10, 3)
+    args = ["sleep", "3600"]
+    with sdk_client(env, "checkpoint") as client:
+        ctr = Ctr(env.address, env.namespace("checkpoint-ref"), env.work)
+        image = "docker.io/library/lcd-bench-busybox:latest"
+        archive = os.path.join(env.work, "busybox-image.tar")
+        docker_archive(env.rootfs, archive, image)
+        check(ctr.run("images", "import", archive), "ctr images import")
+        s = spec(env, *args)
+
+        def sdk(i: int) -> tuple[float, float]:
+            task = client.new_container(f"sdk-{i}", s).start()
+            target = os.path.join(env.work, f"checkpoint-sdk-{i}")
+            dump = timed(lambda: task.create_checkpoint(target))
+            task.force_delete()
+            task.container.delete()
+            restored: list[Any] = []
+            restore = timed(lambda: restored.append(client.new_container(f"sdk-{i}", s).start(checkpoint_dir=target)))
+            restored[0].force_delete()
+            restored[0].container.delete()
+            shutil.rmtree(target)
+            return dump, restore
+
+        def ctr_cr(i: int) -> tuple[float, float]:
+            cid, ref = f"ctr-{i}", f"docker.io/library/lcd-bench-checkpoint:{i}"
+            check(ctr.run_image(image, cid, *args), "ctr run -d")
+            dump = timed(lambda: check(ctr.run("containers", "checkpoint", "--task", cid, ref), "ctr c checkpoint"))
+            check(ctr.run("tasks", "rm", "--force", cid), "ctr t rm -f")
+            check(ctr.run("containers", "rm", cid), "ctr c rm")
+            restore = timed(lambda: check(ctr.run("containers", "restore", "--live", cid, ref), "ctr c restore"))
+            check(ctr.run("tasks", "rm", "--force", cid), "ctr t rm -f")
+            check(ctr.run("containers", "rm", cid), "ctr c rm")
+            check(ctr.run("images", "rm", "--sync", ref), "ctr i rm")
+            return dump, restore
+
+        times: dict[str, list[tuple[float, float]]] = {"sdk": [], "ctr": []}
+        variants = {"sdk": sdk, "ctr": ctr_cr}
+        for i in range(1 + n):  # one warm-up round; the order alternates, as in interleave()
+            for name in (["sdk", "ctr"] if i % 2 else ["ctr", "sdk"]):
+                result = variants[name](i)
+                if i:
+                    times[name].append(result)
+        check(ctr.run("images", "rm", "--sync", image), "ctr i rm")
+    dump = {k: median_ms([d for d, _ in v]) for k, v in times.items()}
+    restore = {k: median_ms([r for _, r in v]) for k, v in times.items()}
+    return [
+        Result("checkpoint", "checkpoint a running `sleep`", "ms", dump["sdk"], "ctr c checkpoint --task",
+               dump["ctr"], n=n, note="SDK: pause, dump, image, extracted into a directory, image deleted; "
+                                      "ctr: pause, dump, image kept (+ its Go process start)"),
+        Result("checkpoint", "restore it as a new container", "ms", restore["sdk"], "ctr c restore --live",
+               restore["ctr"], n=n, note="SDK: new_container + directory tarred into content + restore; "
+                                        "ctr: container from the image (+ an overlay snapshot) + restore"),
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Env], list[Result]]] = {
     "lifecycle": bench_lifecycle,
     "exec": bench_exec,
@@ -632,4 +702,5 @@ BENCHMARKS: dict[str, Callable[[Env], list[Result]]] = {
     "concurrent-exec": bench_concurrent_exec,
     "scale": bench_scale,
     "startup": bench_startup,
+    "checkpoint": bench_checkpoint,
 }

@@ -4,15 +4,20 @@
 (read from ``remote/_client.py``, ``_container.py`` and ``_process.py``), with nothing around
 them: no validation, no error mapping, no tracker, no event stream. ``Ctr`` runs the ``ctr``
 binary against the same socket, namespace, rootfs and runtime (a spec file, no image, no
-snapshot). Nothing here measures time; the cases in ``cases.py`` do.
+snapshot) -- except for checkpoints: ``ctr containers checkpoint`` refuses a container not
+made from an image, so :func:`docker_archive` packs the same rootfs as an image for ctr to
+import. Nothing here measures time; the cases in ``cases.py`` do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -144,6 +149,34 @@ class Ctr:
         """``ctr task exec --exec-id <id> <container> <args>`` (ctr always gives an exec FIFO stdio)."""
         argv = [*self.base, "task", "exec", "--fifo-dir", self.fifo_dir, "--exec-id", exec_id, cid, *args]
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+    def run(self, *args: str) -> subprocess.Popen[bytes]:
+        """``ctr <args>`` on this daemon and namespace (for ``check``)."""
+        return subprocess.Popen([*self.base, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+
+    def run_image(self, image: str, cid: str, *args: str) -> subprocess.Popen[bytes]:
+        """``ctr run -d --null-io <image> <id> <args>``: a detached container of an imported image."""
+        return self.run("run", "-d", "--null-io", "--fifo-dir", self.fifo_dir, image, cid, *args)
+
+
+def docker_archive(rootfs: str, path: str, name: str) -> None:
+    """Write ``rootfs`` as a one-layer image in docker-archive format, for ``ctr images import``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(rootfs, arcname=".")
+    layer = buf.getvalue()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    config = json.dumps({"architecture": arch, "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}})
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": [name], "Layers": ["layer.tar"]}])
+    with tarfile.open(path, "w") as tar:
+        for member, data in (("layer.tar", layer), ("config.json", config.encode()),
+                             ("manifest.json", manifest.encode())):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 def check(proc: subprocess.Popen[bytes], what: str, timeout: float = 120.0) -> None:

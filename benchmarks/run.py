@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import logging
 import os
@@ -133,9 +134,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     to_json = args.json == "-"
     log = sys.stderr if to_json else sys.stdout
     try:
-        daemon = testing.start_daemon(tmp, health_failures=0)
+        # scripts/build-criu builds a CRIU into the checkout's cache where the system's cannot dump
+        built = glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "criu",
+                                       "*", "bin", "criu"))
+        criu = testing.find_criu(sorted(built, reverse=True))
+        runtime_dir = os.path.join(tmp, "xdg")  # where containerd 1.6 leaves each restored checkpoint
+        os.mkdir(runtime_dir, 0o700)
+        daemon = testing.start_daemon(tmp, health_failures=0, env=testing.daemon_env(criu, runtime_dir))
         rootfs = testing.busybox_rootfs(os.path.join(tmp, "rootfs"))
-        env = Env(address=daemon.address, rootfs=rootfs, work=tmp, quick=args.quick)
+        env = Env(address=daemon.address, rootfs=rootfs, work=tmp, quick=args.quick, criu=criu)
         info = machine(daemon.address)
         print(f"machine: {info['nproc']} x {info['cpu']}, kernel {info['kernel']}, containerd {info['containerd']}, "
               f"cgroup {info['cgroup']}, python {info['python']}, grpcio {info['grpcio']}; {info['date']}"

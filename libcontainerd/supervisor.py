@@ -182,13 +182,13 @@ def _base_config(release: ContainerdRelease) -> dict[str, Any]:
     return {"version": _CONFIG_VERSION[major], "disabled_plugins": list(_CRI_PLUGINS[major])}
 
 
-def _daemon_env(binary: str) -> dict[str, str]:
-    """containerd's environment: ours, with the binary's own directory first on PATH.
+def _daemon_env(binary: str, env: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """containerd's environment (``env``, else ours), with the binary's own directory first on PATH.
 
     containerd finds its shim (``containerd-shim-runc-v2``) on PATH, and the shim finds runc and CRIU
     there: a containerd that is not the system's must start its own shim, not the system's.
     """
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     path = env.get("PATH", os.defpath)
     here = os.path.dirname(binary)
     env["PATH"] = here + os.pathsep + path if path else here
@@ -337,6 +337,7 @@ class Daemon:
     _health_failures: int
     _start_timeout: float
     _lock_file: IO[bytes]
+    _env: Optional[Mapping[str, str]] = None
     _cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
     _stop_requested: threading.Event = attrs.field(init=False, factory=threading.Event)
     _started: threading.Event = attrs.field(init=False, factory=threading.Event)
@@ -640,7 +641,7 @@ class Daemon:
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     cwd="/",
-                    env=_daemon_env(self.binary),
+                    env=_daemon_env(self.binary, self._env),
                     start_new_session=True,
                 )
         except OSError as err:
@@ -761,6 +762,7 @@ def start(
     health_failures: int = 3,
     start_timeout: float = 30.0,
     kill_with_parent: bool = True,
+    env: Optional[Mapping[str, str]] = None,
     **opts: TomlValue,
 ) -> Daemon:
     """Start (or adopt) a private containerd under ``root_dir`` and supervise it.
@@ -786,6 +788,8 @@ def start(
         start_timeout: seconds to wait for the daemon to serve, at start and at each restart.
         kill_with_parent: SIGKILL the daemon when this process dies (PR_SET_PDEATHSIG); with False it
             outlives us, at exit it is detached rather than stopped, and the next start() adopts it.
+        env: the daemon's environment (default: this process's). Its shims and runc inherit it: runc
+            finds CRIU on this ``PATH``. The binary's own directory is put first on it.
         **opts: more containerd config merged into the file: top-level keys (``oom_score=-999``) or
             tables as dicts (``plugins={"io.containerd.gc.v1.scheduler": {"pause_threshold": 0.05}}``).
 
@@ -879,6 +883,7 @@ def start(
             health_failures=health_failures,
             start_timeout=start_timeout,
             lock_file=lock_file,
+            env=dict(env) if env is not None else None,
         )
     except BaseException:
         lock_file.close()

@@ -4,7 +4,8 @@ This module owns what a test needs around the SDK: :func:`busybox_rootfs` builds
 root filesystem from the host's static busybox; :func:`start_daemon` starts a private,
 supervised containerd with a short socket path; :func:`cleanup_root` removes every trace of
 one (daemon, shims, container processes, runc state, mounts, directories), which the
-supervisor itself must never do; :func:`require_containerd` skips (or, under CI, fails) a
+supervisor itself must never do; :func:`find_criu` finds a CRIU that can checkpoint here and
+:func:`daemon_env` puts it on the daemon's PATH; :func:`require_containerd` skips (or, under CI, fails) a
 test when the host lacks what it needs; :func:`open_fds` and :func:`leftover_threads` help leak
 checks; :class:`RecordingBackend` records events and waits for one, :class:`CountingSink`
 takes a process's output in flat memory. It must import without pytest (pytest is imported
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import io
 import json
@@ -28,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Union
 
 import attrs
@@ -46,12 +48,15 @@ __all__ = [
     "busybox_rootfs",
     "cleanup_root",
     "containerd_tool",
+    "daemon_env",
     "daemon_processes",
     "find_busybox",
+    "find_criu",
     "leftover_threads",
     "open_fds",
     "remove_containers",
     "require_containerd",
+    "require_criu",
     "require_tools",
     "shim_socket",
     "start_daemon",
@@ -265,6 +270,67 @@ def start_daemon(tmpdir: Union[str, os.PathLike[str]], **opts: Any) -> superviso
         if made:
             shutil.rmtree(made, ignore_errors=True)
         raise
+
+
+@functools.cache
+def _criu_check(path: str) -> bool:
+    try:
+        proc = subprocess.run([path, "check"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Looks good" in proc.stdout + proc.stderr
+
+
+def find_criu(candidates: Iterable[Union[str, os.PathLike[str]]] = ()) -> Optional[str]:
+    """The first CRIU that can checkpoint on this machine (``criu check`` says "Looks good").
+
+    Tried in order: ``$LIBCONTAINERD_CRIU``, ``candidates``, ``criu`` on PATH. A CRIU that is
+    installed but fails its own check (Debian 12's 3.17 on a newer kernel) is passed over, since
+    every dump would fail; ``scripts/build-criu`` builds one that works. Each is checked once
+    per process.
+
+    Args:
+        candidates: paths of CRIU binaries to try before the one on PATH.
+
+    Returns:
+        The absolute path of a working CRIU, or None.
+
+    >>> find_criu([".cache/criu/4.1.1/bin/criu"])  # doctest: +SKIP
+    '/src/libcontainerd/.cache/criu/4.1.1/bin/criu'
+    """
+    tried = [os.environ.get("LIBCONTAINERD_CRIU", ""), *(os.fspath(c) for c in candidates), shutil.which("criu") or ""]
+    for path in tried:
+        if path and os.access(path, os.X_OK) and _criu_check(os.path.abspath(path)):
+            return os.path.abspath(path)
+    return None
+
+
+def daemon_env(criu: Optional[str], runtime_dir: Optional[str] = None) -> Optional[dict[str, str]]:
+    """An environment for :func:`start_daemon` in which the runc shim finds ``criu`` first on PATH.
+
+    containerd's runc shim runs ``runc checkpoint``/``restore``, and runc runs ``criu`` from
+    PATH (runc's ``criu_path`` option is honoured by containerd 1.6 only), so the daemon's PATH
+    decides which CRIU dumps.
+
+    Args:
+        criu: a path from :func:`find_criu`, or None to leave PATH as it is.
+        runtime_dir: the daemon's ``XDG_RUNTIME_DIR``. containerd 1.6 extracts every checkpoint
+            it restores into a ``ctrd-checkpoint*`` directory there (``/tmp`` when unset) and
+            never removes it; a directory of the daemon's own keeps that with the daemon.
+
+    Returns:
+        The environment, or None (this process's, unchanged) when neither is given.
+
+    >>> start_daemon("/tmp/lcd-test", env=daemon_env(find_criu()))  # doctest: +SKIP
+    """
+    if criu is None and runtime_dir is None:
+        return None
+    env = dict(os.environ)
+    if criu is not None:
+        env["PATH"] = os.pathsep.join([os.path.dirname(criu), env.get("PATH", os.defpath)])
+    if runtime_dir is not None:
+        env["XDG_RUNTIME_DIR"] = runtime_dir
+    return env
 
 
 def _config_strings(config_path: str) -> dict[str, str]:
@@ -524,6 +590,18 @@ def require_containerd() -> None:
     >>> require_containerd()  # doctest: +SKIP
     """
     require_tools(*_CONTAINERD_TOOLS, root=True)
+
+
+def require_criu(candidates: Iterable[Union[str, os.PathLike[str]]] = ()) -> str:
+    """The path of a working CRIU (see :func:`find_criu`); skip the test without one, fail it under CI.
+
+    >>> require_criu()  # doctest: +SKIP
+    '/usr/sbin/criu'
+    """
+    criu = find_criu(candidates)
+    if criu is None:
+        _skip_or_fail("needs a CRIU that passes `criu check` (scripts/build-criu builds CRIU 4.1.1)")
+    return criu
 
 
 def _skip_or_fail(reason: str) -> NoReturn:

@@ -5,15 +5,20 @@ Fixtures (names are relied on by every test module):
   health checks off (``health_failures=0``) because some tests freeze the daemon with SIGSTOP on
   purpose; it is still restarted if it dies. Teardown stops it, cleans up shims, container processes
   and mounts, and checks that no process of it remains.
+- ``criu`` (session): the path of a CRIU that passes ``criu check`` (``scripts/build-criu`` builds one
+  into the checkout's ``.cache/criu``); the daemon has its directory first on PATH, where the runc
+  shim looks. Tests that take it skip without one, and fail under CI.
 - ``rootfs`` (session): a busybox root filesystem, built once.
 - ``state_dir`` (function): a fresh temp dir for bundles and FIFOs, removed after the test.
 - ``namespace`` (function): a containerd namespace unique to the test.
 
-Tests under ``tests/integration`` get the ``integration`` marker automatically.
+Tests under ``tests/integration`` get the ``integration`` marker automatically, tests that take
+``criu`` the ``criu`` marker (``pytest -m criu`` runs every CRIU test).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -27,6 +32,10 @@ import pytest
 from libcontainerd import supervisor, testing
 
 _INTEGRATION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration") + os.sep
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where scripts/build-criu puts the CRIU it builds when the system's fails `criu check`.
+_BUILT_CRIU = sorted(glob.glob(os.path.join(os.environ.get("LIBCONTAINERD_CACHE", os.path.join(_CHECKOUT, ".cache")),
+                                            "criu", "*", "bin", "criu")), reverse=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,6 +61,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.path).startswith(_INTEGRATION_DIR):
             item.add_marker(pytest.mark.integration)
+        if "criu" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.criu)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +70,10 @@ def containerd() -> Iterator[supervisor.Daemon]:
     testing.require_containerd()
     tmp = tempfile.mkdtemp(prefix="lcd-")  # short: the socket path must fit in 104 bytes
     try:
-        daemon = testing.start_daemon(tmp, health_failures=0, log_level="debug")
+        runtime_dir = os.path.join(tmp, "xdg")  # where containerd 1.6 leaves each restored checkpoint
+        os.mkdir(runtime_dir, 0o700)
+        daemon = testing.start_daemon(tmp, health_failures=0, log_level="debug",
+                                      env=testing.daemon_env(testing.find_criu(_BUILT_CRIU), runtime_dir))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -73,6 +87,11 @@ def containerd() -> Iterator[supervisor.Daemon]:
     if leftovers:
         # Tests should delete what they create; say so without failing the whole session.
         warnings.warn(f"session teardown had to clean up after the tests: {leftovers}", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def criu(containerd: supervisor.Daemon) -> str:
+    return testing.require_criu(_BUILT_CRIU)
 
 
 @pytest.fixture(scope="session")

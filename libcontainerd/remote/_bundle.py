@@ -105,8 +105,8 @@ def create(path: str, spec: Mapping[str, Any]) -> tuple[str, bool]:
         raise errdefs.System(f"cannot create bundle directory {path}: {exc.strerror or exc}") from exc
 
 
-def remove(path: str, container_id: str) -> None:
-    """Remove a bundle dir; a failure is logged with the container and path, never raised."""
+def remove(path: str, container_id: str, namespace: str) -> None:
+    """Remove a bundle dir; a failure is logged with the container, namespace and path, never raised."""
     if not path:
         return
     try:
@@ -115,4 +115,4 @@ def remove(path: str, container_id: str) -> None:
         pass
     except OSError as exc:
         log.error("failed to remove bundle dir %s of container %s: %s", path, container_id, exc,
-                  extra={"container_id": container_id})
+                  extra={"container_id": container_id, "namespace": namespace})

@@ -3,8 +3,9 @@
 Restoring (``Container.start(checkpoint_dir=...)``) tars the directory into a content blob
 of media type :data:`CHECKPOINT_MEDIA_TYPE` and hands its descriptor to the task; the blob
 is deleted afterwards whatever happens. Checkpointing (``Task.create_checkpoint``) does what
-containerd's Go client does -- a lease, ``Tasks.Checkpoint``, an OCI index of the returned
-descriptors, a ``containerd.io/checkpoint/<id>:<time>`` image -- and then what moby does:
+containerd's Go client does -- a lease, a pause (a task paused already stays paused),
+``Tasks.Checkpoint``, an OCI index of the returned descriptors, a
+``containerd.io/checkpoint/<id>:<time>`` image -- and then what moby does:
 read the index back, find the checkpoint tar, extract it into the directory, and delete the
 image (and the lease, so the garbage collector takes the blobs) whatever happens.
 
@@ -14,16 +15,19 @@ ever written (no absolute paths, no ``..``, no links leading out, no device node
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import io
 import json
 import logging
+import lzma
 import os
 import posixpath
 import tarfile
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
@@ -37,9 +41,11 @@ from .._api.containerd.api.services.tasks.v1 import tasks_pb2
 from .._api.containerd.api.types import descriptor_pb2
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message
+from ..types import Status
 from ._container import Container, uses_runc_options
 
 if TYPE_CHECKING:
+    from ._process import Task
     from ._session import Session
 
 log = logging.getLogger(__name__)
@@ -65,10 +71,12 @@ class Blob:
 
     session: Session = attrs.field(repr=False)
     descriptor: descriptor_pb2.Descriptor = attrs.field(repr=lambda d: f"{d.media_type} {d.digest} {d.size}B")
+    ref: str = ""
+    container_id: str = ""
 
     def delete(self) -> None:
-        """Delete the blob; a failure is logged with its ref and digest, never raised."""
-        delete_content(self.session, self.descriptor.digest)
+        """Delete the blob; a failure is logged with its ref, digest and container, never raised."""
+        delete_content(self.session, self.descriptor.digest, ref=self.ref, container_id=self.container_id)
 
 
 def write_content(
@@ -81,6 +89,7 @@ def write_content(
     expected_digest: Optional[str] = None,
     lease: Optional[str] = None,
     gc_root: bool = True,
+    container_id: str = "",
 ) -> descriptor_pb2.Descriptor:
     """Stream ``reader`` into the content store (1 MiB chunks) and commit it.
 
@@ -92,12 +101,14 @@ def write_content(
             current UTC time when ``gc_root``.
         expected_digest: commit only if the data has this digest (``sha256:...``).
         lease: a lease id to write under.
+        container_id: the container the content belongs to, for the log records of a clean-up.
 
     Returns:
         The descriptor (media type, digest, size).
 
     Raises:
         errdefs.DataLoss: the data did not match ``expected_digest``; the ingest is aborted.
+        Exception: whatever ``reader`` raised; nothing is committed and the ingest is aborted.
     """
     ref = ref or f"libcontainerd-{uuid.uuid4().hex}"
     all_labels = dict(labels or {})
@@ -105,11 +116,18 @@ def write_content(
         all_labels.setdefault(GC_ROOT_LABEL, _rfc3339())
     hasher = hashlib.sha256()
     state = {"size": 0}
+    failed: list[Exception] = []
 
     def requests() -> Iterator[content_pb2.WriteContentRequest]:
         yield content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=ref)
         while True:
-            chunk = reader.read(CHUNK)
+            try:
+                chunk = reader.read(CHUNK)
+            except Exception as exc:
+                # End the stream without a commit: what was written stays an ingest, aborted below.
+                # (Raised here, gRPC would log it as a crash of the request iterator.)
+                failed.append(exc)
+                return
             if not chunk:
                 break
             hasher.update(chunk)
@@ -126,8 +144,10 @@ def write_content(
     try:
         for _ in conn.stream(conn.content.Write, requests(), what, lease=lease):
             pass
+        if failed:
+            raise failed[0]
     except errdefs.LibcontainerdError as exc:
-        _abort(session, ref, lease)
+        _abort(session, ref, lease, container_id)
         if isinstance(exc, errdefs.Conflict) and "already exists" in str(exc):
             pass  # the same bytes are there already: as good as committed (as in Go's writeContent)
         elif expected_digest and "digest" in str(exc).lower():
@@ -136,12 +156,12 @@ def write_content(
         else:
             raise
     except BaseException:
-        _abort(session, ref, lease)
+        _abort(session, ref, lease, container_id)
         raise
     return descriptor_pb2.Descriptor(media_type=media_type, digest="sha256:" + hasher.hexdigest(), size=state["size"])
 
 
-def _abort(session: Session, ref: str, lease: Optional[str]) -> None:
+def _abort(session: Session, ref: str, lease: Optional[str], container_id: str) -> None:
     conn = session.conn
     try:
         conn.call(conn.content.Abort, content_pb2.AbortRequest(ref=ref), f"content ingest {ref}", timeout=30.0,
@@ -149,7 +169,8 @@ def _abort(session: Session, ref: str, lease: Optional[str]) -> None:
     except errdefs.NotFound:
         pass
     except errdefs.LibcontainerdError as exc:
-        log.warning("failed to abort content ingest %s: %s", ref, exc.explanation)
+        log.warning("failed to abort content ingest %s of container %s: %s", ref, container_id or "-",
+                    exc.explanation, extra=session.log_extra(container_id))
 
 
 def read_content(session: Session, digest: str, lease: Optional[str] = None) -> Iterator[bytes]:
@@ -160,15 +181,16 @@ def read_content(session: Session, digest: str, lease: Optional[str] = None) -> 
         yield resp.data
 
 
-def delete_content(session: Session, digest: str) -> None:
-    """Delete a blob; log (with the digest) rather than raise on failure."""
+def delete_content(session: Session, digest: str, *, ref: str = "", container_id: str = "") -> None:
+    """Delete a blob; log (with its ingest ref, digest and container) rather than raise on failure."""
     try:
         conn = session.conn
         conn.call(conn.content.Delete, content_pb2.DeleteContentRequest(digest=digest), f"content {digest}")
     except errdefs.NotFound:
         pass
     except errdefs.LibcontainerdError as exc:
-        log.warning("failed to delete content %s: %s", digest, exc)
+        log.warning("failed to delete content %s (ref %s) of container %s: %s", digest, ref or "-",
+                    container_id or "-", exc, extra=session.log_extra(container_id))
 
 
 class _IterReader(io.RawIOBase):
@@ -207,38 +229,74 @@ def _check_dir(checkpoint_dir: object) -> str:
     return path
 
 
+class _TarPipe(io.RawIOBase):
+    """The read end of the tar producer's pipe: its end is an error when the producer failed.
+
+    The producer closes the pipe when it stops, for whatever reason; a tar cut short must not
+    reach containerd's commit as if it were whole.
+    """
+
+    def __init__(self, fd: int, errors: list[BaseException]) -> None:
+        self._file = os.fdopen(fd, "rb", buffering=0)
+        self._errors = errors
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._file.readinto(b)
+        if not n and self._errors:
+            raise OSError(f"the checkpoint tar was cut short: {self._errors[0]}")
+        return n or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def upload_checkpoint_dir(session: Session, checkpoint_dir: str, container_id: str) -> Blob:
     """Tar ``checkpoint_dir`` (a plain tar of its content) into the content store.
 
     Raises:
-        errdefs.InvalidParameter: the directory is missing or unreadable (nothing written).
+        errdefs.InvalidParameter: the directory is missing or unreadable, or a file could not
+            be read whole; nothing is committed.
     """
     path = _check_dir(checkpoint_dir)
     rfd, wfd = os.pipe()
-    reader = os.fdopen(rfd, "rb")
     errors: list[BaseException] = []
+    reader = _TarPipe(rfd, errors)
 
     def produce() -> None:
+        w = os.fdopen(wfd, "wb")
         try:
-            with os.fdopen(wfd, "wb") as w, tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for name in sorted(os.listdir(path)):
                     tar.add(os.path.join(path, name), arcname=name)
         except BrokenPipeError:
             pass  # the upload stopped reading: its error is the one to report
         except BaseException as exc:
-            errors.append(exc)
+            errors.append(exc)  # before the pipe closes: the reader must see it at the end
+        finally:
+            try:
+                w.close()
+            except BrokenPipeError:
+                pass
 
     producer = threading.Thread(target=produce, name=f"libcontainerd-checkpoint-tar-{container_id}", daemon=True)
     producer.start()
+    ref = f"checkpoint-{container_id}-{uuid.uuid4().hex}"
     try:
-        ref = f"checkpoint-{container_id}-{uuid.uuid4().hex}"
-        desc = write_content(session, reader, CHECKPOINT_MEDIA_TYPE, ref=ref)
+        desc = write_content(session, io.BufferedReader(reader, CHUNK), CHECKPOINT_MEDIA_TYPE, ref=ref,
+                             container_id=container_id)
+    except OSError:
+        if not errors:
+            raise
     finally:
         reader.close()
         producer.join()
     if errors:
         raise errdefs.InvalidParameter(f"cannot read checkpoint dir {path}: {errors[0]}") from errors[0]
-    return Blob(session, desc)
+    return Blob(session, desc, ref, container_id)
 
 
 # -- checkpoint -------------------------------------------------------------------------
@@ -253,25 +311,28 @@ def _create_lease(session: Session) -> str:
     return lease_id
 
 
-def _delete_lease(session: Session, lease_id: str) -> None:
+def _delete_lease(session: Session, lease_id: str, container_id: str) -> None:
     conn = session.conn
     try:
         conn.call(conn.leases.Delete, leases_pb2.DeleteRequest(id=lease_id, sync=True), f"lease {lease_id}")
     except errdefs.LibcontainerdError as exc:
-        log.warning("failed to delete lease %s: %s", lease_id, exc)
+        log.warning("failed to delete lease %s of the checkpoint of container %s: %s", lease_id, container_id, exc,
+                    extra=session.log_extra(container_id))
 
 
 def _checkpoint_options(container: Container, exit: bool) -> Optional[Any]:
     return pack_message(runc_options.CheckpointOptions(exit=exit)) if uses_runc_options(container) else None
 
 
-def create_checkpoint(session: Session, container: Container, checkpoint_dir: str, *, exit: bool = False) -> None:
-    """Checkpoint the task of ``container`` with CRIU and extract the checkpoint into ``checkpoint_dir``.
+def create_checkpoint(session: Session, task: Task, checkpoint_dir: str, *, exit: bool = False) -> None:
+    """Checkpoint ``task`` with CRIU and extract the checkpoint into ``checkpoint_dir``.
 
     Raises:
         errdefs.System: CRIU or the runtime failed (the message has their words), or the
             checkpoint image was invalid. Nothing is left in containerd either way.
+        errdefs.DataLoss: the checkpoint archive read back was corrupt.
     """
+    container = task.container
     cid = container.id
     if not isinstance(checkpoint_dir, (str, os.PathLike)) or not os.fspath(checkpoint_dir):
         raise errdefs.InvalidParameter("checkpoint_dir must be a directory path")
@@ -289,7 +350,8 @@ def create_checkpoint(session: Session, container: Container, checkpoint_dir: st
     lease = _create_lease(session)
     image_name = ""
     try:
-        image_name, index_desc = _checkpoint_image(session, container, lease, exit)
+        with _paused(session, task, exit):
+            image_name, index_desc = _checkpoint_image(session, container, lease, exit)
         extract_checkpoint(session, index_desc.digest, target, what=f"task {cid}", lease=lease)
     finally:
         if image_name:
@@ -298,8 +360,34 @@ def create_checkpoint(session: Session, container: Container, checkpoint_dir: st
                 conn.call(conn.images.Delete, images_pb2.DeleteImageRequest(name=image_name, sync=True),
                           f"image {image_name}")
             except errdefs.LibcontainerdError as exc:
-                log.warning("failed to delete checkpoint image %s: %s", image_name, exc)
-        _delete_lease(session, lease)
+                log.warning("failed to delete checkpoint image %s of container %s: %s", image_name, cid, exc,
+                            extra=session.log_extra(cid))
+        _delete_lease(session, lease, cid)
+
+
+@contextlib.contextmanager
+def _paused(session: Session, task: Task, exit: bool) -> Iterator[None]:
+    """Pause a running task for the dump and resume it after, as containerd's Go client does.
+
+    The image is then of a frozen task, and the backend sees ``PAUSED`` then ``RESUMED``,
+    also when the dump fails. A task that was paused already stays paused; one that the
+    checkpoint stopped (``exit``) is not resumed.
+    """
+    if task.status() is not Status.RUNNING:
+        yield
+        return
+    task.pause()
+    stopped = False
+    try:
+        yield
+        stopped = exit
+    finally:
+        if not stopped:
+            try:
+                task.resume()
+            except errdefs.LibcontainerdError as exc:
+                log.warning("failed to resume task %s after its checkpoint: %s", task.id, exc,
+                            extra=session.log_extra(task.id))
 
 
 def extract_checkpoint(session: Session, index_digest: str, target: str, *, what: str = "checkpoint",
@@ -307,7 +395,9 @@ def extract_checkpoint(session: Session, index_digest: str, target: str, *, what
     """Read a checkpoint's OCI index blob, find the CRIU tar by media type, extract it safely.
 
     Raises:
-        errdefs.System: the index does not decode or has no checkpoint descriptor ("invalid checkpoint").
+        errdefs.System: the index does not decode or has no checkpoint descriptor ("invalid checkpoint"),
+            or the files cannot be written into ``target``.
+        errdefs.DataLoss: the archive is corrupt (not a tar, cut short, bad compression).
         errdefs.InvalidParameter: the archive is hostile (see :func:`safe_extract`).
     """
     try:
@@ -318,8 +408,17 @@ def extract_checkpoint(session: Session, index_digest: str, target: str, *, what
         raise errdefs.System(f"{what}: failed to decode checkpoint data: {exc}") from exc
     if found is None or not isinstance(found.get("digest"), str):
         raise errdefs.System(f"{what}: invalid checkpoint: no {CHECKPOINT_MEDIA_TYPE} in the index")
-    os.makedirs(target, exist_ok=True)
-    return safe_extract(_IterReader(read_content(session, found["digest"], lease)), target)
+    try:
+        os.makedirs(target, exist_ok=True)
+        return safe_extract(_IterReader(read_content(session, found["digest"], lease)), target)
+    except errdefs.LibcontainerdError:
+        raise
+    except (tarfile.TarError, zlib.error, lzma.LZMAError, EOFError) as exc:
+        raise errdefs.DataLoss(f"{what}: checkpoint archive is corrupt: {exc}") from exc
+    except OSError as exc:
+        if exc.errno is None:  # bz2 says "Invalid data stream" this way
+            raise errdefs.DataLoss(f"{what}: checkpoint archive is corrupt: {exc}") from exc
+        raise errdefs.System(f"{what}: cannot extract the checkpoint into {target}: {exc}") from exc
 
 
 def _checkpoint_image(session: Session, container: Container, lease: str,
@@ -346,7 +445,7 @@ def _checkpoint_image(session: Session, container: Container, lease: str,
     index = {"schemaVersion": 2, "manifests": manifests, "annotations": {}}
     data = json.dumps(index).encode() + b"\n"
     desc = write_content(session, io.BytesIO(data), INDEX_MEDIA_TYPE, ref=f"checkpoint-index-{cid}-{uuid.uuid4().hex}",
-                         labels=labels, lease=lease, gc_root=False)
+                         labels=labels, lease=lease, gc_root=False, container_id=cid)
     name = f"containerd.io/checkpoint/{cid}:{datetime.datetime.now():%m-%d-%Y-%H:%M:%S}"
     image = images_pb2.Image(name=name, labels={CHECKPOINT_LABEL: "true"}, target=desc)
     conn.call(conn.images.Create, images_pb2.CreateImageRequest(image=image), f"checkpoint image {name}", lease=lease)

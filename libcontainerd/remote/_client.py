@@ -231,14 +231,14 @@ class Client:
             conn.call(conn.containers.Create, request, f"container {id}")
         except errdefs.LibcontainerdError as exc:
             if made:
-                _bundle.remove(recorded, id)
+                _bundle.remove(recorded, id, self.namespace)
             if isinstance(exc, errdefs.Conflict):
                 raise errdefs.Conflict(f"container {id}: id already in use", explanation=exc.explanation,
                                        code=exc.code) from exc.__cause__
             raise
         except BaseException:
             if made:
-                _bundle.remove(recorded, id)
+                _bundle.remove(recorded, id, self.namespace)
             raise
         return Container(self._session, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options)
 

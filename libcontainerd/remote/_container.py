@@ -76,6 +76,10 @@ class Container:
             raise errdefs.InvalidParameter(f"container {self.id} has no bundle label {_bundle.BUNDLE_LABEL!r}")
         return path
 
+    def _log_extra(self) -> dict[str, str]:
+        """Log record attributes that let a handler filter by container and namespace."""
+        return self._session.log_extra(self.id)
+
     def _task_options(self) -> Optional[Any]:
         """runc options for the task: the container's, with io_uid/io_gid of the process user."""
         if not uses_runc_options(self):
@@ -132,7 +136,8 @@ class Container:
         stdio: Optional[Stdio] = None
         if attach_stdio is not None:
             stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=with_stdin, terminal=terminal,
-                               attach_stdio=attach_stdio, close_stdin=stdin_closer(self._session, self.id, ""))
+                               attach_stdio=attach_stdio, close_stdin=stdin_closer(self._session, self.id, ""),
+                               log_extra=self._log_extra())
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         request = tasks_pb2.CreateTaskRequest(
             container_id=self.id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal,
@@ -143,11 +148,12 @@ class Container:
     def attach_task(self, attach_stdio: StdioCallback) -> Task:
         """Re-open the running task's FIFOs (e.g. after this service restarted).
 
-        The FIFOs are those the task was started with in ``<bundle dir>``; a task started
-        without ``attach_stdio`` has none to re-open.
+        The FIFOs are those the task was started with in ``<bundle dir>``. A task started
+        without ``attach_stdio`` has none to re-open: it is returned without IO (``io`` is
+        None) and ``attach_stdio`` is not called, as moby's client returns it with empty IO.
 
         Raises:
-            errdefs.NotFound: the container has no task (or the task has no FIFOs).
+            errdefs.NotFound: the container has no task, or the FIFOs it was started with are gone.
 
         >>> ctr = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
         >>> first = ctr.start(attach_stdio=stdio.capture())
@@ -156,9 +162,13 @@ class Container:
         True
         """
         proc = self._get_task()
+        if not (proc.stdin or proc.stdout or proc.stderr):
+            self._track(proc)
+            return Task(self._session, self, int(proc.pid))
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
         stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=False, terminal=terminal, attach_stdio=attach_stdio,
-                           close_stdin=stdin_closer(self._session, self.id, ""), existing=True)
+                           close_stdin=stdin_closer(self._session, self.id, ""), existing=True,
+                           log_extra=self._log_extra())
         stdio.connected()
         self._track(proc)
         return Task(self._session, self, int(proc.pid), stdio)
@@ -214,7 +224,7 @@ class Container:
         conn.call(conn.containers.Delete, containers_pb2.DeleteContainerRequest(id=self.id), f"container {self.id}")
         self._session.forget_container(self.id)
         if os.environ.get("LIBCONTAINERD_NOCLEAN") != "1":
-            _bundle.remove(bundle, self.id)
+            _bundle.remove(bundle, self.id, self._session.namespace)
 
     def __repr__(self) -> str:
         return f"<Container id={self.id!r} namespace={self._session.namespace!r}>"

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 READER_THREAD_NAME = "libcontainerd-events-reader"
 RESYNC_THREAD_NAME = "libcontainerd-events-resync"
 _EXITED_MEMORY = 8192
+#: While containerd does not serve, a warning per failed attempt, at most one per this many seconds
+#: (the attempts in between are logged at debug level).
+DOWN_WARNING_INTERVAL = 10.0
 _SYNC_TYPE = "libcontainerd.v1.SubscriptionSync"
 #: After a reconnect, how long a process that containerd does not know is looked at again before it
 #: counts as gone (containerd 2.x serves before it has reconnected to its tasks' shims).
@@ -311,11 +314,27 @@ class EventStream:
             self._synced.wait(0.05)
 
     def _wait_until_serving(self) -> None:
+        down_since = time.monotonic()
+        last_warning = -DOWN_WARNING_INTERVAL
+
+        def warn(state: tenacity.RetryCallState) -> None:
+            nonlocal last_warning
+            now = time.monotonic()
+            level = logging.DEBUG  # the attempts between two warnings
+            if now - last_warning >= DOWN_WARNING_INTERVAL:
+                level, last_warning = logging.WARNING, now
+            exc = state.outcome.exception() if state.outcome is not None else None
+            why = str(exc) if isinstance(exc, errdefs.LibcontainerdError) else repr(exc)
+            log.log(level, "containerd has not served namespace %s for %.1f s (attempt %d: %s); still waiting",
+                    self._namespace, now - down_since, state.attempt_number, why,
+                    extra={"namespace": self._namespace})
+
         retrying = tenacity.Retrying(
             wait=tenacity.wait_exponential(multiplier=0.1, min=0.1, max=self._retry_max_wait),
             stop=lambda state: self._closing.is_set(),
             sleep=self._sleep,
             retry=tenacity.retry_if_exception_type(Exception),
+            before_sleep=warn,
             reraise=True,
         )
         try:
@@ -422,16 +441,19 @@ class EventStream:
                 self._reconcile()
             return
         if not envelope.HasField("event"):
-            log.warning("event envelope on topic %s without an event; skipped", envelope.topic)
+            log.warning("event envelope on topic %s without an event; skipped", envelope.topic,
+                        extra={"namespace": self._namespace})
             return
         try:
             event = unpack(envelope.event)
         except errdefs.LibcontainerdError as exc:
-            log.warning("event on topic %s skipped: %s", envelope.topic, exc)
+            log.warning("event on topic %s skipped: %s", envelope.topic, exc, extra={"namespace": self._namespace})
             return
         translated = translate(envelope.event.type_url, event)
         if translated is None:
-            log.debug("event %s (topic %s) ignored", envelope.event.type_url, envelope.topic)
+            cid = str(getattr(event, "container_id", ""))  # every /tasks/ event of containerd has one
+            log.debug("event on topic %s of container %s ignored (%s)", envelope.topic, cid or "-",
+                      envelope.event.type_url, extra=self._extra(cid))
             return
         event_type, info = translated
         if event_type is EventType.EXIT:

@@ -51,6 +51,8 @@ IO_DRAIN_TIMEOUT = 5.0
 EXEC_CLEANUP_TIMEOUT = 45.0
 #: How long wait() waits for the exit event of a process whose shim died under it.
 SHIM_EXIT_GRACE = 10.0
+#: How often force_delete() tries Delete again while containerd cleans up after a dead shim.
+_RETRY_SLICE = 0.25
 #: While containerd is away, how often wait() looks whether it serves again (the exit event ends it sooner).
 _OUTAGE_SLICE = 0.5
 #: How long force_delete() waits for the task to stop after SIGKILL.
@@ -65,10 +67,11 @@ class Stdio:
     start (exec) call returned -- moby's ``stdinCloseSync``.
     """
 
-    def __init__(self, fifos: FifoSet, dio: DirectIO, rio: Any) -> None:
+    def __init__(self, fifos: FifoSet, dio: DirectIO, rio: Any, log_extra: Optional[Mapping[str, str]] = None) -> None:
         self.fifos = fifos
         self.dio = dio
         self.rio = rio
+        self._log_extra = dict(log_extra or {})
         self._released = False
         self._lock = threading.Lock()
 
@@ -83,8 +86,12 @@ class Stdio:
         attach_stdio: StdioCallback,
         close_stdin: Callable[[], None],
         existing: bool = False,
+        log_extra: Optional[Mapping[str, str]] = None,
     ) -> Stdio:
-        """Make (or, with ``existing``, find) the FIFOs, open them, and call the callback."""
+        """Make (or, with ``existing``, find) the FIFOs, open them, and call the callback.
+
+        ``log_extra`` (container id and namespace) goes on this object's log records.
+        """
         if existing:
             fifos = FifoSet.existing(directory, process_id, terminal=terminal)
         else:
@@ -100,7 +107,7 @@ class Stdio:
             if not existing:
                 fifos.remove()
             raise
-        return cls(fifos, dio, dio if rio is None else rio)
+        return cls(fifos, dio, dio if rio is None else rio, log_extra)
 
     def paths(self) -> tuple[str, str, str]:
         stdin, stdout, stderr, _ = self.fifos.to_paths()
@@ -128,7 +135,8 @@ class Stdio:
                 try:
                     self.rio.wait(IO_DRAIN_TIMEOUT)
                 except Exception:  # a pump that does not finish in time is cancelled below
-                    log.debug("stdio of %s did not drain in time", self.fifos.process_id, exc_info=True)
+                    log.debug("stdio of %s did not drain in time", self.fifos.process_id, exc_info=True,
+                              extra=self._log_extra)
             self.rio.cancel()
             self.rio.close()
         finally:
@@ -167,7 +175,7 @@ def start_task(session: Session, container: Container, request: tasks_pb2.Create
     if stdio is not None:
         stdio.connected()
     try:
-        conn.call(conn.tasks.Start, tasks_pb2.StartRequest(container_id=container.id), what)
+        started = conn.call(conn.tasks.Start, tasks_pb2.StartRequest(container_id=container.id), what)
     except BaseException:
         try:
             task._delete_after_failed_start()
@@ -176,6 +184,9 @@ def start_task(session: Session, container: Container, request: tasks_pb2.Create
                       extra=session.log_extra(container.id))
             task._release()
         raise
+    # A restore's Create answers pid 0: runc restores the process in Start, whose answer has the pid
+    # (the Go client takes it from there too).
+    task.pid = int(started.pid) or task.pid
     session.tracker.started(container.id, container.id, task.pid)
     return task
 
@@ -326,6 +337,9 @@ class _ProcessBase:
         self._call(self._tasks.ResizePty, tasks_pb2.ResizePtyRequest(
             container_id=self._container_id, exec_id=self._exec_id,
             width=valid.terminal_size(width, "width"), height=valid.terminal_size(height, "height")))
+
+    def _log_extra(self) -> dict[str, str]:
+        return self._session.log_extra(self._container_id)
 
     def _release(self) -> None:
         stdio, self._stdio = self._stdio, None
@@ -478,7 +492,8 @@ class Task(_ProcessBase):
 
         Raises:
             errdefs.Conflict: an exec with this id exists.
-            errdefs.InvalidParameter: bad id or spec (nothing was sent or made).
+            errdefs.InvalidParameter: bad id (the container's own among them) or spec (nothing was
+                sent or made).
 
         >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
         >>> out = stdio.capture()
@@ -487,6 +502,9 @@ class Task(_ProcessBase):
         (0, b'bin')
         """
         valid.identifier(process_id, "exec id")
+        if process_id == self._container_id:
+            # Its FIFOs would take the task's names in the bundle dir and replace them.
+            raise errdefs.InvalidParameter(f"exec id {process_id!r} is the container id; choose another")
         valid.process_spec(spec)
         any_spec = pack_json(PROCESS_URL, spec, "process spec")
         terminal = bool(spec.get("terminal", False))
@@ -503,7 +521,7 @@ class Task(_ProcessBase):
                 self._refuse_duplicate_exec(process_id)
             closer = stdin_closer(self._session, container.id, process_id)
             stdio = Stdio.open(container.bundle_dir, process_id, with_stdin=with_stdin, terminal=terminal,
-                               attach_stdio=attach_stdio, close_stdin=closer)
+                               attach_stdio=attach_stdio, close_stdin=closer, log_extra=self._log_extra())
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         try:
             conn.call(conn.tasks.Exec, tasks_pb2.ExecProcessRequest(
@@ -529,8 +547,7 @@ class Task(_ProcessBase):
                 conn.call(conn.tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
                     container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
             except errdefs.LibcontainerdError as exc:
-                log.warning("failed to delete %s after its start failed: %s", what, exc,
-                            extra=self._session.log_extra(container.id))
+                log.warning("failed to delete %s after its start failed: %s", what, exc, extra=self._log_extra())
             if stdio is not None:
                 stdio.release(drain=False)
             raise
@@ -587,10 +604,15 @@ class Task(_ProcessBase):
         """Kill every process of the task with SIGKILL, wait for it to stop, then delete it.
 
         The wait is bounded (:data:`FORCE_DELETE_WAIT` seconds): a task that never ran (e.g.
-        a restore that failed) does not exit, but can be deleted all the same.
+        a restore that failed) does not exit, but can be deleted all the same. A wait broken by
+        a dying shim or a containerd restart is logged, and the delete follows all the same.
+
+        Raises:
+            errdefs.NotFound: the task is gone (containerd cleaned up after its dead shim).
         """
         conn = self._session.conn
         request = tasks_pb2.WaitRequest(container_id=self._container_id)
+        wait_broke = False
         with conn.future(conn.tasks.Wait, request, self._what, timeout=None) as waiter:
             try:
                 self._call(self._tasks.Kill, tasks_pb2.KillRequest(
@@ -602,8 +624,29 @@ class Task(_ProcessBase):
             except errdefs.NotFound:
                 pass
             except errdefs.Deadline:
-                log.warning("%s did not stop within %s s of SIGKILL; deleting it anyway", self._what, FORCE_DELETE_WAIT)
-        return self.delete()
+                log.warning("%s did not stop within %s s of SIGKILL; deleting it anyway", self._what,
+                            FORCE_DELETE_WAIT, extra=self._log_extra())
+            except errdefs.LibcontainerdError as exc:
+                # A shim that died or a containerd that restarted breaks the Wait; as in the Go
+                # client's kill-and-delete, Delete follows whatever Wait returned (and says
+                # NotFound when containerd already cleaned up after the shim).
+                wait_broke = True
+                log.warning("waiting for %s to stop failed (%s); deleting it anyway", self._what, exc,
+                            extra=self._log_extra())
+        if not wait_broke:
+            return self.delete()
+        # containerd cleans up after a dead shim on its own, a moment after the shim's connection
+        # broke; a Delete in that moment fails the same way ("ttrpc: closed"), so try again.
+        deadline = time.monotonic() + SHIM_EXIT_GRACE
+        while True:
+            try:
+                return self.delete()
+            except (errdefs.NotFound, errdefs.Conflict):
+                raise
+            except errdefs.LibcontainerdError:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(_RETRY_SLICE)
 
     def _delete_after_failed_start(self) -> None:
         """Clean up a task whose Start failed: a created task can be deleted as it is."""
@@ -666,19 +709,25 @@ class Task(_ProcessBase):
     def create_checkpoint(self, checkpoint_dir: str, exit: bool = False) -> None:
         """Checkpoint the task with CRIU into ``checkpoint_dir`` (see :mod:`libcontainerd.remote._checkpoint`).
 
+        A running task is paused for the dump and resumed after (the backend sees ``PAUSED`` and
+        ``RESUMED``), as containerd's Go client does; a paused task stays paused. Processes
+        started with :meth:`exec` are not part of the dump.
+
         Args:
             checkpoint_dir: where the checkpoint's files are extracted.
             exit: stop the task after the checkpoint.
 
         Raises:
-            errdefs.LibcontainerdError: CRIU failed; the message carries CRIU's reason.
+            errdefs.InvalidParameter: ``checkpoint_dir`` cannot be a directory (nothing was dumped).
+            errdefs.System: CRIU failed; the message carries CRIU's reason, nothing is left behind.
+            errdefs.DataLoss: the checkpoint read back from containerd was corrupt.
 
         >>> task.create_checkpoint("/tmp/ckpt", exit=True)  # doctest: +SKIP
         >>> restored = ctr.start(checkpoint_dir="/tmp/ckpt")  # doctest: +SKIP
         """
         from ._checkpoint import create_checkpoint
 
-        create_checkpoint(self._session, self._container, checkpoint_dir, exit=exit)
+        create_checkpoint(self._session, self, checkpoint_dir, exit=exit)
 
     def __repr__(self) -> str:
         return f"<Task id={self._container_id!r} pid={self.pid}>"

@@ -46,3 +46,13 @@ def test_startup_benchmark_runs_without_unbuffered_output(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("startup")]
     assert len(rows) == 3 and any("idle client RSS growth" in row for row in rows), result.stdout
+
+
+def test_quick_checkpoint_benchmark_prints_ratios(tmp_path, criu):
+    testing.require_tools("ctr")
+    result = subprocess.run([sys.executable, RUN, "--quick", "--only", "checkpoint"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("checkpoint")]
+    assert len(rows) == 2 and all(re.search(r"\s\d+\.\d\dx\s", row) for row in rows), result.stdout
+    assert "ctr c checkpoint --task" in rows[0] and "ctr c restore --live" in rows[1]

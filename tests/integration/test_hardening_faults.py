@@ -8,7 +8,9 @@ state dir holds only bundles of live containers, and after ``close()`` no libcon
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -18,6 +20,7 @@ import pytest
 
 import libcontainerd
 from libcontainerd import _procfs, errdefs, oci, stdio, testing
+from libcontainerd.remote import _checkpoint, _events
 from libcontainerd.types import EventType as E
 from libcontainerd.types import Status
 
@@ -356,3 +359,92 @@ def test_shim_killed_under_a_running_task(daemon, h, rootfs, namespace):
     wait_until(lambda: testing.open_fds() == fds, timeout=10)
     assert testing.open_fds() == fds, "the task's FIFO descriptors leaked"
     h.recovered(rootfs)
+
+
+def _sigkill_pending(pid: int) -> bool:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return any(int(fields[k], 16) & (1 << (signal.SIGKILL - 1)) for k in ("SigPnd", "ShdPnd"))
+
+
+def test_force_delete_goes_on_when_the_shim_dies_during_its_wait(daemon, h, rootfs, namespace):
+    """As the Go client's kill-and-delete: whatever Wait returned, Delete follows (and says NotFound here)."""
+    c = h.client
+    ctr = c.new_container("held", spec(rootfs, "sleep", "300"))
+    task = ctr.start()
+    # runc thaws the task's cgroup after `kill --all`, but not a frozen child cgroup of it: the
+    # SIGKILL stays pending there, and force_delete() waits for an exit that does not come.
+    held = f"/sys/fs/cgroup/freezer/{namespace}/held/frozen"
+    os.mkdir(held)
+    try:
+        with open(os.path.join(held, "cgroup.procs"), "w", encoding="ascii") as f:
+            f.write(str(task.pid))
+        with open(os.path.join(held, "freezer.state"), "w", encoding="ascii") as f:
+            f.write("FROZEN")
+        shim = daemon.shim_pid(namespace, "held")
+        thread, box = run_in_thread(task.force_delete)
+        assert wait_until(lambda: _sigkill_pending(task.pid), timeout=30), "force_delete() sent no SIGKILL"
+        os.kill(shim, signal.SIGKILL)
+        thread.join(60)
+        assert not thread.is_alive()
+        assert isinstance(box.get("error"), errdefs.NotFound), box
+        with pytest.raises(errdefs.NotFound):
+            ctr.task()
+    finally:
+        if os.path.isdir(held):  # containerd's clean-up after the dead shim may have removed it
+            with open(os.path.join(held, "freezer.state"), "w", encoding="ascii") as f:
+                f.write("THAWED")
+        assert wait_until(lambda: not os.path.exists(f"/proc/{task.pid}"), timeout=30)
+        if os.path.isdir(held):
+            os.rmdir(held)
+    ctr.delete()
+    h.recovered(rootfs)
+
+
+def _down_records(caplog, namespace: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "has not served namespace " + namespace in r.getMessage()]
+
+
+@pytest.mark.parametrize("interval", [3600.0, 0.0])
+def test_waiting_for_containerd_warns_how_long_it_has_been_down(daemon, h, namespace, caplog, monkeypatch, interval):
+    """One record per failed attempt: a warning (with how long containerd has been down), rate-limited."""
+    monkeypatch.setattr(_events, "DOWN_WARNING_INTERVAL", interval)
+    caplog.set_level(logging.DEBUG, logger="libcontainerd")
+    daemon.daemon.stop()
+    try:
+        assert wait_until(lambda: len(_down_records(caplog, namespace)) >= 3, timeout=60)
+    finally:
+        daemon.restart()
+    records = _down_records(caplog, namespace)[:3]
+    levels = [r.levelno for r in records]
+    if interval:
+        assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    else:
+        assert levels == [logging.WARNING] * 3
+    down = [float(re.search(r"for ([0-9.]+) s", r.getMessage()).group(1)) for r in records]
+    assert down == sorted(down) and down[-1] > 0
+    assert all(getattr(r, "namespace", None) == namespace for r in records)
+    assert h.client.is_serving(timeout=60)
+
+
+def test_checkpoint_clean_up_warnings_name_ref_digest_and_container(daemon, h, state_dir, namespace, tmp_path,
+                                                                    caplog):
+    (tmp_path / "cp").mkdir()
+    (tmp_path / "cp" / "inventory.img").write_bytes(b"x" * 1000)
+    impatient = libcontainerd.new_client(daemon.address, state_dir, namespace, None, timeout=1)
+    try:
+        blob = _checkpoint.upload_checkpoint_dir(impatient._session, str(tmp_path / "cp"), "warned")
+        daemon.freeze()
+        try:
+            blob.delete()
+            _checkpoint._delete_lease(impatient._session, "some-lease", "warned")
+        finally:
+            daemon.thaw()
+        content, lease = [r for r in caplog.records if r.levelno == logging.WARNING and "warned" in r.getMessage()]
+        assert blob.descriptor.digest in content.getMessage() and blob.ref in content.getMessage()
+        assert "some-lease" in lease.getMessage()
+        for record in (content, lease):
+            assert (record.container_id, record.namespace) == ("warned", namespace)
+        blob.delete()
+    finally:
+        impatient.close()

@@ -304,6 +304,43 @@ def test_load_attach_and_task(client, rootfs, containerd, state_dir, namespace):
     ctr.delete()
 
 
+def test_attach_to_a_task_started_without_stdio_returns_it_without_io(client, rootfs, containerd, state_dir,
+                                                                     namespace):
+    """As moby's client: nothing to re-open is not an error; the task comes back with empty IO."""
+    ctr = client.new_container("mute", spec(rootfs, "sleep", "300"))
+    task = ctr.start()
+    with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as other:
+        again = other.load_container("mute").attach_task(stdio.capture())
+        assert again.pid == task.pid
+        assert again.io is None
+        again.kill("KILL")
+        assert again.wait(timeout=20).code == 137
+        again.delete()
+    assert os.listdir(state_dir) == ["mute"]  # the bundle dir, and no FIFOs made in it
+    assert os.listdir(os.path.join(state_dir, "mute")) == []
+    ctr.delete()
+
+
+def test_an_exec_named_like_its_container_is_refused_before_anything_is_made(client, rootfs, containerd, state_dir,
+                                                                            namespace):
+    """Its FIFOs would replace the task's (same names in the bundle dir), and attach_task then fails."""
+    ctr = client.new_container("twin", spec(rootfs, "sh", "-c", "read line; echo got:$line"))
+    task = ctr.start(with_stdin=True, attach_stdio=lambda dio: dio)
+    bundle = os.path.join(state_dir, "twin")
+    before = {name: os.stat(os.path.join(bundle, name)).st_ino for name in os.listdir(bundle)}
+    for attach in (stdio.capture(), None):
+        with pytest.raises(errdefs.InvalidParameter, match="container id"):
+            task.exec("twin", oci.process_spec(["true"]), attach_stdio=attach)
+    assert {name: os.stat(os.path.join(bundle, name)).st_ino for name in os.listdir(bundle)} == before
+    with libcontainerd.new_client(containerd.address, state_dir, namespace, None) as other:
+        out = stdio.capture(stdin=b"hello\n")
+        again = other.load_container("twin").attach_task(out)
+        assert again.wait(timeout=20).code == 0
+        assert out.wait(timeout=10).stdout == b"got:hello\n"
+    task.delete()
+    ctr.delete()
+
+
 def test_replace_container(client, rootfs):
     old = client.new_container("phoenix", spec(rootfs, "sleep", "300"))
     old.start()

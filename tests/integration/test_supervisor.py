@@ -90,6 +90,22 @@ def test_config_is_private(start_own: StartFn) -> None:
     assert list(testing.daemon_processes(daemon)) == [daemon.pid]
 
 
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def test_env_is_the_daemons_environment_and_survives_a_restart(start_own: StartFn) -> None:
+    # The runc shim finds CRIU on containerd's PATH: the harness passes it this way.
+    env = {**os.environ, "PATH": "/opt/lcd-test-bin:" + os.environ["PATH"], "LCD_TEST_MARK": "1"}
+    daemon = start_own(health_failures=0, env=env)
+    assert _environ(daemon.pid)["PATH"] == env["PATH"]
+    daemon.kill(signal.SIGKILL)
+    assert daemon.wait_serving(60)
+    assert daemon.restarts == 1
+    assert _environ(daemon.pid)["LCD_TEST_MARK"] == "1"
+
+
 def test_adopts_daemon_left_running_by_another_process(start_own: StartFn, tmp_root: str) -> None:
     script = textwrap.dedent(
         f"""

@@ -212,3 +212,29 @@ def test_counting_sink_counts_writes_from_many_threads():
     sink.close()
     with pytest.raises(ValueError):
         sink.flush()  # a closed stream says so, as every io object does
+
+
+def _fake_criu(path: Path, says: str) -> str:
+    path.write_text(f"#!/bin/sh\necho '{says}'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_find_criu_takes_the_first_that_passes_its_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LIBCONTAINERD_CRIU", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    broken = _fake_criu(tmp_path / "broken", "Error (criu/vdso.c:613): vdso: Failed to fill self vdso symtable")
+    good = _fake_criu(tmp_path / "good", "Looks good.")
+    assert testing.find_criu([broken, tmp_path / "missing", good]) == good
+    assert testing.find_criu([broken]) is None
+    monkeypatch.setenv("LIBCONTAINERD_CRIU", good)
+    assert testing.find_criu([]) == good
+
+
+def test_daemon_env_puts_the_criu_dir_first_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = testing.daemon_env("/opt/criu/bin/criu")
+    assert env is not None and env["PATH"] == "/opt/criu/bin:/usr/bin:/bin"
+    assert testing.daemon_env(None) is None
+    env = testing.daemon_env(None, "/run/lcd-xdg")
+    assert env is not None and (env["PATH"], env["XDG_RUNTIME_DIR"]) == ("/usr/bin:/bin", "/run/lcd-xdg")
