@@ -23,8 +23,7 @@ from libcontainerd._api.containerd.api.services.leases.v1 import leases_pb2
 from libcontainerd.remote import _checkpoint as cp
 from libcontainerd.types import EventType, Status
 
-from ..helpers import tar_bytes, tar_member
-from ._hardening import wait_until
+from ..helpers import tar_bytes, tar_member, wait_until
 
 
 def blobs(client) -> dict[str, dict[str, str]]:

@@ -6,7 +6,7 @@ import logging
 
 from libcontainerd import oci, stdio
 
-from ._hardening import wait_until
+from ..helpers import wait_until
 
 
 def _about(caplog, cid: str) -> list[logging.LogRecord]:
