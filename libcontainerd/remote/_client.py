@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import grpc
 from google.protobuf import empty_pb2
@@ -26,10 +26,11 @@ from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._identifiers import validate
 from .._typeurl import SPEC_URL, pack_json, pack_message, unpack_json
 from ..queue import KeyedSerialExecutor
-from ..types import Backend, Version
-from . import _bundle
-from ._container import Container
+from ..types import Backend, PullProgress, Version
+from . import _bundle, _images
+from ._container import Container, ContainerRootfs
 from ._events import EventStream, ProcessTracker
+from ._images import ContainerSnapshot, Image
 from ._process import check_process_spec
 from ._rpc import Connection
 
@@ -234,6 +235,8 @@ class Client:
         runtime_options: Union[Message, Mapping[str, Any], None] = None,
         *,
         labels: Optional[Mapping[str, str]] = None,
+        image: Optional[Union[str, Image]] = None,
+        snapshotter: Optional[str] = None,
     ) -> Container:
         """Create a container with its bundle dir ``<state_dir>/<id>``.
 
@@ -245,10 +248,16 @@ class Client:
             shim: the runtime (containerd shim) name.
             runtime_options: runc ``Options`` message or a dict of its fields.
             labels: extra container labels.
+            image: run on a snapshot of this image (an :class:`Image` or an image name) instead of
+                a rootfs directory; ``spec`` then has ``root.path`` ``"rootfs"`` (see
+                :func:`oci.image_spec`). The snapshot's key is the container id; the image is
+                unpacked first if it is not yet.
+            snapshotter: the snapshotter of that snapshot (default ``overlayfs``).
 
         Raises:
             errdefs.InvalidParameter: bad id, spec, options or labels (nothing was made).
             errdefs.Conflict: a container with this id exists (its bundle is untouched).
+            errdefs.NotFound: no such image (nothing was made).
 
         >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))  # doctest: +SKIP
         """
@@ -262,18 +271,30 @@ class Client:
         all_labels = dict(labels or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in all_labels.items()):
             raise errdefs.InvalidParameter("labels must map strings to strings")
-        bundle_path = os.path.join(self.state_dir, id)
-        recorded, made = _bundle.create(bundle_path, spec)
+        if image is not None and self._containers_has(id):
+            raise errdefs.Conflict(f"container {id}: id already in use")
+        snapshot = ContainerSnapshot.prepare(self._conn, id, image, snapshotter) if image is not None else None
+        try:
+            bundle_path = os.path.join(self.state_dir, id)
+            recorded, made = _bundle.create(bundle_path, spec)
+        except BaseException:
+            if snapshot is not None:
+                snapshot.discard()
+            raise
         all_labels[_bundle.BUNDLE_LABEL] = recorded
         runtime = containers_pb2.Container.Runtime(name=shim, options=any_options)
-        request = containers_pb2.CreateContainerRequest(
-            container=containers_pb2.Container(id=id, labels=all_labels, runtime=runtime, spec=any_spec)
-        )
+        record = containers_pb2.Container(id=id, labels=all_labels, runtime=runtime, spec=any_spec)
+        if snapshot is not None:
+            record.image, record.snapshotter, record.snapshot_key = (snapshot.image.name, snapshot.snapshotter,
+                                                                     snapshot.key)
         try:
-            self._conn.call(self._conn.containers.Create, request, f"container {id}")
+            self._conn.call(self._conn.containers.Create, containers_pb2.CreateContainerRequest(container=record),
+                            f"container {id}")
         except errdefs.LibcontainerdError as exc:
             if made:
                 _bundle.remove(recorded, id)
+            if snapshot is not None:
+                snapshot.discard()
             if isinstance(exc, errdefs.Conflict):
                 raise errdefs.Conflict(f"container {id}: id already in use", explanation=exc.explanation,
                                        code=exc.code) from exc.__cause__
@@ -281,8 +302,93 @@ class Client:
         except BaseException:
             if made:
                 _bundle.remove(recorded, id)
+            if snapshot is not None:
+                snapshot.discard()
             raise
-        return Container(self, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options)
+        if snapshot is not None:
+            snapshot.release()
+        return Container(self, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options,
+                         snapshot=_snapshot_of(record))
+
+    def _containers_has(self, id: str) -> bool:
+        """Whether a container of that id exists (asked before preparing a snapshot keyed by the id,
+        which would otherwise remove another container's snapshot on the way out)."""
+        try:
+            self._conn.call(self._conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
+        except errdefs.NotFound:
+            return False
+        return True
+
+    # -- images ------------------------------------------------------------------------
+
+    def pull(self, ref: str, *, platform: Optional[str] = None, unpack: bool = True,
+             snapshotter: Optional[str] = None, plain_http: bool = False, auth: Optional[tuple[str, str]] = None,
+             ca_file: Optional[str] = None, progress: Optional[Callable[[PullProgress], None]] = None) -> Image:
+        """Pull an image from an OCI distribution registry into containerd, as ``ctr image pull`` does.
+
+        Layers download in parallel (at most 3 at once), stream into the content store and are
+        verified against their digest and size before they are committed; content already there
+        is not fetched again. A lease protects what is in flight from the garbage collector.
+
+        Args:
+            ref: ``host[:port]/repo:tag`` or ``...@sha256:...``; without a host, Docker Hub.
+            platform: ``"os/arch[/variant]"`` to pick from an index (default: this machine's).
+            unpack: apply the layers into ``snapshotter``.
+            snapshotter: default ``overlayfs``.
+            plain_http: talk http, not https.
+            auth: ``(user, password)``; default: ``$DOCKER_CONFIG/config.json``'s for the host, else none.
+            ca_file: PEM file of a private CA to trust.
+            progress: called with :class:`PullProgress` values (on the pull's threads, one at a time).
+
+        Raises:
+            errdefs.NotFound: unknown repository, tag or platform.
+            errdefs.Unauthorized: credentials refused or missing.
+            errdefs.Unavailable: the registry cannot be reached (or its TLS certificate is not trusted).
+            errdefs.DataLoss: a blob or manifest does not match its digest or size (nothing of it is kept).
+
+        >>> img = client.pull("127.0.0.1:5000/busybox:latest", plain_http=True)  # doctest: +SKIP
+        """
+        return _images.pull(self._conn, ref, platform=platform, unpack=unpack, snapshotter=snapshotter,
+                            plain_http=plain_http, auth=auth, ca_file=ca_file, progress=progress)
+
+    def import_images(self, archive: Any, *, unpack: bool = True, snapshotter: Optional[str] = None,
+                      progress: Optional[Callable[[PullProgress], None]] = None) -> list[Image]:
+        """Import a ``docker save`` archive or an OCI image layout archive (a path or a binary file object).
+
+        The archive is read as a stream; images are named as ``ctr images import`` names them.
+
+        >>> [i.name for i in client.import_images("busybox.tar")]  # doctest: +SKIP
+        ['docker.io/library/busybox:latest']
+        """
+        return _images.import_archive(self._conn, archive, unpack=unpack, snapshotter=snapshotter, progress=progress)
+
+    def list_images(self) -> list[Image]:
+        """Every image of this client's namespace, sorted by name.
+
+        >>> [i.name for i in client.list_images()]  # doctest: +SKIP
+        """
+        return _images.list_images(self._conn)
+
+    def get_image(self, name: str) -> Image:
+        """The image of that name (``busybox`` also finds ``docker.io/library/busybox:latest``).
+
+        Raises:
+            errdefs.NotFound: no such image.
+
+        >>> client.get_image("127.0.0.1:5000/busybox:latest").target.digest  # doctest: +SKIP
+        """
+        return _images.get_image(self._conn, name)
+
+    def remove_image(self, name: str, *, sync: bool = False) -> None:
+        """Remove the image record; containerd's garbage collector frees what nothing else uses
+        (``sync=True`` waits for that collection).
+
+        Raises:
+            errdefs.NotFound: no such image.
+
+        >>> client.remove_image("127.0.0.1:5000/busybox:latest")  # doctest: +SKIP
+        """
+        _images.remove_image(self._conn, name, sync=sync)
 
     def replace_container(
         self,
@@ -334,7 +440,8 @@ class Client:
         c = resp.container
         spec = unpack_json(c.spec) if c.HasField("spec") else {}
         options = c.runtime.options if c.runtime.HasField("options") else None
-        return Container(self, id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name, runtime_options=options)
+        return Container(self, id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name, runtime_options=options,
+                         snapshot=_snapshot_of(c))
 
     def list_containers(self) -> list[Container]:
         """Every container of this client's namespace.
@@ -348,7 +455,7 @@ class Client:
             spec = unpack_json(c.spec) if c.HasField("spec") else {}
             options = c.runtime.options if c.runtime.HasField("options") else None
             out.append(Container(self, c.id, spec=spec, labels=dict(c.labels), runtime=c.runtime.name,
-                                 runtime_options=options))
+                                 runtime_options=options, snapshot=_snapshot_of(c)))
         return out
 
     def _exec_start_lock(self, container_id: str) -> Any:
@@ -401,6 +508,10 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Client address={self.address!r} namespace={self.namespace!r} {state}>"
+
+
+def _snapshot_of(record: Any) -> Optional[ContainerRootfs]:
+    return ContainerRootfs(record.image, record.snapshotter, record.snapshot_key) if record.snapshot_key else None
 
 
 class _NoLock:

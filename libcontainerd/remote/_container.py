@@ -12,13 +12,15 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
+import attrs
+
 from .. import errdefs
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2
 from .._api.containerd.api.types import descriptor_pb2
 from .._api.containerd.api.types.task import task_pb2 as task_types
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message
-from . import _bundle
+from . import _bundle, _unpack
 from ._process import Stdio, StdioCallback, Task, stdin_closer
 
 if TYPE_CHECKING:
@@ -27,6 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("libcontainerd")
 
 RUNC_OPTIONS = "containerd.runc.v1.Options"
+
+
+@attrs.frozen
+class ContainerRootfs:
+    """The image snapshot a container runs on, as its container record names it."""
+
+    image: str
+    snapshotter: str
+    key: str
 
 
 class Container:
@@ -45,8 +56,10 @@ class Container:
         labels: Mapping[str, str],
         runtime: str,
         runtime_options: Optional[Any] = None,
+        snapshot: Optional[ContainerRootfs] = None,
     ) -> None:
         self._client = client
+        self.snapshot = snapshot
         self.id = container_id
         self.spec = spec
         self.labels = dict(labels)
@@ -128,6 +141,9 @@ class Container:
             checkpoint=checkpoint, options=options,
         )
         try:
+            if self.snapshot is not None:
+                request.rootfs.extend(_unpack.mounts(client._conn, self.snapshot.snapshotter, self.snapshot.key,
+                                                     f"container {self.id}"))
             resp = client._conn.call(client._conn.tasks.Create, request, f"task {self.id}")
         except BaseException:
             if stdio is not None:
@@ -215,6 +231,8 @@ class Container:
             raise errdefs.Conflict(f"container {self.id} still has a task ({status}): delete the task first")
         client._conn.call(client._conn.containers.Delete, containers_pb2.DeleteContainerRequest(id=self.id),
                           self._what())
+        if self.snapshot is not None:
+            _unpack.remove(client._conn, self.snapshot.snapshotter, self.snapshot.key)
         client._tracker.forget(self.id)
         client._forget_container(self.id)
         if os.environ.get("LIBCONTAINERD_NOCLEAN") != "1":

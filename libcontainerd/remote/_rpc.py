@@ -22,6 +22,7 @@ from .._api.containerd.api.services.version.v1 import version_pb2_grpc
 log = logging.getLogger("libcontainerd")
 
 NAMESPACE_HEADER = "containerd-namespace"
+LEASE_HEADER = "containerd-lease"
 # containerd's defaults.DefaultMaxRecvMsgSize / DefaultMaxSendMsgSize
 MAX_MESSAGE_SIZE = 16 << 20
 
@@ -109,14 +110,31 @@ class Connection:
 
         return self._stub("leases", leases_pb2_grpc.LeasesStub)
 
+    @property
+    def snapshots(self) -> Any:
+        from .._api.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc
+
+        return self._stub("snapshots", snapshots_pb2_grpc.SnapshotsStub)
+
+    @property
+    def diff(self) -> Any:
+        from .._api.containerd.api.services.diff.v1 import diff_pb2_grpc
+
+        return self._stub("diff", diff_pb2_grpc.DiffStub)
+
+    def metadata_for(self, lease: Optional[str] = None) -> tuple[tuple[str, str], ...]:
+        """The call metadata: the namespace, and the lease that protects what the call creates."""
+        return (*self.metadata, (LEASE_HEADER, lease)) if lease else self.metadata
+
     def _stub(self, name: str, factory: Callable[[grpc.Channel], Any]) -> Any:
         stub = self._lazy_stubs.get(name)
         if stub is None:  # two threads may both build one: stubs are cheap and stateless
             stub = self._lazy_stubs[name] = factory(self.channel)
         return stub
 
-    def call(self, method: Callable[..., T], request: Any, what: str = "", timeout: Any = DEFAULT, **kw: Any) -> T:
-        """Make one unary call with the namespace and deadline, mapping errors.
+    def call(self, method: Callable[..., T], request: Any, what: str = "", timeout: Any = DEFAULT, *,
+             lease: Optional[str] = None, **kw: Any) -> T:
+        """Make one unary call with the namespace (and ``lease``, if given) and deadline, mapping errors.
 
         Raises:
             errdefs.LibcontainerdError: the mapped gRPC error, with the gRPC error as ``__cause__``.
@@ -124,7 +142,7 @@ class Connection:
         if timeout is DEFAULT:
             timeout = self.timeout
         try:
-            return method(request, metadata=self.metadata, timeout=timeout, **kw)
+            return method(request, metadata=self.metadata_for(lease), timeout=timeout, **kw)
         except grpc.RpcError as err:
             if self._closed.is_set():
                 raise errdefs.Cancelled(f"{what + ': ' if what else ''}the client is closed") from err
