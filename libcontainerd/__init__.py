@@ -16,8 +16,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from . import errdefs
-from .types import (Backend, Descriptor, EventInfo, EventType, ExitStatus, PullProgress, Stats, Status, Summary,
-                    Version)
+from .types import Backend, Descriptor, EventInfo, EventType, ExitStatus, PullProgress, Stats, Status, Summary, Version
 
 if TYPE_CHECKING:
     from . import cio, oci, stdio, supervisor, testing

@@ -28,8 +28,15 @@ from collections.abc import Iterator, Mapping
 from typing import IO, Any, Optional, Protocol, Union
 
 from . import errdefs
-from ._imagespec import (MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_MANIFEST, Reference,
-                         check_digest, descriptor, parse_json)
+from ._imagespec import (
+    MEDIA_DOCKER_CONFIG,
+    MEDIA_DOCKER_LAYER_GZIP,
+    MEDIA_DOCKER_MANIFEST,
+    Reference,
+    check_digest,
+    descriptor,
+    parse_json,
+)
 from .types import Descriptor
 
 MEDIA_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"

@@ -123,7 +123,8 @@ class Registry:
                 if ca_file is not None:
                     self._ssl.load_verify_locations(cafile=os.fspath(ca_file))
             except (OSError, ssl.SSLError) as exc:
-                raise errdefs.InvalidParameter(f"ca_file {ca_file!r} cannot be read as PEM certificates: {exc}") from exc
+                raise errdefs.InvalidParameter(
+                    f"ca_file {ca_file!r} cannot be read as PEM certificates: {exc}") from exc
         self._auth = _Auth(auth if auth is not None else config_credentials(ref.host))
         self._lock = threading.Lock()
 

@@ -108,10 +108,12 @@ class TestImage:
 def image_layers(rootfs: str, salt: str = "") -> list[bytes]:
     """The two uncompressed layers of the standard test image.
 
-    Layer 1 is the busybox rootfs plus ``/etc/doomed`` and ``/data/keep``; layer 2 deletes
-    ``/etc/doomed`` (a whiteout), adds ``/hello.txt`` and ``/etc/salt`` (``salt``).
+    Layer 1 is the busybox rootfs plus ``/etc/doomed``, ``/data/keep`` and ``/etc/lower-salt``;
+    layer 2 deletes ``/etc/doomed`` (a whiteout), adds ``/hello.txt`` and ``/etc/salt``. Both
+    hold ``salt``, so a new salt gives layers no containerd has seen.
     """
-    lower = rootfs_tar(rootfs, {"etc/doomed": b"lower layer file\n", "data/keep": b"kept\n"})
+    lower = rootfs_tar(rootfs, {"etc/doomed": b"lower layer file\n", "data/keep": b"kept\n",
+                                "etc/lower-salt": salt.encode()})
     upper = tar_of([
         (_info("etc", kind=tarfile.DIRTYPE, mode=0o755), None),
         (_info("etc/.wh.doomed"), b""),
@@ -189,7 +191,8 @@ def write_docker_save(path: str, layers: Sequence[bytes], repo_tags: Sequence[st
                     (_info(f"{layer_id}/json", size=2), b"{}"),
                     (_info(f"{layer_id}/layer.tar", size=len(layer)), layer)]
     manifest = json.dumps([{"Config": cfg_name, "RepoTags": list(repo_tags), "Layers": layer_names}]).encode()
-    entries += [(_info(cfg_name, size=len(cfg_bytes)), cfg_bytes), (_info("manifest.json", size=len(manifest)), manifest)]
+    entries += [(_info(cfg_name, size=len(cfg_bytes)), cfg_bytes),
+                (_info("manifest.json", size=len(manifest)), manifest)]
     with open(path, "wb") as f:
         f.write(tar_of(entries))
     return _sha(cfg_bytes)
@@ -230,7 +233,7 @@ def _bcrypt(password: str) -> str:
 class _TokenHandler(http.server.BaseHTTPRequestHandler):
     server: _TokenServer
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         auth = self.headers.get("Authorization", "")
         expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

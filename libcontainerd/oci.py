@@ -476,7 +476,8 @@ def _lookup(table: Optional[bytes], key: str) -> Optional[list[str]]:
     return None
 
 
-def resolve_user(user: str, passwd: Optional[bytes], group: Optional[bytes], image_name: str = "image") -> tuple[int, int]:
+def resolve_user(user: str, passwd: Optional[bytes], group: Optional[bytes],
+                 image_name: str = "image") -> tuple[int, int]:
     """An image config's ``User`` (``name``, ``uid``, ``name:group``, ``uid:gid``...) as ``(uid, gid)``.
 
     As containerd's ``oci.WithUser``: a number needs no entry in ``/etc/passwd`` (its gid is then

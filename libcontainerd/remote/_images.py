@@ -24,8 +24,20 @@ from typing import Any, Callable, Optional
 
 from .. import errdefs
 from .._api.containerd.api.services.images.v1 import images_pb2
-from .._imagespec import (INDEX_TYPES, MANIFEST_TYPES, Reference, descriptor, diff_ids, host_platform, ingest_ref,
-                          manifest_parts, parse_json, parse_platform, select_manifest, sha256_digest)
+from .._imagespec import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    Reference,
+    descriptor,
+    diff_ids,
+    host_platform,
+    ingest_ref,
+    manifest_parts,
+    parse_json,
+    parse_platform,
+    select_manifest,
+    sha256_digest,
+)
 from ..types import Descriptor, PullProgress
 from . import _content, _unpack
 from ._rpc import Connection
@@ -360,7 +372,7 @@ def pull(conn: Connection, ref: str, *, platform: Optional[str] = None, unpack: 
             index_data = data
             entry = select_manifest(doc, platform, what)
             manifest = _desc(descriptor(entry, what))
-            m_type, m_digest, data = registry.manifest(manifest.digest, manifest.digest)
+            _, _, data = registry.manifest(manifest.digest, manifest.digest)
             if len(data) != manifest.size:
                 raise errdefs.DataLoss(f"{what}: manifest {manifest.digest} has {len(data)} bytes, the index says "
                                        f"{manifest.size}")

@@ -44,7 +44,8 @@ def check_snapshotter(snapshotter: object) -> str:
     if snapshotter is None:
         return DEFAULT_SNAPSHOTTER
     if not isinstance(snapshotter, str) or not snapshotter or "/" in snapshotter:
-        raise errdefs.InvalidParameter(f"snapshotter must be a snapshotter name such as 'overlayfs', not {snapshotter!r}")
+        raise errdefs.InvalidParameter(
+            f"snapshotter must be a snapshotter name such as 'overlayfs', not {snapshotter!r}")
     return snapshotter
 
 
