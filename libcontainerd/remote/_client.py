@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import grpc
 from google.protobuf import empty_pb2
@@ -27,12 +27,14 @@ from .._identifiers import validate
 from .._typeurl import SPEC_URL, pack_json, pack_message, unpack_json
 from ..queue import KeyedSerialExecutor
 from ..types import Backend, PullProgress, Version
-from . import _bundle, _images
+from . import _bundle
 from ._container import Container, ContainerRootfs
 from ._events import EventStream, ProcessTracker
-from ._images import ContainerSnapshot, Image
 from ._process import check_process_spec
 from ._rpc import Connection
+
+if TYPE_CHECKING:
+    from ._images import ContainerSnapshot, Image
 
 log = logging.getLogger("libcontainerd")
 
@@ -273,7 +275,12 @@ class Client:
             raise errdefs.InvalidParameter("labels must map strings to strings")
         if image is not None and self._containers_has(id):
             raise errdefs.Conflict(f"container {id}: id already in use")
-        snapshot = ContainerSnapshot.prepare(self._conn, id, image, snapshotter) if image is not None else None
+        snapshot: Optional[ContainerSnapshot] = None
+        if image is not None:
+            # The image services' generated modules load on first use (quicker `import libcontainerd`).
+            from ._images import ContainerSnapshot
+
+            snapshot = ContainerSnapshot.prepare(self._conn, id, image, snapshotter)
         try:
             bundle_path = os.path.join(self.state_dir, id)
             recorded, made = _bundle.create(bundle_path, spec)
@@ -348,6 +355,8 @@ class Client:
 
         >>> img = client.pull("127.0.0.1:5000/busybox:latest", plain_http=True)  # doctest: +SKIP
         """
+        from . import _images
+
         return _images.pull(self._conn, ref, platform=platform, unpack=unpack, snapshotter=snapshotter,
                             plain_http=plain_http, auth=auth, ca_file=ca_file, progress=progress)
 
@@ -360,6 +369,8 @@ class Client:
         >>> [i.name for i in client.import_images("busybox.tar")]  # doctest: +SKIP
         ['docker.io/library/busybox:latest']
         """
+        from . import _images
+
         return _images.import_archive(self._conn, archive, unpack=unpack, snapshotter=snapshotter, progress=progress)
 
     def list_images(self) -> list[Image]:
@@ -367,6 +378,8 @@ class Client:
 
         >>> [i.name for i in client.list_images()]  # doctest: +SKIP
         """
+        from . import _images
+
         return _images.list_images(self._conn)
 
     def get_image(self, name: str) -> Image:
@@ -377,6 +390,8 @@ class Client:
 
         >>> client.get_image("127.0.0.1:5000/busybox:latest").target.digest  # doctest: +SKIP
         """
+        from . import _images
+
         return _images.get_image(self._conn, name)
 
     def remove_image(self, name: str, *, sync: bool = False) -> None:
@@ -388,6 +403,8 @@ class Client:
 
         >>> client.remove_image("127.0.0.1:5000/busybox:latest")  # doctest: +SKIP
         """
+        from . import _images
+
         _images.remove_image(self._conn, name, sync=sync)
 
     def replace_container(

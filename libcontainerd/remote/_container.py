@@ -20,7 +20,7 @@ from .._api.containerd.api.types import descriptor_pb2
 from .._api.containerd.api.types.task import task_pb2 as task_types
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message
-from . import _bundle, _unpack
+from . import _bundle
 from ._process import Stdio, StdioCallback, Task, stdin_closer
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ class Container:
         )
         try:
             if self.snapshot is not None:
+                from . import _unpack
+
                 request.rootfs.extend(_unpack.mounts(client._conn, self.snapshot.snapshotter, self.snapshot.key,
                                                      f"container {self.id}"))
             resp = client._conn.call(client._conn.tasks.Create, request, f"task {self.id}")
@@ -232,6 +234,8 @@ class Container:
         client._conn.call(client._conn.containers.Delete, containers_pb2.DeleteContainerRequest(id=self.id),
                           self._what())
         if self.snapshot is not None:
+            from . import _unpack
+
             _unpack.remove(client._conn, self.snapshot.snapshotter, self.snapshot.key)
         client._tracker.forget(self.id)
         client._forget_container(self.id)
