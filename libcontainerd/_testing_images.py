@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.parse
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import attrs
@@ -170,6 +170,65 @@ def build_layout(dest: str, layers: Sequence[bytes], *, config: Optional[Mapping
     with open(os.path.join(dest, "index.json"), "w") as f:
         json.dump({"schemaVersion": 2, "manifests": [entry]}, f)
     return TestImage(dest, top["digest"], main["digest"], tuple(digests), tuple(diff_ids))
+
+
+def build_big_layout(dest: str, size: int, salt: str) -> TestImage:
+    """An OCI layout of one uncompressed layer holding ``/salt`` and a ``size``-byte ``/big`` file of
+    zeros, written to disk as it is made (never whole in memory)."""
+    blobs = os.path.join(dest, "blobs", "sha256")
+    os.makedirs(blobs, exist_ok=True)
+    tmp = os.path.join(dest, "layer.tmp")
+    hasher = hashlib.sha256()
+    with open(tmp, "wb") as raw:
+        class Hashing(io.RawIOBase):
+            def writable(self) -> bool:
+                return True
+
+            def write(self, b: Any) -> int:
+                hasher.update(b)
+                return raw.write(b)
+
+        with tarfile.open(fileobj=Hashing(), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(_info("salt", size=len(salt)), io.BytesIO(salt.encode()))
+            zeros = _Zeros(size)
+            tar.addfile(_info("big", size=size), zeros)
+    layer_digest = "sha256:" + hasher.hexdigest()
+    layer_size = os.path.getsize(tmp)
+    os.rename(tmp, os.path.join(blobs, layer_digest[7:]))
+
+    def put(data: bytes) -> str:
+        digest = _sha(data)
+        with open(os.path.join(blobs, digest[7:]), "wb") as f:
+            f.write(data)
+        return digest
+
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/big"]},
+                      "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+                           "config": {"mediaType": MEDIA_CONFIG, "digest": put(cfg), "size": len(cfg)},
+                           "layers": [{"mediaType": MEDIA_LAYER, "digest": layer_digest,
+                                       "size": layer_size}]}).encode()
+    manifest_digest = put(manifest)
+    with open(os.path.join(dest, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    with open(os.path.join(dest, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": MEDIA_MANIFEST, "digest": manifest_digest,
+                                                      "size": len(manifest),
+                                                      "annotations": {"org.opencontainers.image.ref.name": "big"}}]},
+                  f)
+    return TestImage(dest, manifest_digest, manifest_digest, (layer_digest,), (layer_digest,))
+
+
+class _Zeros:
+    """A file-like source of ``size`` zero bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
 
 
 def write_docker_save(path: str, layers: Sequence[bytes], repo_tags: Sequence[str], *,
@@ -440,12 +499,3 @@ class Registries:
             self._token_thread.join()
             self._token_thread = None
 
-
-def iter_file(path: str, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """A file's bytes, chunk by chunk."""
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(chunk)
-            if not data:
-                return
-            yield data

@@ -451,3 +451,22 @@ def test_import_rejects_what_is_not_an_image_archive(client, tmp_path):
     with pytest.raises(errdefs.NotFound):
         client.import_images(str(tmp_path / "missing.tar"))
     assert image_names(client) == [] and leases(client) == []
+
+
+def test_a_1gib_layer_streams_with_flat_memory(client, registries, tmp_path):
+    import tracemalloc
+
+    img = ti.build_big_layout(str(tmp_path / "big"), 1 << 30, salt=uuid.uuid4().hex)
+    registries.push_layout(img.layout, "big:latest")
+    os.remove(os.path.join(img.layout, "blobs", "sha256", img.layer_digests[0][7:]))  # disk: keep one copy less
+    tracemalloc.start()
+    try:
+        image = client.pull(f"{registries.plain.address}/big:latest", plain_http=True, unpack=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"pull of a 1 GiB layer peaked at {peak >> 20} MiB of Python memory"
+    assert blobs(client)[img.layer_digests[0]] is not None
+    assert image.size() > 1 << 30
+    client.remove_image(image.name, sync=True)
+    assert img.layer_digests[0] not in blobs(client)
