@@ -9,7 +9,8 @@ stdout/stderr. It must use the public API only (``new_client``, ``Container``,
 ``Task``, ``oci``, ``stdio``, ``supervisor``, ``testing``), never the client's
 private parts or the generated gRPC modules, and it must turn every error into one
 line on stderr and an exit code, with a traceback only under ``--debug``. The
-``demo`` subcommand lives in :mod:`libcontainerd._cli_demo`.
+``demo`` subcommand lives in :mod:`libcontainerd._cli_demo`, the image commands (``pull``,
+``images``, ``rmi``, ``import``) in :mod:`libcontainerd._cli_images`.
 """
 
 from __future__ import annotations
@@ -443,6 +444,20 @@ def cmd_daemon(args: argparse.Namespace, ctx: _Context) -> int:
     return 0
 
 
+def _image_run_spec(args: argparse.Namespace, client: libcontainerd.Client) -> tuple[dict[str, Any], Any]:
+    """``run IMAGE ID [COMMAND...]``: the spec from the image's config, and the image."""
+    from libcontainerd import oci
+
+    image = client.get_image(args.image)
+    memory = parse_memory(args.memory) if args.memory else None
+    spec = oci.image_spec(image, list(args.command) or None, env=list(args.env), cwd=args.cwd, user=args.user,
+                          terminal=args.tty, hostname=args.hostname or args.id)
+    if memory is not None:
+        spec = oci.with_memory_limit(spec, memory)
+    _with_console_size(spec["process"], args.tty)
+    return spec, image
+
+
 def _build_run_spec(args: argparse.Namespace, ctx: _Context) -> dict[str, Any]:
     from libcontainerd import oci
 
@@ -455,7 +470,7 @@ def _build_run_spec(args: argparse.Namespace, ctx: _Context) -> dict[str, Any]:
         if not os.path.isdir(rootfs):
             raise UsageError(f"--rootfs {args.rootfs}: not a directory")
     else:
-        raise UsageError("say which root filesystem to run: --rootfs DIR, or --busybox for a minimal one")
+        raise UsageError("say what to run: IMAGE ID, --rootfs DIR ID, or --busybox ID")
     user = parse_user(args.user, rootfs) if args.user else (0, 0)
     memory = parse_memory(args.memory) if args.memory else None
     command = list(args.command) or ["sh"]
@@ -470,13 +485,22 @@ def _build_run_spec(args: argparse.Namespace, ctx: _Context) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, ctx: _Context) -> int:
     if args.detach and (args.rm or args.interactive):
         raise UsageError("-d/--detach cannot be combined with --rm or -i: nothing would stay attached")
-    spec = _build_run_spec(args, ctx)
+    args.image = None
+    if not args.busybox and not args.rootfs:
+        # `run IMAGE ID [COMMAND...]`: what the rootfs forms take as the id is the image.
+        if not args.command:
+            raise UsageError("say what to run: IMAGE ID [COMMAND...], --rootfs DIR ID, or --busybox ID")
+        args.image, args.id, args.command = args.id, args.command[0], args.command[1:]
+    spec = _build_run_spec(args, ctx) if args.image is None else None
     with ctx.client() as client:
         ctr: Optional[libcontainerd.Container] = None
         task: Optional[libcontainerd.Task] = None
+        image = None
+        if spec is None:
+            spec, image = _image_run_spec(args, client)
         try:
             with _deferred_interrupts():
-                ctr = client.new_container(args.id, spec)
+                ctr = client.new_container(args.id, spec, image=image)
                 if args.detach:
                     task = ctr.start()
                 else:
@@ -789,10 +813,13 @@ _COMMANDS: list[tuple[str, list[str], str, str]] = [
      f"example:\n  {PROG} version --address /tmp/lcd/state/containerd.sock"),
     ("run", [], "create a container, start it and follow it; its exit code becomes yours",
      f"examples:\n  {PROG} run --rm --busybox hello echo hello world\n"
+     f"  {PROG} run --rm 127.0.0.1:5000/busybox:latest hello echo from an image\n"
      f"  {PROG} run --rm -it --busybox box sh\n"
      f"  {PROG} run -d --busybox --memory 64m web httpd -f -p 8080\n"
      f"  echo data | {PROG} run --rm -i --busybox up tr a-z A-Z\n\n"
-     "Everything after the container id is the command and its arguments; no `--` needed."),
+     "Everything after the container id is the command and its arguments; no `--` needed.\n"
+     "Without --rootfs or --busybox the first word is an image (pulled or imported before) and\n"
+     "the command defaults to the image's Entrypoint and Cmd."),
     ("exec", [], "run another process in a running container",
      f"examples:\n  {PROG} exec web ps\n  {PROG} exec -it web sh\n  {PROG} exec --user 1000 web id"),
     ("ps", ["list", "ls"], "list the containers of the namespace with their task status and pid",
@@ -811,6 +838,15 @@ _COMMANDS: list[tuple[str, list[str], str, str]] = [
      f"example:\n  {PROG} checkpoint --exit web /tmp/web-checkpoint"),
     ("rm", [], "remove containers (their stopped tasks too; -f kills running ones first)",
      f"examples:\n  {PROG} rm web\n  {PROG} rm -f web db"),
+    ("pull", [], "fetch an image from a registry and unpack it",
+     f"examples:\n  {PROG} pull --plain-http 127.0.0.1:5000/busybox:latest\n"
+     f"  {PROG} pull --ca-file ca.pem --user alice registry.example.com/team/app:1.2\n"
+     f"  {PROG} pull --platform linux/arm64 --no-unpack busybox"),
+    ("images", [], "list the images of the namespace", f"examples:\n  {PROG} images\n  {PROG} images -q"),
+    ("rmi", [], "remove images (containerd's garbage collector frees their content)",
+     f"example:\n  {PROG} rmi --sync 127.0.0.1:5000/busybox:latest"),
+    ("import", [], "import images from a docker save or OCI layout archive",
+     f"examples:\n  {PROG} import busybox.tar\n  docker save busybox | {PROG} import -"),
     ("demo", [], "a private containerd, a busybox container, exec, stats, pause/resume and events, step by step",
      f"examples:\n  {PROG} demo\n  {PROG} demo --pause       # wait for Enter before each step\n"
      f"  {PROG} demo --root /tmp/lcd-demo\n\n"
@@ -824,6 +860,8 @@ def build_parser() -> argparse.ArgumentParser:
     >>> build_parser().parse_args(["run", "--busybox", "box", "sh", "-c", "echo hi"]).command
     ['sh', '-c', 'echo hi']
     """
+    from libcontainerd import _cli_images
+
     parser = _Parser(
         prog=PROG, formatter_class=_Formatter, allow_abbrev=False,
         description="A command line for containerd over the libcontainerd Python SDK.",
@@ -846,6 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
         "daemon": cmd_daemon, "version": cmd_version, "run": cmd_run, "exec": cmd_exec, "ps": cmd_ps,
         "top": cmd_top, "kill": cmd_kill, "pause": cmd_pause, "resume": cmd_resume, "stats": cmd_stats,
         "events": cmd_events, "checkpoint": cmd_checkpoint, "rm": cmd_rm, "demo": cmd_demo,
+        "pull": _cli_images.cmd_pull, "images": _cli_images.cmd_images, "rmi": _cli_images.cmd_rmi,
+        "import": _cli_images.cmd_import,
     }
     for name, handler in handlers.items():
         subparsers[name].set_defaults(handler=handler)
@@ -866,7 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stdio_options(p, "container")
     p.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 64m, 512MiB, 1g")
     p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its id)")
-    p.add_argument("id", metavar="ID", help="the new container's id")
+    p.add_argument("id", metavar="ID", help="the new container's id (with an image: IMAGE ID)")
     p.add_argument("command", metavar="COMMAND ...", nargs=argparse.REMAINDER,
                    help="the command and its arguments (default: sh)")
 
@@ -900,6 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparsers["rm"]
     p.add_argument("-f", "--force", action="store_true", help="kill and remove running containers too")
     p.add_argument("ids", metavar="ID", nargs="+", help="the containers")
+
+    _cli_images.add_image_commands(subparsers)
 
     subparsers["demo"].add_argument("--root", metavar="DIR", default=None,
                                     help="put everything under DIR instead of a fresh temporary directory")

@@ -25,7 +25,7 @@ import pytest
 from libcontainerd import errdefs, oci, testing
 
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
-               "events", "checkpoint", "rm", "demo"]
+               "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
 DEMO_STEPS = ["[1/9]", "[2/9]", "[3/9]", "[4/9]", "[5/9]", "[6/9]", "[7/9]", "[8/9]", "[9/9]"]
 
 

@@ -470,3 +470,42 @@ def test_a_1gib_layer_streams_with_flat_memory(client, registries, tmp_path):
     assert image.size() > 1 << 30
     client.remove_image(image.name, sync=True)
     assert img.layer_digests[0] not in blobs(client)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_cli_pull_images_run_rmi_import(registries, pushed, containerd, namespace, state_dir, rootfs, tmp_path):
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIBCONTAINERD_")}
+        return subprocess.run([sys.executable, "-m", "libcontainerd", "--address", containerd.address, "--namespace",
+                               namespace, "--state-dir", state_dir, *args], capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    ref = f"{registries.plain.address}/busybox:latest"
+    pulled = cli("pull", "--plain-http", ref)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.strip() == f"{ref} {pushed['single'].target_digest}"
+    assert "already present" in pulled.stderr  # the quiet summary when stderr is not a terminal
+    listed = cli("images")
+    assert listed.returncode == 0 and ref in listed.stdout and "yes" in listed.stdout
+    ran = cli("run", "--rm", ref, "cli-img", "cat", "/hello.txt")
+    assert (ran.returncode, ran.stdout) == (0, "hello from the upper layer\n"), ran.stderr
+    default_cmd = cli("run", "--rm", "-e", "X=1", ref, "cli-img2")
+    assert (default_cmd.returncode, default_cmd.stdout) == (0, "from-cmd\n/data\n0\n"), default_cmd.stderr
+    assert cli("run", "--rm", "--busybox", "bb", "true").returncode == 0  # the rootfs forms still work
+    missing = cli("run", "--rm", f"{registries.plain.address}/nosuch:1", "x")
+    assert missing.returncode == 1 and "nosuch" in missing.stderr
+    wrong = cli("pull", "--plain-http", "--user", f"{ti.USER}:bad-pass", f"{registries.basic.address}/busybox:latest")
+    assert wrong.returncode == 1 and "refused" in wrong.stderr and "bad-pass" not in wrong.stderr
+    assert cli("rmi", "--sync", ref).returncode == 0
+    assert cli("images", "-q").stdout.strip() == ""
+    archive = tmp_path / "save.tar"
+    ti.write_docker_save(str(archive), ti.image_layers(rootfs, salt=uuid.uuid4().hex), ["cli/imported:1"],
+                         config=CONFIG)
+    imported = cli("import", str(archive))
+    assert imported.returncode == 0 and imported.stdout.startswith("docker.io/cli/imported:1 sha256:"), imported.stderr
+    ran = cli("run", "--rm", "docker.io/cli/imported:1", "cli-imp")
+    assert (ran.returncode, ran.stdout) == (0, "from-cmd\n/data\n0\n"), ran.stderr
