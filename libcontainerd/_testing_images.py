@@ -232,29 +232,63 @@ class _Zeros:
 
 
 def write_docker_save(path: str, layers: Sequence[bytes], repo_tags: Sequence[str], *,
-                      config: Optional[Mapping[str, Any]] = None) -> str:
-    """Write a ``docker save`` archive as dockerd 20.10 does (``<id>/layer.tar``, ``<hex>.json``,
-    ``manifest.json``, ``repositories``); return the config digest."""
+                      config: Optional[Mapping[str, Any]] = None, oci_layout: bool = False) -> str:
+    """Write a ``docker save`` archive; return the config digest.
+
+    As dockerd 20.10 writes it (``<id>/layer.tar``, ``<hex>.json``, ``manifest.json``), or with
+    ``oci_layout`` as dockerd 25 and later do: an OCI layout (``oci-layout``, ``index.json`` whose
+    entries carry ``io.containerd.image.name``, ``blobs/sha256/…`` with uncompressed layers) and a
+    ``manifest.json`` beside it that points into ``blobs/``.
+    """
     cfg = {"architecture": "amd64", "os": "linux",
            "config": dict(config or {"Cmd": ["sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}),
            "rootfs": {"type": "layers", "diff_ids": [_sha(t) for t in layers]}, "history": []}
     cfg_bytes = json.dumps(cfg).encode()
-    cfg_name = _sha(cfg_bytes)[7:] + ".json"
     entries: list[tuple[tarfile.TarInfo, Optional[bytes]]] = []
     layer_names = []
-    for layer in layers:
-        layer_id = hashlib.sha256(b"id" + layer).hexdigest()
-        layer_names.append(f"{layer_id}/layer.tar")
-        entries += [(_info(layer_id, kind=tarfile.DIRTYPE, mode=0o755), None),
-                    (_info(f"{layer_id}/VERSION", size=3), b"1.0"),
-                    (_info(f"{layer_id}/json", size=2), b"{}"),
-                    (_info(f"{layer_id}/layer.tar", size=len(layer)), layer)]
+    if oci_layout:
+        def blob(data: bytes) -> str:
+            name = "blobs/sha256/" + _sha(data)[7:]
+            entries.append((_info(name, size=len(data)), data))
+            return name
+
+        entries += [(_info("blobs", kind=tarfile.DIRTYPE, mode=0o755), None),
+                    (_info("blobs/sha256", kind=tarfile.DIRTYPE, mode=0o755), None)]
+        cfg_name = blob(cfg_bytes)
+        layer_names = [blob(layer) for layer in layers]
+        manifest_doc = json.dumps({
+            "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": _sha(cfg_bytes), "size": len(cfg_bytes)},
+            "layers": [{"mediaType": MEDIA_LAYER, "digest": _sha(t), "size": len(t)} for t in layers]}).encode()
+        blob(manifest_doc)
+        index = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [
+            {"mediaType": MEDIA_MANIFEST, "digest": _sha(manifest_doc), "size": len(manifest_doc),
+             "annotations": {"io.containerd.image.name": _normalized(tag),
+                             "org.opencontainers.image.ref.name": tag.rpartition(":")[2]}}
+            for tag in repo_tags]}).encode()
+        layout = b'{"imageLayoutVersion":"1.0.0"}'
+        entries += [(_info("index.json", size=len(index)), index), (_info("oci-layout", size=len(layout)), layout)]
+    else:
+        cfg_name = _sha(cfg_bytes)[7:] + ".json"
+        for layer in layers:
+            layer_id = hashlib.sha256(b"id" + layer).hexdigest()
+            layer_names.append(f"{layer_id}/layer.tar")
+            entries += [(_info(layer_id, kind=tarfile.DIRTYPE, mode=0o755), None),
+                        (_info(f"{layer_id}/VERSION", size=3), b"1.0"),
+                        (_info(f"{layer_id}/json", size=2), b"{}"),
+                        (_info(f"{layer_id}/layer.tar", size=len(layer)), layer)]
+        entries.append((_info(cfg_name, size=len(cfg_bytes)), cfg_bytes))
     manifest = json.dumps([{"Config": cfg_name, "RepoTags": list(repo_tags), "Layers": layer_names}]).encode()
-    entries += [(_info(cfg_name, size=len(cfg_bytes)), cfg_bytes),
-                (_info("manifest.json", size=len(manifest)), manifest)]
+    entries.append((_info("manifest.json", size=len(manifest)), manifest))
     with open(path, "wb") as f:
         f.write(tar_of(entries))
     return _sha(cfg_bytes)
+
+
+def _normalized(tag: str) -> str:
+    from libcontainerd._imagespec import Reference
+
+    return Reference.parse(tag).name
 
 
 def oci_archive(layout: str, path: str) -> None:

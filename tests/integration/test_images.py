@@ -414,13 +414,16 @@ def test_remove_image_and_gc_leave_nothing(client, registries, rootfs, tmp_path,
 # -- import -----------------------------------------------------------------------------------
 
 
-def test_import_docker_save_archive(client, rootfs, tmp_path, containerd, namespace):
+@pytest.mark.parametrize("dockerd", ["20.10", "28"])
+def test_import_docker_save_archive(client, rootfs, tmp_path, containerd, namespace, dockerd):
     layers = ti.image_layers(rootfs, salt=uuid.uuid4().hex)
     archive = tmp_path / "save.tar"
-    ti.write_docker_save(str(archive), layers, ["imported:v1", "example.com/team/imported:v2"], config=CONFIG)
+    ti.write_docker_save(str(archive), layers, ["imported:v1", "example.com/team/imported:v2"], config=CONFIG,
+                         oci_layout=dockerd == "28")
     images = client.import_images(str(archive))
     assert sorted(i.name for i in images) == ["docker.io/library/imported:v1", "example.com/team/imported:v2"]
-    assert images[0].target.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+    assert images[0].target.media_type == ("application/vnd.docker.distribution.manifest.v2+json"
+                                           if dockerd == "20.10" else "application/vnd.oci.image.manifest.v1+json")
     code, out = run(client, "from-save", images[0])
     assert (code, out) == (0, b"from-cmd\n/data\n0\n")
     # ctr imports the same archive to the same manifest (byte for byte as its importer writes it).
