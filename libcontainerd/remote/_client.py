@@ -415,23 +415,27 @@ class Client:
         runtime_options: Union[Message, Mapping[str, Any], None] = None,
         *,
         labels: Optional[Mapping[str, str]] = None,
+        image: Optional[Union[str, Image]] = None,
+        snapshotter: Optional[str] = None,
     ) -> Container:
         """Like :meth:`new_container`, but an existing container of that id is force-deleted first.
 
         Its task (if any) is killed and deleted, the container deleted, and a new one created
-        (moby's ``ReplaceContainer``); the old container's stdio and bundle are gone afterwards.
+        (moby's ``ReplaceContainer``); the old container's stdio, bundle and snapshot are gone afterwards.
 
         >>> ctr = client.replace_container("web", spec)  # doctest: +SKIP
         """
         try:
-            return self.new_container(id, spec, shim, runtime_options, labels=labels)
+            return self.new_container(id, spec, shim, runtime_options, labels=labels, image=image,
+                                      snapshotter=snapshotter)
         except errdefs.Conflict:
             log.warning("a container with id %s exists; cleaning it up to replace it", id,
                         extra={"container_id": id, "namespace": self.namespace})
         try:
             old = self.load_container(id)
         except errdefs.NotFound:
-            return self.new_container(id, spec, shim, runtime_options, labels=labels)
+            return self.new_container(id, spec, shim, runtime_options, labels=labels, image=image,
+                                      snapshotter=snapshotter)
         try:
             old.task().force_delete()
         except errdefs.NotFound:
@@ -440,7 +444,8 @@ class Client:
             old.delete()
         except errdefs.NotFound:
             pass
-        return self.new_container(id, spec, shim, runtime_options, labels=labels)
+        return self.new_container(id, spec, shim, runtime_options, labels=labels, image=image,
+                                      snapshotter=snapshotter)
 
     def load_container(self, id: str) -> Container:
         """The existing container of that id.

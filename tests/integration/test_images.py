@@ -352,6 +352,33 @@ def test_container_writes_do_not_reach_the_image_or_another_container(client, re
     assert "writer" not in snapshots(client) and "reader" not in snapshots(client)
 
 
+def test_an_image_container_does_what_a_bundle_container_does(client, registries, pushed, recorder):
+    from libcontainerd.types import EventType, Status
+
+    image = client.pull(f"{registries.plain.address}/busybox:latest", plain_http=True)
+    container = client.new_container("svc", oci.image_spec(image, ["sleep", "600"]), image=image)
+    task = container.start()
+    recorder.wait_for("svc", EventType.START)
+    out = stdio.capture(stdin=b"through stdin\n")
+    proc = task.exec("cat", oci.process_spec(["sh", "-c", "cat; cat /hello.txt; pwd"], cwd="/data"),
+                     with_stdin=True, attach_stdio=out)
+    assert proc.wait(timeout=60).code == 0
+    assert out.wait(timeout=30).stdout == b"through stdin\nhello from the upper layer\n/data\n"
+    proc.delete()
+    task.pause()
+    assert task.status() is Status.PAUSED
+    task.resume()
+    task.update_resources({"memory": {"limit": 64 << 20}})
+    assert task.stats().metrics is not None and {p.pid for p in task.summary()} >= {task.pid}
+    replaced = client.replace_container("svc", oci.image_spec(image, ["true"]), image=image)
+    assert replaced.snapshot is not None
+    task = replaced.start()
+    assert task.wait(timeout=60).code == 0
+    task.delete()
+    replaced.delete()
+    assert "svc" not in snapshots(client)
+
+
 def test_load_container_keeps_the_snapshot(client, registries, pushed):
     image = client.pull(f"{registries.plain.address}/busybox:latest", plain_http=True)
     client.new_container("loaded", oci.image_spec(image, ["true"]), image=image.name)

@@ -261,3 +261,26 @@ def test_a_corrupt_layout_blob_is_data_loss(tmp_path):
     ti.oci_archive(img.layout, str(tmp_path / "o.tar"))
     with pytest.raises(errdefs.DataLoss):
         _archive.import_stream(str(tmp_path / "o.tar"), _MemoryStore())
+
+
+def test_progress_display_draws_one_line_per_blob_on_a_terminal():
+    from libcontainerd import PullProgress
+    from libcontainerd._cli_images import ProgressDisplay
+
+    out = io.StringIO()
+    display = ProgressDisplay(out, tty=True)
+    layer = "application/vnd.oci.image.layer.v1.tar+gzip"
+    display(PullProgress("r", A, layer, 0, 100, "waiting"))
+    display(PullProgress("r", B, "application/vnd.oci.image.config.v1+json", 0, 10, "exists"))
+    display(PullProgress("r", A, layer, 100, 100, "done"))
+    display.done("r", 1.5)
+    frames = out.getvalue()
+    assert "\x1b[2F" in frames  # redrawn in place: back over the two blob lines
+    last = frames.rsplit("\x1b[2F", 1)[1]
+    assert "layer    aaaaaaaaaaaa  done" in last and "config   bbbbbbbbbbbb  exists" in last
+    assert last.rstrip().endswith("r: 1 blobs fetched (100 B), 1 already present, 1.5s")
+    quiet = io.StringIO()
+    plain = ProgressDisplay(quiet, tty=False)
+    plain(PullProgress("r", A, layer, 50, 100, "downloading"))
+    plain.done("r", 0.5)
+    assert quiet.getvalue() == "r: 0 blobs fetched (0 B), 0 already present, 0.5s\n"
