@@ -207,7 +207,9 @@ def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, le
 
     call = conn.content.Write(feed(), metadata=conn.metadata_for(lease_id), timeout=None)
     blob = f"{what}: blob {desc.digest}"
-    committed = False
+    # Until the STAT is answered the ingest is not ours: when another writer holds it ("locked"),
+    # aborting it would break that writer's pull.
+    committed = True
     try:
         requests.put(content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=ref, total=desc.size,
                                                      expected=desc.digest))
@@ -215,11 +217,11 @@ def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, le
             status = next(call)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.ALREADY_EXISTS:
-                committed = True  # nothing of ours to abort
                 if report:
                     report(desc.size, "exists")
                 return False
             raise
+        committed = False
         offset = int(status.offset)
         fetched = offset < desc.size
         if fetched:
@@ -273,7 +275,7 @@ def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, le
     finally:
         requests.put(None)
         if not committed:
-            call.cancel()
+            call.cancel()  # ends the stream, which releases the ingest's lock
             _abort(conn, ref, lease_id)
 
 
@@ -309,10 +311,11 @@ def write_unknown(conn: Connection, ref: str, size: int, chunks: Iterator[bytes]
 
     call = conn.content.Write(feed(), metadata=conn.metadata_for(lease_id), timeout=None)
     hasher = hashlib.sha256()
-    committed = False
+    committed = True  # see _write_once: not ours to abort before the STAT is answered
     try:
         requests.put(content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=ref, total=size))
         next(call)
+        committed = False
         pos = 0
         for chunk in chunks:  # the first WRITE at offset 0 truncates what an earlier ingest left
             hasher.update(chunk)
@@ -336,5 +339,5 @@ def write_unknown(conn: Connection, ref: str, size: int, chunks: Iterator[bytes]
     finally:
         requests.put(None)
         if not committed:
-            call.cancel()
+            call.cancel()  # ends the stream, which releases the ingest's lock
             _abort(conn, ref, lease_id)

@@ -285,6 +285,32 @@ def test_tampered_blob_is_data_loss_and_leaves_nothing(client, registries, rootf
     assert snapshots(client) == {}
 
 
+def test_concurrent_pulls_of_the_same_image_both_succeed(client, registries, rootfs, tmp_path, containerd,
+                                                         state_dir):
+    import threading
+
+    salted(registries, rootfs, tmp_path, "together")
+    ref = f"{registries.plain.address}/together:latest"
+    results: list[Any] = []
+    with libcontainerd.new_client(containerd.address, state_dir, client.namespace, None, timeout=60) as other:
+        threads = [threading.Thread(target=lambda c=c: results.append(_pull_or_error(c, ref)))
+                   for c in (client, other, client)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert [r for r in results if not isinstance(r, libcontainerd.Image)] == []
+    assert len(results) == 3 and ingests(client) == [] and leases(client) == []
+    assert run(client, "together", client.get_image(ref), ["cat", "/hello.txt"])[0] == 0
+
+
+def _pull_or_error(client: libcontainerd.Client, ref: str) -> Any:
+    try:
+        return client.pull(ref, plain_http=True)
+    except Exception as exc:
+        return exc
+
+
 def test_interrupted_pull_resumes_from_the_ingest(client, registries, rootfs, tmp_path):
     img = salted(registries, rootfs, tmp_path, "resume")
     layer = img.layer_digests[0]
