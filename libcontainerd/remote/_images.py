@@ -96,10 +96,25 @@ class Image:
         desc = self.target
         doc = parse_json(_content.read(self._conn, desc.digest, what), f"{what}: {desc.media_type}")
         if desc.media_type in INDEX_TYPES or (desc.media_type not in MANIFEST_TYPES and "manifests" in doc):
-            entry = select_manifest(doc, platform or host_platform(), what)
+            try:
+                entry = select_manifest(doc, platform or host_platform(), what)
+                if platform is None and not _content.exists(self._conn, entry["digest"]):
+                    raise errdefs.NotFound(f"{what}: the manifest for {host_platform()} was not pulled")
+            except errdefs.NotFound:
+                present = None if platform is not None else self._first_present(doc)  # pulled for another one
+                if present is None:
+                    raise
+                entry = present
             desc = _desc(descriptor(entry, what))
             doc = parse_json(_content.read(self._conn, desc.digest, what), f"{what}: manifest {desc.digest}")
         return desc, doc
+
+    def _first_present(self, index: dict[str, Any]) -> Optional[dict[str, Any]]:
+        for entry in index.get("manifests") or []:
+            if (isinstance(entry, dict) and entry.get("mediaType") in MANIFEST_TYPES
+                    and isinstance(entry.get("digest"), str) and _content.exists(self._conn, entry["digest"])):
+                return entry
+        return None
 
     def _parts(self, platform: Optional[str] = None) -> tuple[Descriptor, Descriptor, list[Descriptor], list[str]]:
         """(manifest, config, layers, diff ids) for ``platform``."""
@@ -110,7 +125,8 @@ class Image:
         return manifest, _desc(config), [_desc(layer) for layer in layers], diff_ids(config_doc, what)
 
     def config(self) -> dict[str, Any]:
-        """The image config (the OCI image config JSON) for this machine's platform.
+        """The image config (the OCI image config JSON) for this machine's platform (of an index
+        pulled for another platform only: for the first platform whose manifest is in the store).
 
         >>> img.config()["config"].get("Entrypoint")  # doctest: +SKIP
         """

@@ -194,7 +194,7 @@ def test_second_pull_transfers_no_layer_bytes_also_from_another_namespace(client
 
 
 def test_multi_platform_index_picks_this_machine_or_the_given_platform(client, registries, pushed, containerd,
-                                                                        namespace):
+                                                                        namespace, state_dir):
     ref = f"{registries.plain.address}/multi:latest"
     image = client.pull(ref, plain_http=True)
     assert image.target.media_type == "application/vnd.oci.image.index.v1+json"
@@ -205,6 +205,11 @@ def test_multi_platform_index_picks_this_machine_or_the_given_platform(client, r
     assert (code, out) == (0, b"hello from the upper layer\n")
     arm = client.pull(ref, plain_http=True, platform="linux/arm64", unpack=False)
     assert arm.name == image.name
+    ns2 = "t-" + uuid.uuid4().hex[:10]
+    with libcontainerd.new_client(containerd.address, state_dir, ns2, None, timeout=60) as other:
+        only_arm = other.pull(ref, plain_http=True, platform="linux/arm64")
+        assert only_arm.config()["architecture"] == "arm64"  # the platform that is there
+        assert only_arm.read_file("/platform") == b"linux/arm64"
     with pytest.raises(errdefs.NotFound, match="linux/s390x"):
         client.pull(ref, plain_http=True, platform="linux/s390x")
     assert "linux/amd64" in ctr(containerd, namespace, "images", "ls")
