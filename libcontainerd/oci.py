@@ -33,6 +33,7 @@ __all__ = [
     "default_spec",
     "image_spec",
     "process_spec",
+    "resolve_user",
     "with_memory_limit",
     "with_mounts",
     "with_user_namespace",

@@ -454,7 +454,9 @@ def import_archive(conn: Connection, archive: Any, *, unpack: bool = True, snaps
     class Store:
         def ingest(self, ref: str, size: int, chunks: Iterator[bytes], digest: Optional[str]) -> str:
             if digest is None:
-                return _content.write_unknown(conn, ref, size, chunks, lease_id=lease_id, what=what)
+                digest = _content.write_unknown(conn, ref, size, chunks, lease_id=lease_id, what=what)
+                reporter.emit(Descriptor("", digest, size), size, "done")
+                return digest
             desc = Descriptor("", digest, size)
             _content.write(conn, desc, ref, lambda offset: (0, chunks), lease_id=lease_id, labels={}, what=what,
                            report=reporter.reporter(desc))

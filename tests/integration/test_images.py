@@ -478,8 +478,11 @@ def test_import_docker_save_archive(client, rootfs, tmp_path, containerd, namesp
     archive = tmp_path / "save.tar"
     ti.write_docker_save(str(archive), layers, ["imported:v1", "example.com/team/imported:v2"], config=CONFIG,
                          oci_layout=dockerd == "28")
-    images = client.import_images(str(archive))
+    seen: list[libcontainerd.PullProgress] = []
+    images = client.import_images(str(archive), progress=seen.append)
     assert sorted(i.name for i in images) == ["docker.io/library/imported:v1", "example.com/team/imported:v2"]
+    last = {p.digest: p for p in seen}  # each blob's last word
+    assert {p.status for p in last.values()} == {"done"} and sum(p.total for p in last.values()) > sum(map(len, layers))
     assert images[0].target.media_type == ("application/vnd.docker.distribution.manifest.v2+json"
                                            if dockerd == "20.10" else "application/vnd.oci.image.manifest.v1+json")
     code, out = run(client, "from-save", images[0])
