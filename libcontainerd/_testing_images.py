@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import ctypes.util
 import gzip
 import hashlib
 import http.server
@@ -27,7 +29,6 @@ import tarfile
 import threading
 import time
 import urllib.parse
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -316,11 +317,18 @@ def _b64url(data: bytes) -> str:
 
 
 def _bcrypt(password: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt  # Debian's libxcrypt knows bcrypt, which the registry's htpasswd needs
-
-        return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    """A bcrypt hash (what the registry's htpasswd auth needs), from libxcrypt through ctypes: Python's
+    own ``crypt`` module is deprecated and gone in 3.13, and Debian's libcrypt knows bcrypt."""
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt_gensalt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    salt = lib.crypt_gensalt(b"$2b$", 10, None, 0)
+    hashed = lib.crypt(password.encode(), salt) if salt else None
+    if not hashed or not hashed.startswith(b"$2"):
+        raise RuntimeError("this libcrypt cannot make bcrypt hashes (the registry's htpasswd needs them)")
+    return str(hashed.decode())
 
 
 class _TokenHandler(http.server.BaseHTTPRequestHandler):
