@@ -573,3 +573,34 @@ def test_cli_pull_images_run_rmi_import(registries, pushed, containerd, namespac
     assert imported.returncode == 0 and imported.stdout.startswith("docker.io/cli/imported:1 sha256:"), imported.stderr
     ran = cli("run", "--rm", "docker.io/cli/imported:1", "cli-imp")
     assert (ran.returncode, ran.stdout) == (0, "from-cmd\n/data\n0\n"), ran.stderr
+
+
+def test_cli_pull_draws_progress_lines_on_a_terminal(registries, rootfs, tmp_path, containerd, namespace, state_dir):
+    import pty
+    import sys
+
+    img = salted(registries, rootfs, tmp_path, "tty")
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIBCONTAINERD_")}
+    proc = subprocess.Popen([sys.executable, "-m", "libcontainerd", "--address", containerd.address, "--namespace",
+                             namespace, "--state-dir", state_dir, "pull", "--plain-http",
+                             f"{registries.plain.address}/tty:latest"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, screen
+    assert proc.stdout is not None and img.target_digest in proc.stdout.read().decode()
+    text = screen.decode(errors="replace")
+    assert "\x1b[2K" in text and "\x1b[" in text  # lines redrawn in place
+    for digest in img.layer_digests:
+        assert f"layer    {digest[7:19]}  done" in text
+    assert "blobs fetched" in text.splitlines()[-1]
