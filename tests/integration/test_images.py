@@ -604,3 +604,20 @@ def test_cli_pull_draws_progress_lines_on_a_terminal(registries, rootfs, tmp_pat
     for digest in img.layer_digests:
         assert f"layer    {digest[7:19]}  done" in text
     assert "blobs fetched" in text.splitlines()[-1]
+
+
+def test_import_streams_the_archive(client, tmp_path):
+    import tracemalloc
+
+    img = ti.build_big_layout(str(tmp_path / "big"), 256 << 20, salt=uuid.uuid4().hex)
+    ti.oci_archive(img.layout, str(tmp_path / "big.tar"))
+    tracemalloc.start()
+    try:
+        images = client.import_images(str(tmp_path / "big.tar"), unpack=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [i.target.digest for i in images] == [img.target_digest]
+    assert peak < 64 << 20, f"import of a 256 MiB archive peaked at {peak >> 20} MiB of Python memory"
+    client.remove_image(images[0].name, sync=True)
+    assert blobs(client) == {}
