@@ -27,6 +27,8 @@ from .._api.containerd.api.services.images.v1 import images_pb2
 from .._imagespec import (
     INDEX_TYPES,
     MANIFEST_TYPES,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST,
     Reference,
     descriptor,
     diff_ids,
@@ -381,8 +383,10 @@ def pull(conn: Connection, ref: str, *, platform: Optional[str] = None, unpack: 
     source = {SOURCE_LABEL.format(reference.host): reference.repository}
     with _content.lease(conn, "pull") as lease_id:
         media_type, digest, data = registry.manifest(reference.object, reference.digest)
-        top = Descriptor(media_type, digest, len(data))
         doc = parse_json(data, f"{what}: manifest")
+        if not media_type:  # neither Content-Type nor mediaType: OCI documents may omit the field
+            media_type = MEDIA_OCI_INDEX if "manifests" in doc else MEDIA_OCI_MANIFEST
+        top = Descriptor(media_type, digest, len(data))
         index_data: Optional[bytes] = None
         if media_type in INDEX_TYPES or (media_type not in MANIFEST_TYPES and "manifests" in doc):
             index_data = data
