@@ -487,10 +487,11 @@ def resolve_user(user: str, passwd: Optional[bytes], group: Optional[bytes],
     Raises:
         NotFound: a user or group name that the image's ``/etc/passwd`` or ``/etc/group`` lacks.
 
-    >>> resolve_user("1000:50", None, None)
-    (1000, 50)
-    >>> resolve_user("user", b"user:x:1000:1001::/home/user:/bin/sh\n", None)
-    (1000, 1001)
+    Example:
+        >>> resolve_user("1000:50", None, None)
+        (1000, 50)
+        >>> resolve_user("user", b"user:x:1000:1001::/home/user:/bin/sh", None)
+        (1000, 1001)
     """
     name, _, grp = user.partition(":")
     if not name:
