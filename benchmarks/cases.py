@@ -704,3 +704,13 @@ BENCHMARKS: dict[str, Callable[[Env], list[Result]]] = {
     "startup": bench_startup,
     "checkpoint": bench_checkpoint,
 }
+
+
+def _register_image_benchmarks() -> None:
+    # image_cases imports this module's helpers, so it is loaded once they exist.
+    from image_cases import bench_image_lifecycle, bench_import, bench_pull
+
+    BENCHMARKS.update({"pull": bench_pull, "import": bench_import, "image-lifecycle": bench_image_lifecycle})
+
+
+_register_image_benchmarks()

@@ -16,11 +16,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from . import errdefs
-from .types import Backend, EventInfo, EventType, ExitStatus, Stats, Status, Summary, Version
+from .types import Backend, Descriptor, EventInfo, EventType, ExitStatus, PullProgress, Stats, Status, Summary, Version
 
 if TYPE_CHECKING:
     from . import cio, oci, stdio, supervisor, testing
-    from .remote import Client, Container, Process, Task, new_client
+    from .remote import Client, Container, Image, Process, Task, new_client
 
 __version__ = "0.1.0"
 
@@ -28,10 +28,13 @@ __all__ = [
     "Backend",
     "Client",
     "Container",
+    "Descriptor",
     "EventInfo",
     "EventType",
     "ExitStatus",
+    "Image",
     "Process",
+    "PullProgress",
     "Stats",
     "Status",
     "Summary",
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 _LAZY_MODULES = {"cio", "oci", "stdio", "supervisor", "testing", "remote", "queue"}
-_REMOTE_NAMES = {"Client", "Container", "Process", "Task", "new_client"}
+_REMOTE_NAMES = {"Client", "Container", "Image", "Process", "Task", "new_client"}
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -5,7 +5,8 @@ container spec modelled on containerd 1.6's ``oci.populateDefaultUnixSpec`` (sam
 capabilities, masked and read-only paths, namespaces and device rule), the process block an
 ``exec`` needs, and a few small "spec options" (memory limit, user namespace, extra mounts). It
 checks what callers pass and raises :class:`~libcontainerd.errdefs.InvalidParameter` before
-anything reaches the daemon. It must not talk to containerd, touch the filesystem, or
+anything reaches the daemon. It must not talk to containerd (but through the image handle
+:func:`image_spec` is given, for its config and ``/etc/passwd``), touch the filesystem, or
 serialise (the spec travels as JSON; the remote client does that). Builders return fresh
 dicts, and the ``with_*`` helpers return a modified deep copy, never changing their input.
 """
@@ -15,10 +16,13 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from libcontainerd import _validation as valid
-from libcontainerd.errdefs import InvalidParameter
+from libcontainerd.errdefs import InvalidParameter, NotFound
+
+if TYPE_CHECKING:
+    from libcontainerd.remote import Image
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -28,7 +32,9 @@ __all__ = [
     "OCI_VERSION",
     "bind_mount",
     "default_spec",
+    "image_spec",
     "process_spec",
+    "resolve_user",
     "with_memory_limit",
     "with_mounts",
     "with_user_namespace",
@@ -425,3 +431,121 @@ def with_mounts(spec: Mapping[str, Any], mounts: Iterable[Mapping[str, Any]]) ->
             result.append(mount)
     new["mounts"] = result
     return new
+
+
+def _lookup(table: Optional[bytes], key: str) -> Optional[list[str]]:
+    """The ``/etc/passwd`` or ``/etc/group`` entry whose name (or, for a number, id) is ``key``."""
+    for line in (table or b"").decode("utf-8", "replace").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and (fields[0] == key or (key.isdigit() and fields[2] == key)):
+            return fields
+    return None
+
+
+def resolve_user(user: str, passwd: Optional[bytes], group: Optional[bytes],
+                 image_name: str = "image") -> tuple[int, int]:
+    """An image config's ``User`` (``name``, ``uid``, ``name:group``, ``uid:gid``...) as ``(uid, gid)``.
+
+    As containerd's ``oci.WithUser``: a number needs no entry in ``/etc/passwd`` (its gid is then
+    the entry's, or 0); a name must have one.
+
+    Raises:
+        NotFound: a user or group name that the image's ``/etc/passwd`` or ``/etc/group`` lacks.
+
+    Example:
+        >>> resolve_user("1000:50", None, None)
+        (1000, 50)
+        >>> resolve_user("user", b"user:x:1000:1001::/home/user:/bin/sh", None)
+        (1000, 1001)
+    """
+    name, _, grp = user.partition(":")
+    if not name:
+        name = "0"
+    entry = _lookup(passwd, name)
+    if name.isdigit():
+        uid = int(name)
+        gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+    elif entry is None:
+        raise NotFound(f"image {image_name}: user {name!r} is not in its /etc/passwd")
+    else:
+        uid, gid = int(entry[2]), int(entry[3])
+    if grp:
+        if grp.isdigit():
+            gid = int(grp)
+        else:
+            gentry = _lookup(group, grp)
+            if gentry is None:
+                raise NotFound(f"image {image_name}: group {grp!r} is not in its /etc/group")
+            gid = int(gentry[2])
+    return valid.user((uid, gid))
+
+
+def image_spec(
+    image: Image,
+    args: Optional[Sequence[str]] = None,
+    *,
+    env: Env | None = None,
+    cwd: Optional[str] = None,
+    user: Union[str, tuple[int, int], None] = None,
+    terminal: bool = False,
+    hostname: Optional[str] = None,
+) -> dict[str, Any]:
+    """A complete runtime spec for a container of ``image`` (``root.path`` is ``"rootfs"``).
+
+    The image config gives the defaults, as containerd's ``oci.WithImageConfig`` does: ``args``
+    default to its Entrypoint + Cmd (given ``args`` replace both), ``env`` is merged over its Env,
+    ``cwd`` defaults to its WorkingDir (else ``/``) and ``user`` to its User; a user or group
+    *name* is looked up in the image's own ``/etc/passwd`` and ``/etc/group`` (read from its
+    layers in the content store).
+
+    Args:
+        image: an :class:`~libcontainerd.Image` (from ``client.pull``, ``client.get_image``...).
+        args: the command; default Entrypoint + Cmd.
+        env: ``{"KEY": "value"}`` or ``["KEY=value"]`` over the image's Env.
+        cwd: absolute working directory.
+        user: ``(uid, gid)`` or a string as in a Dockerfile's USER (``"nobody"``, ``"1000:1000"``).
+        terminal: allocate a pseudo-terminal.
+        hostname: the container's hostname.
+
+    Raises:
+        InvalidParameter: no command (neither ``args`` nor Entrypoint/Cmd), or a malformed argument.
+        NotFound: a user or group name that the image does not know.
+
+    >>> spec = oci.image_spec(client.get_image("docker.io/library/busybox:latest"), ["id"])  # doctest: +SKIP
+    >>> client.new_container("id1", spec, image="docker.io/library/busybox:latest")  # doctest: +SKIP
+    """
+    config = image.config().get("config") or {}
+    if not isinstance(config, Mapping):
+        config = {}
+    if args is None:
+        args = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+        if not args:
+            raise InvalidParameter(f"image {image.name} has no Entrypoint or Cmd: give args")
+    merged: dict[str, str] = {}
+    for entry in config.get("Env") or []:
+        if isinstance(entry, str) and "=" in entry:
+            key, _, value = entry.partition("=")
+            merged[key] = value
+    if env is not None:
+        if isinstance(env, Mapping):
+            merged.update(env)
+        elif isinstance(env, (str, bytes)) or not isinstance(env, Sequence):
+            raise InvalidParameter(f'env must be a mapping or a list of "KEY=value" strings, not {env!r}')
+        else:
+            for i, entry in enumerate(env):
+                if not isinstance(entry, str) or "=" not in entry:
+                    raise InvalidParameter(f'env[{i}] must look like "KEY=value", not {entry!r}')
+                key, _, value = entry.partition("=")
+                merged[key] = value
+    if cwd is None:
+        cwd = str(config.get("WorkingDir") or "/")
+    if user is None:
+        user = str(config.get("User") or "")
+    if isinstance(user, str):
+        needs_files = any(part and not part.isdigit() for part in user.split(":"))
+        passwd = image.read_file("/etc/passwd") if needs_files or user.isdigit() else None
+        group = image.read_file("/etc/group") if needs_files and ":" in user else None
+        ids = resolve_user(user, passwd, group, image.name)
+    else:
+        ids = valid.user(user)
+    return default_spec("rootfs", args, env=merged, cwd=cwd, terminal=terminal, user=ids, hostname=hostname)

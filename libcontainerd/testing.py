@@ -45,6 +45,7 @@ __all__ = [
     "CountingSink",
     "Leftovers",
     "RecordingBackend",
+    "busybox_image_archive",
     "busybox_rootfs",
     "cleanup_root",
     "containerd_tool",
@@ -753,3 +754,25 @@ class CountingSink(io.RawIOBase):
     def flush(self) -> None:
         super().flush()
         self.flushes += 1
+def busybox_image_archive(path: Union[str, os.PathLike[str]], rootfs: Union[str, os.PathLike[str]],
+                          name: str = "docker.io/library/busybox:latest", *,
+                          config: Optional[dict[str, Any]] = None) -> str:
+    """Write a ``docker save`` archive of a two-layer image made from a busybox rootfs (no network needed).
+
+    The lower layer is the rootfs (plus ``/etc/doomed`` and ``/data/keep``); the upper one deletes
+    ``/etc/doomed`` with a whiteout and adds ``/hello.txt``. ``config`` is the image config's
+    ``config`` (Cmd, Env, WorkingDir, User ...); default ``{"Cmd": ["sh"]}``.
+
+    Returns:
+        The archive's path, for :meth:`Client.import_images`.
+
+    >>> archive = busybox_image_archive("/tmp/bb.tar", busybox_rootfs("/tmp/rootfs"))  # doctest: +SKIP
+    >>> [i.name for i in client.import_images(archive)]  # doctest: +SKIP
+    ['docker.io/library/busybox:latest']
+    """
+    from libcontainerd import _testing_images
+
+    out = os.fspath(path)
+    _testing_images.write_docker_save(out, _testing_images.image_layers(os.fspath(rootfs)), [name],
+                                      config=config or {"Cmd": ["sh"]})
+    return out

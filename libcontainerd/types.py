@@ -12,7 +12,8 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["Backend", "EventInfo", "EventType", "ExitStatus", "Stats", "Status", "Summary", "Version"]
+__all__ = ["Backend", "Descriptor", "EventInfo", "EventType", "ExitStatus", "PullProgress", "Stats", "Status",
+           "Summary", "Version"]
 
 # cgroup v1 reports "no memory limit" as a page-rounded 2**63-1.
 _NO_MEMORY_LIMIT = 1 << 62
@@ -176,6 +177,44 @@ class EventInfo:
     exit_code: int = 0
     exited_at: Optional[datetime.datetime] = None
     error: Optional[str] = None
+
+
+@attrs.frozen
+class Descriptor:
+    """A blob of content: its media type, ``sha256:`` digest and size in bytes.
+
+    >>> Descriptor("application/vnd.oci.image.manifest.v1+json", "sha256:" + "0" * 64, 512).size
+    512
+    """
+
+    media_type: str
+    digest: str
+    size: int
+
+
+@attrs.frozen
+class PullProgress:
+    """One step of a pull or an import, as ``progress=`` callbacks receive it.
+
+    Attributes:
+        ref: the image reference being pulled.
+        digest: the blob this is about.
+        media_type: its media type (a layer, a config, a manifest or an index).
+        offset: bytes of it in the content store so far.
+        total: its size.
+        status: ``"waiting"`` (not started), ``"downloading"``, ``"exists"`` (already in the
+            content store: nothing fetched) or ``"done"`` (fetched, verified and committed).
+
+    >>> PullProgress("docker.io/library/busybox:latest", "sha256:" + "0" * 64, "layer", 0, 10, "waiting").status
+    'waiting'
+    """
+
+    ref: str
+    digest: str
+    media_type: str
+    offset: int
+    total: int
+    status: str
 
 
 @runtime_checkable

@@ -43,7 +43,7 @@ def run_spec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         if not os.path.isdir(rootfs):
             raise UsageError(f"--rootfs {args.rootfs}: not a directory")
     else:
-        raise UsageError("say which root filesystem to run: --rootfs DIR, or --busybox for a minimal one")
+        raise UsageError("say what to run: IMAGE ID, --rootfs DIR ID, or --busybox ID")
     user = parse_user(args.user, rootfs) if args.user else (0, 0)
     memory = parse_memory(args.memory) if args.memory else None
     command = list(args.command) or ["sh"]
@@ -53,6 +53,18 @@ def run_spec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         spec = oci.with_memory_limit(spec, memory)
     with_console_size(spec["process"], args.tty)
     return spec
+
+
+def image_run_spec(args: argparse.Namespace, client: libcontainerd.Client) -> tuple[dict[str, Any], Any]:
+    """``run IMAGE ID [COMMAND...]``: the spec from the image's config, and the image."""
+    image = client.get_image(args.image)
+    memory = parse_memory(args.memory) if args.memory else None
+    spec = oci.image_spec(image, list(args.command) or None, env=list(args.env), cwd=args.cwd, user=args.user,
+                          terminal=args.tty, hostname=args.hostname or args.id)
+    if memory is not None:
+        spec = oci.with_memory_limit(spec, memory)
+    with_console_size(spec["process"], args.tty)
+    return spec, image
 
 
 def exec_spec(args: argparse.Namespace, ctr: libcontainerd.Container) -> dict[str, Any]:

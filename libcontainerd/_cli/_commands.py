@@ -25,7 +25,7 @@ import libcontainerd
 from libcontainerd import _procfs, errdefs
 from libcontainerd.types import EventInfo, EventType, Status
 
-from ._attached import Attached, exec_spec, run_spec
+from ._attached import Attached, exec_spec, image_run_spec, run_spec
 from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Context, UsageError
 from ._format import describe_event, error_line, human_bytes, human_duration, iso, note, out, table
 from ._registry import command
@@ -110,25 +110,38 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     _stdio_options(p, "container")
     p.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 64m, 512MiB, 1g")
     p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its id)")
-    p.add_argument("id", metavar="ID", help="the new container's id")
+    p.add_argument("id", metavar="ID", help="the new container's id (with an image: IMAGE ID)")
     p.add_argument("command", metavar="COMMAND ...", nargs=argparse.REMAINDER,
                    help="the command and its arguments (default: sh)")
 
 
 @command("run", "create a container, start it and follow it; its exit code becomes yours",
          f"examples:\n  {PROG} run --rm --busybox hello echo hello world\n"
+         f"  {PROG} run --rm 127.0.0.1:5000/busybox:latest hello echo from an image\n"
          f"  {PROG} run --rm -it --busybox box sh\n"
          f"  {PROG} run -d --busybox --memory 64m web httpd -f -p 8080\n"
          f"  echo data | {PROG} run --rm -i --busybox up tr a-z A-Z\n\n"
-         "Everything after the container id is the command and its arguments; no `--` needed.",
+         "Everything after the container id is the command and its arguments; no `--` needed.\n"
+         "Without --rootfs or --busybox the first word is an image (pulled or imported before) and\n"
+         "the command defaults to the image's Entrypoint and Cmd.",
          arguments=_run_arguments)
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     if args.detach and (args.rm or args.interactive):
         raise UsageError("-d/--detach cannot be combined with --rm or -i: nothing would stay attached")
-    spec = run_spec(args, ctx)
+    args.image = None
+    if not args.busybox and not args.rootfs:
+        # `run IMAGE ID [COMMAND...]`: what the rootfs forms take as the id is the image.
+        if not args.command:
+            raise UsageError("say what to run: IMAGE ID [COMMAND...], --rootfs DIR ID, or --busybox ID")
+        args.image, args.id, args.command = args.id, args.command[0], args.command[1:]
+    spec = run_spec(args, ctx) if args.image is None else None
     with ctx.client() as client:
+        image = None
+        if spec is None:
+            spec, image = image_run_spec(args, client)
+
         def start(made: Attached) -> None:
-            made.container = client.new_container(args.id, spec)
+            made.container = client.new_container(args.id, spec, image=image)
             if args.detach:
                 made.process = made.container.start()
             else:

@@ -3,7 +3,8 @@
 This module owns the demo's script: start a supervised containerd under a temporary
 root (or ``--root``), build a busybox rootfs, run a container and show its output,
 exec into a second one (with stdin), read its stats and processes, pause and resume
-it, stop it, and print every task event as the backend receives it. It must clean up
+it, stop it, import an image made from the same rootfs and run a container of it (no network
+needed), and print every task event as the backend receives it. It must clean up
 everything it made — containers, tasks, shims, the daemon and its directories — on
 success, on error and on Ctrl-C, and it must use the public API only (the same calls
 a user would type). It writes to the stream it is given, as the command line does.
@@ -30,11 +31,13 @@ __all__ = ["run_demo"]
 
 NAMESPACE = "demo"
 _EVENT_WAIT = 10.0  # an event normally arrives within milliseconds; this only bounds a broken daemon
-_STEPS = 9
+_STEPS = 10
 
 _HELLO = ('echo "Hello from container $(hostname): I am pid $$ in my own pid namespace."; '
           'echo "The kernel is $(uname -sr); my root filesystem holds $(ls /bin | wc -l) busybox applets."')
 # `sleep & wait` so that the TERM trap runs at once instead of after the current sleep.
+_FROM_IMAGE = ('echo "I run on a snapshot of an image, in $(pwd)."; cat /hello.txt; '
+               'test -e /etc/doomed || echo "/etc/doomed of the lower layer is gone: the upper one deleted it."')
 _SERVICE = "trap 'echo got SIGTERM, bye; exit 0' TERM; while true; do sleep 1 & wait $!; done"
 
 
@@ -154,6 +157,22 @@ class _Demo:
         task.delete()
         box.delete()
 
+        s.step(10, "Importing an image made from that rootfs and running it   (import_images, oci.image_spec, "
+                   "new_container(image=))")
+        archive = testing.busybox_image_archive(os.path.join(self.root, "image.tar"), rootfs, "demo/busybox:latest",
+                                                config={"Cmd": ["sh", "-c", _FROM_IMAGE], "WorkingDir": "/data"})
+        image = client.import_images(archive)[0]
+        s.detail(f"{image.name}: {human_bytes(image.size())} in two layers, unpacked into overlayfs")
+        image_out = stdio.capture()
+        with deferred_interrupts():
+            boxed = client.new_container("from-image", oci.image_spec(image, hostname="from-image"), image=image)
+            task = boxed.start(attach_stdio=image_out)
+        code = self.show_exit(task, image_out, "from-image")
+        s.detail(f"exit code {code}; deleting its task, the container (and its snapshot) and the image")
+        task.delete()
+        boxed.delete()
+        client.remove_image(image.name)
+
     def _print_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
         elapsed = time.monotonic() - self.screen.started
         self.screen.line(f"        event  +{elapsed:5.2f}s  {event_type.value:<12} {container_id}"
@@ -203,8 +222,12 @@ class _Demo:
             if self.made_root:
                 shutil.rmtree(self.root, ignore_errors=True)
             else:
-                for name in ("rootfs", "state", "containerd"):
-                    shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+                for name in ("rootfs", "state", "containerd", "image.tar"):
+                    path = os.path.join(self.root, name)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    elif os.path.exists(path):
+                        os.remove(path)
         if remaining:
             s.detail(f"processes still running: {sorted(remaining)}")
         elif self.made_root and os.path.exists(self.root):

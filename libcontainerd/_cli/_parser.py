@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import libcontainerd
 
-from . import _commands  # noqa: F401  (declares the commands into the registry)
+from . import _commands, _images  # noqa: F401  (declare the commands into the registry)
 from ._context import (
     DEFAULT_ADDRESS,
     DEFAULT_NAMESPACE,

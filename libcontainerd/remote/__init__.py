@@ -1,17 +1,20 @@
-"""The containerd adapter: client, containers, tasks, processes and the event stream.
+"""The containerd adapter: client, containers, tasks, processes, images and the event stream.
 
 This is moby's ``libcontainerd/remote`` in Python. Implementation modules are private;
 their public names are re-exported here and from :mod:`libcontainerd`.
 """
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._client import Client, new_client
 from ._container import Container
 from ._process import Process, Task
 
-__all__ = ["Client", "Container", "Process", "Task", "new_client"]
+if TYPE_CHECKING:
+    from ._images import Image
+
+__all__ = ["Client", "Container", "Image", "Process", "Task", "new_client"]
 
 
 def _export(*objects: Any) -> None:
@@ -27,3 +30,12 @@ def _export(*objects: Any) -> None:
 
 
 _export(Client, Container, Process, Task, new_client)
+
+
+def __getattr__(name: str) -> Any:
+    # The image services' generated modules load on first use: `import libcontainerd` stays quick.
+    if name == "Image":
+        from ._images import Image
+
+        return Image
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

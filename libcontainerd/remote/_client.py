@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import attrs
 import grpc
@@ -27,12 +27,15 @@ from .._api.containerd.api.services.containers.v1 import containers_pb2
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import SPEC_URL, pack_json, pack_message
 from ..queue import KeyedSerialExecutor
-from ..types import Backend, Version
+from ..types import Backend, PullProgress, Version
 from . import _bundle
 from ._container import Container
 from ._events import EventStream
 from ._rpc import Connection
 from ._session import Session
+
+if TYPE_CHECKING:
+    from ._images import ContainerSnapshot, Image
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +195,8 @@ class Client:
         runtime_options: Union[Message, Mapping[str, Any], None] = None,
         *,
         labels: Optional[Mapping[str, str]] = None,
+        image: Optional[Union[str, Image]] = None,
+        snapshotter: Optional[str] = None,
     ) -> Container:
         """Create a container with its bundle dir ``<state_dir>/<id>``.
 
@@ -203,10 +208,16 @@ class Client:
             shim: the runtime (containerd shim) name.
             runtime_options: runc ``Options`` message or a dict of its fields.
             labels: extra container labels.
+            image: run on a snapshot of this image (an :class:`Image` or an image name) instead of
+                a rootfs directory; ``spec`` then has ``root.path`` ``"rootfs"`` (see
+                :func:`oci.image_spec`). The snapshot's key is the container id; the image is
+                unpacked first if it is not yet.
+            snapshotter: the snapshotter of that snapshot (default ``overlayfs``).
 
         Raises:
             errdefs.InvalidParameter: bad id, spec, options or labels (nothing was made).
             errdefs.Conflict: a container with this id exists (its bundle is untouched).
+            errdefs.NotFound: no such image (nothing was made).
 
         >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))
         >>> ctr  # doctest: +ELLIPSIS
@@ -219,19 +230,36 @@ class Client:
         any_options = _runc_options(runtime_options)
         valid.runtime_name(shim)
         all_labels = valid.labels(labels)
-        bundle_path = os.path.join(self.state_dir, id)
-        recorded, made = _bundle.create(bundle_path, spec)
+        conn = self._session.conn
+        if image is not None and self._containers_has(id):
+            raise errdefs.Conflict(f"container {id}: id already in use")
+        snapshot: Optional[ContainerSnapshot] = None
+        if image is not None:
+            # The image services' generated modules load on first use (quicker `import libcontainerd`).
+            from ._images import ContainerSnapshot
+
+            snapshot = ContainerSnapshot.prepare(conn, id, image, snapshotter)
+        try:
+            bundle_path = os.path.join(self.state_dir, id)
+            recorded, made = _bundle.create(bundle_path, spec)
+        except BaseException:
+            if snapshot is not None:
+                snapshot.discard()
+            raise
         all_labels[_bundle.BUNDLE_LABEL] = recorded
         runtime = containers_pb2.Container.Runtime(name=shim, options=any_options)
-        request = containers_pb2.CreateContainerRequest(
-            container=containers_pb2.Container(id=id, labels=all_labels, runtime=runtime, spec=any_spec)
-        )
-        conn = self._session.conn
+        record = containers_pb2.Container(id=id, labels=all_labels, runtime=runtime, spec=any_spec)
+        if snapshot is not None:
+            record.image, record.snapshotter, record.snapshot_key = (snapshot.image.name, snapshot.snapshotter,
+                                                                     snapshot.key)
         try:
-            conn.call(conn.containers.Create, request, f"container {id}")
+            conn.call(conn.containers.Create, containers_pb2.CreateContainerRequest(container=record),
+                      f"container {id}")
         except errdefs.LibcontainerdError as exc:
             if made:
                 _bundle.remove(recorded, id, self.namespace)
+            if snapshot is not None:
+                snapshot.discard()
             if isinstance(exc, errdefs.Conflict):
                 raise errdefs.Conflict(f"container {id}: id already in use", explanation=exc.explanation,
                                        code=exc.code) from exc.__cause__
@@ -239,8 +267,104 @@ class Client:
         except BaseException:
             if made:
                 _bundle.remove(recorded, id, self.namespace)
+            if snapshot is not None:
+                snapshot.discard()
             raise
-        return Container(self._session, id, spec=spec, labels=all_labels, runtime=shim, runtime_options=any_options)
+        if snapshot is not None:
+            snapshot.release()
+        return Container.from_record(self._session, record)
+
+    def _containers_has(self, id: str) -> bool:
+        """Whether a container of that id exists (asked before preparing a snapshot keyed by the id,
+        which would otherwise remove another container's snapshot on the way out)."""
+        try:
+            conn = self._session.conn
+            conn.call(conn.containers.Get, containers_pb2.GetContainerRequest(id=id), f"container {id}")
+        except errdefs.NotFound:
+            return False
+        return True
+
+    # -- images ------------------------------------------------------------------------
+
+    def pull(self, ref: str, *, platform: Optional[str] = None, unpack: bool = True,
+             snapshotter: Optional[str] = None, plain_http: bool = False, auth: Optional[tuple[str, str]] = None,
+             ca_file: Optional[str] = None, progress: Optional[Callable[[PullProgress], None]] = None) -> Image:
+        """Pull an image from an OCI distribution registry into containerd, as ``ctr image pull`` does.
+
+        Layers download in parallel (at most 3 at once), stream into the content store and are
+        verified against their digest and size before they are committed; content already there
+        is not fetched again. A lease protects what is in flight from the garbage collector.
+
+        Args:
+            ref: ``host[:port]/repo:tag`` or ``...@sha256:...``; without a host, Docker Hub.
+            platform: ``"os/arch[/variant]"`` to pick from an index (default: this machine's).
+            unpack: apply the layers into ``snapshotter``.
+            snapshotter: default ``overlayfs``.
+            plain_http: talk http, not https.
+            auth: ``(user, password)``; default: ``$DOCKER_CONFIG/config.json``'s for the host, else none.
+            ca_file: PEM file of a private CA to trust.
+            progress: called with :class:`PullProgress` values (on the pull's threads, one at a time).
+
+        Raises:
+            errdefs.NotFound: unknown repository, tag or platform.
+            errdefs.Unauthorized: credentials refused or missing.
+            errdefs.Unavailable: the registry cannot be reached (or its TLS certificate is not trusted).
+            errdefs.DataLoss: a blob or manifest does not match its digest or size (nothing of it is kept).
+
+        >>> img = client.pull("127.0.0.1:5000/busybox:latest", plain_http=True)  # doctest: +SKIP
+        """
+        from . import _images
+
+        return _images.pull(self._session.conn, ref, platform=platform, unpack=unpack, snapshotter=snapshotter,
+                            plain_http=plain_http, auth=auth, ca_file=ca_file, progress=progress)
+
+    def import_images(self, archive: Any, *, unpack: bool = True, snapshotter: Optional[str] = None,
+                      progress: Optional[Callable[[PullProgress], None]] = None) -> list[Image]:
+        """Import a ``docker save`` archive or an OCI image layout archive (a path or a binary file object).
+
+        The archive is read as a stream; images are named as ``ctr images import`` names them.
+
+        >>> [i.name for i in client.import_images("busybox.tar")]  # doctest: +SKIP
+        ['docker.io/library/busybox:latest']
+        """
+        from . import _images
+
+        return _images.import_archive(self._session.conn, archive, unpack=unpack, snapshotter=snapshotter,
+                                      progress=progress)
+
+    def list_images(self) -> list[Image]:
+        """Every image of this client's namespace, sorted by name.
+
+        >>> [i.name for i in client.list_images()]  # doctest: +SKIP
+        """
+        from . import _images
+
+        return _images.list_images(self._session.conn)
+
+    def get_image(self, name: str) -> Image:
+        """The image of that name (``busybox`` also finds ``docker.io/library/busybox:latest``).
+
+        Raises:
+            errdefs.NotFound: no such image.
+
+        >>> client.get_image("127.0.0.1:5000/busybox:latest").target.digest  # doctest: +SKIP
+        """
+        from . import _images
+
+        return _images.get_image(self._session.conn, name)
+
+    def remove_image(self, name: str, *, sync: bool = False) -> None:
+        """Remove the image record; containerd's garbage collector frees what nothing else uses
+        (``sync=True`` waits for that collection).
+
+        Raises:
+            errdefs.NotFound: no such image.
+
+        >>> client.remove_image("127.0.0.1:5000/busybox:latest")  # doctest: +SKIP
+        """
+        from . import _images
+
+        _images.remove_image(self._session.conn, name, sync=sync)
 
     def replace_container(
         self,
@@ -250,11 +374,13 @@ class Client:
         runtime_options: Union[Message, Mapping[str, Any], None] = None,
         *,
         labels: Optional[Mapping[str, str]] = None,
+        image: Optional[Union[str, Image]] = None,
+        snapshotter: Optional[str] = None,
     ) -> Container:
         """Like :meth:`new_container`, but an existing container of that id is force-deleted first.
 
         Its task (if any) is killed and deleted, the container deleted, and a new one created
-        (moby's ``ReplaceContainer``); the old container's stdio and bundle are gone afterwards.
+        (moby's ``ReplaceContainer``); the old container's stdio, bundle and snapshot are gone afterwards.
 
         >>> old = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"]))
         >>> old.start().pid > 0
@@ -262,14 +388,16 @@ class Client:
         >>> ctr = client.replace_container("web", oci.default_spec(rootfs, ["echo", "new"]))
         """
         try:
-            return self.new_container(id, spec, shim, runtime_options, labels=labels)
+            return self.new_container(id, spec, shim, runtime_options, labels=labels, image=image,
+                                      snapshotter=snapshotter)
         except errdefs.Conflict:
             log.warning("a container with id %s exists; cleaning it up to replace it", id,
                         extra={"container_id": id, "namespace": self.namespace})
         try:
             old = self.load_container(id)
         except errdefs.NotFound:
-            return self.new_container(id, spec, shim, runtime_options, labels=labels)
+            return self.new_container(id, spec, shim, runtime_options, labels=labels, image=image,
+                                      snapshotter=snapshotter)
         try:
             old.task().force_delete()
         except errdefs.NotFound:
@@ -278,7 +406,8 @@ class Client:
             old.delete()
         except errdefs.NotFound:
             pass
-        return self.new_container(id, spec, shim, runtime_options, labels=labels)
+        return self.new_container(id, spec, shim, runtime_options, labels=labels, image=image,
+                                      snapshotter=snapshotter)
 
     def load_container(self, id: str) -> Container:
         """The existing container of that id.

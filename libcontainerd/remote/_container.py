@@ -33,6 +33,15 @@ def _copy(labels: Mapping[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
+@attrs.frozen
+class ContainerRootfs:
+    """The image snapshot a container runs on, as its container record names it."""
+
+    image: str
+    snapshotter: str
+    key: str
+
+
 @attrs.define(eq=False, repr=False)
 class Container:
     """A containerd container of one client's namespace.
@@ -56,6 +65,8 @@ class Container:
     labels: dict[str, str] = attrs.field(kw_only=True, converter=_copy)
     runtime: str = attrs.field(kw_only=True)
     runtime_options: Optional[Any] = attrs.field(kw_only=True, default=None)
+    #: the image snapshot it runs on (``new_container(image=...)``), or None for a bundle rootfs
+    snapshot: Optional[ContainerRootfs] = attrs.field(kw_only=True, default=None)
 
     @classmethod
     def from_record(cls, session: Session, record: containers_pb2.Container) -> Container:
@@ -66,6 +77,8 @@ class Container:
             labels=record.labels,
             runtime=record.runtime.name,
             runtime_options=record.runtime.options if record.runtime.HasField("options") else None,
+            snapshot=(ContainerRootfs(record.image, record.snapshotter, record.snapshot_key)
+                      if record.snapshot_key else None),
         )
 
     @property
@@ -143,6 +156,16 @@ class Container:
             container_id=self.id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal,
             checkpoint=checkpoint, options=options,
         )
+        if self.snapshot is not None:
+            from . import _unpack
+
+            try:
+                request.rootfs.extend(_unpack.mounts(self._session.conn, self.snapshot.snapshotter,
+                                                     self.snapshot.key, f"container {self.id}"))
+            except BaseException:
+                if stdio is not None:
+                    stdio.release(drain=False)
+                raise
         return start_task(self._session, self, request, stdio)
 
     def attach_task(self, attach_stdio: StdioCallback) -> Task:
@@ -222,6 +245,10 @@ class Container:
             raise errdefs.Conflict(f"container {self.id} still has a task ({status}): delete the task first")
         conn = self._session.conn
         conn.call(conn.containers.Delete, containers_pb2.DeleteContainerRequest(id=self.id), f"container {self.id}")
+        if self.snapshot is not None:
+            from . import _unpack
+
+            _unpack.remove(conn, self.snapshot.snapshotter, self.snapshot.key)
         self._session.forget_container(self.id)
         if os.environ.get("LIBCONTAINERD_NOCLEAN") != "1":
             _bundle.remove(bundle, self.id, self._session.namespace)

@@ -257,6 +257,18 @@ class Connection:
 
         return self._stub("leases", leases_pb2_grpc.LeasesStub)
 
+    @property
+    def snapshots(self) -> Any:
+        from .._api.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc
+
+        return self._stub("snapshots", snapshots_pb2_grpc.SnapshotsStub)
+
+    @property
+    def diff(self) -> Any:
+        from .._api.containerd.api.services.diff.v1 import diff_pb2_grpc
+
+        return self._stub("diff", diff_pb2_grpc.DiffStub)
+
     def _stub(self, name: str, factory: Callable[[grpc.Channel], Any]) -> Any:
         stub = self._stubs.get(name)
         if stub is None:

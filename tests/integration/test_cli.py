@@ -27,8 +27,8 @@ from libcontainerd import _procfs, errdefs, oci, testing
 from ..helpers import run_once
 
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
-               "events", "checkpoint", "rm", "demo"]
-DEMO_STEPS = ["[1/9]", "[2/9]", "[3/9]", "[4/9]", "[5/9]", "[6/9]", "[7/9]", "[8/9]", "[9/9]"]
+               "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
+DEMO_STEPS = [f"[{i}/10]" for i in range(1, 11)]
 
 
 def _base_env() -> dict[str, str]:
@@ -464,7 +464,7 @@ def test_demo_cleans_up_after_ctrl_c(procs, tmp_path):
     out = procs.lines(proc.stdout, "demo-stdout")
     proc.stdin.write("\n" * 4)  # go on to step 5, then stop at the prompt before step 6 with 'box' running
     proc.stdin.flush()
-    assert out.wait_for(r"\[5/9\]", timeout=60) is not None, out.rest()
+    assert out.wait_for(r"\[5/10\]", timeout=60) is not None, out.rest()
     assert out.wait_for("press Enter", timeout=30) is not None, out.rest()
     running = testing.daemon_processes(os.path.join(root, "containerd"))
     assert any("shim" in argv[0] for argv in running.values()), running  # containerd and the shim of 'box'
