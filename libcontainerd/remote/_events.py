@@ -130,9 +130,15 @@ class ProcessTracker:
                     del self._running[key]
 
     def first_exit(self, container_id: str, process_id: str, pid: int, info: Optional[EventInfo] = None) -> bool:
-        """Record an exit; True if it was not delivered before."""
-        key = (container_id, process_id, pid)
+        """Record an exit; True if it was not delivered before.
+
+        An exit without a pid (containerd's TaskExit for a task whose shim died says pid 0) is the
+        exit of the process of that id believed running.
+        """
         with self._lock:
+            if not pid:
+                pid = self._running.get((container_id, process_id), 0)
+            key = (container_id, process_id, pid)
             if key in self._exited:
                 return False
             self._exited[key] = info

@@ -226,10 +226,10 @@ def test_a_corrupt_checkpoint_archive_is_a_typed_error(client, tmp_path, corrupt
     index_digest, made = _publish_checkpoint(client, data)
     try:
         with pytest.raises(errdefs.DataLoss, match="checkpoint archive is corrupt"):
-            cp.extract_checkpoint(client, index_digest, str(tmp_path / "out"))
+            cp.extract_checkpoint(client._session, index_digest, str(tmp_path / "out"))
     finally:
         for digest in made:
-            cp.delete_content(client, digest)
+            cp.delete_content(client._session, digest)
     nothing_left(client)
 
 

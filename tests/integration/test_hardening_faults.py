@@ -22,7 +22,7 @@ import libcontainerd
 from libcontainerd import _procfs, errdefs, oci, stdio, testing
 from libcontainerd.remote import _checkpoint, _events
 from libcontainerd.types import EventType as E
-from libcontainerd.types import Status
+from libcontainerd.types import ExitStatus, Status
 
 from ..helpers import (
     PrivateDaemon,
@@ -368,7 +368,9 @@ def _sigkill_pending(pid: int) -> bool:
 
 
 def test_force_delete_goes_on_when_the_shim_dies_during_its_wait(daemon, h, rootfs, namespace):
-    """As the Go client's kill-and-delete: whatever Wait returned, Delete follows (and says NotFound here)."""
+    """As the Go client's kill-and-delete: whatever Wait returned, Delete follows. containerd removed the
+    task with its dead shim, so delete() returns the exit the backend got, exactly once (containerd
+    reports 255 with pid 0 for it, or the SDK 255 with the reason), rather than NotFound."""
     c = h.client
     ctr = c.new_container("held", spec(rootfs, "sleep", "300"))
     task = ctr.start()
@@ -387,7 +389,10 @@ def test_force_delete_goes_on_when_the_shim_dies_during_its_wait(daemon, h, root
         os.kill(shim, signal.SIGKILL)
         thread.join(60)
         assert not thread.is_alive()
-        assert isinstance(box.get("error"), errdefs.NotFound), box
+        status = box.get("result")
+        assert isinstance(status, ExitStatus) and status.code in (137, 255), box
+        exits = [i for cid, t, i in h.recorder.events if cid == "held" and t is E.EXIT]
+        assert [i.exit_code for i in exits] == [status.code], exits  # containerd's own (pid 0) or ours
         with pytest.raises(errdefs.NotFound):
             ctr.task()
     finally:

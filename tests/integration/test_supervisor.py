@@ -99,7 +99,8 @@ def test_env_is_the_daemons_environment_and_survives_a_restart(start_own: StartF
     # The runc shim finds CRIU on containerd's PATH: the harness passes it this way.
     env = {**os.environ, "PATH": "/opt/lcd-test-bin:" + os.environ["PATH"], "LCD_TEST_MARK": "1"}
     daemon = start_own(health_failures=0, env=env)
-    assert _environ(daemon.pid)["PATH"] == env["PATH"]
+    # ... with the binary's own directory first, where containerd finds its own shim
+    assert _environ(daemon.pid)["PATH"] == os.path.dirname(daemon.binary) + ":" + env["PATH"]
     daemon.kill(signal.SIGKILL)
     assert daemon.wait_serving(60)
     assert daemon.restarts == 1

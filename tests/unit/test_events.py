@@ -18,6 +18,7 @@ from libcontainerd._api.containerd.api.types.task import task_pb2 as task_types
 from libcontainerd._typeurl import pack_message
 from libcontainerd.queue import KeyedSerialExecutor
 from libcontainerd.remote._events import EventStream, ProcessTracker, timestamp_to_datetime, translate
+from libcontainerd.types import EventInfo
 from libcontainerd.types import EventType as E
 
 
@@ -151,3 +152,15 @@ def test_reconcile_waits_until_the_new_subscription_is_registered():
     executor.close(timeout=5)
     assert [(c, t) for c, t, _ in backend.events] == [("b", E.START), ("a", E.EXIT)]
     assert s._synced.is_set() and not s._reconcile_pending
+
+
+def test_an_exit_without_a_pid_is_the_exit_of_the_process_believed_running():
+    # containerd's TaskExit for a task whose shim died says pid 0: it must not make a second exit
+    # of the running pid possible (force_delete's report, a reconnect's reconciliation).
+    tracker = ProcessTracker()
+    tracker.started("web", "web", 42)
+    first = EventInfo("web", "web", pid=0, exit_code=255)
+    assert tracker.first_exit("web", "web", 0, first)
+    assert not tracker.is_running("web", "web", 42)
+    assert tracker.exit_of("web", "web", 42, 0.0) is first
+    assert not tracker.first_exit("web", "web", 42, EventInfo("web", "web", pid=42, exit_code=255))
