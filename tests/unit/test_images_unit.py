@@ -264,9 +264,8 @@ def test_a_corrupt_layout_blob_is_data_loss(tmp_path):
 
 
 def test_progress_display_draws_one_line_per_blob_on_a_terminal():
-    from libcontainerd._cli._images import ProgressDisplay
-
     from libcontainerd import PullProgress
+    from libcontainerd._cli._images import ProgressDisplay
 
     out = io.StringIO()
     display = ProgressDisplay(out, tty=True)
