@@ -69,7 +69,7 @@ def ctr(containerd: Any, namespace: str, *args: str, check: bool = True) -> str:
 def blobs(client: libcontainerd.Client) -> dict[str, dict[str, str]]:
     conn = client._session.conn
     out = {}
-    for resp in conn.content.List(content_pb2.ListContentRequest(), metadata=conn.metadata):
+    for resp in conn.stream(conn.content.List, content_pb2.ListContentRequest(), "content"):
         for info in resp.info:
             out[info.digest] = dict(info.labels)
     return out
@@ -77,20 +77,20 @@ def blobs(client: libcontainerd.Client) -> dict[str, dict[str, str]]:
 
 def ingests(client: libcontainerd.Client) -> list[str]:
     conn = client._session.conn
-    resp = conn.content.ListStatuses(content_pb2.ListStatusesRequest(), metadata=conn.metadata)
+    resp = conn.call(conn.content.ListStatuses, content_pb2.ListStatusesRequest(), "ingests")
     return [s.ref for s in resp.statuses]
 
 
 def leases(client: libcontainerd.Client) -> list[str]:
     conn = client._session.conn
-    return [lease.id for lease in conn.leases.List(leases_pb2.ListRequest(), metadata=conn.metadata).leases]
+    return [lease.id for lease in conn.call(conn.leases.List, leases_pb2.ListRequest(), "leases").leases]
 
 
 def snapshots(client: libcontainerd.Client, snapshotter: str = "overlayfs") -> dict[str, str]:
     conn = client._session.conn
     out = {}
     request = snapshots_pb2.ListSnapshotsRequest(snapshotter=snapshotter)
-    for resp in conn.snapshots.List(request, metadata=conn.metadata):
+    for resp in conn.stream(conn.snapshots.List, request, "snapshots"):
         for info in resp.info:
             out[info.name] = info.parent
     return out
@@ -98,7 +98,7 @@ def snapshots(client: libcontainerd.Client, snapshotter: str = "overlayfs") -> d
 
 def image_names(client: libcontainerd.Client) -> list[str]:
     conn = client._session.conn
-    return [i.name for i in conn.images.List(images_pb2.ListImagesRequest(), metadata=conn.metadata).images]
+    return [i.name for i in conn.call(conn.images.List, images_pb2.ListImagesRequest(), "images").images]
 
 
 def run(client: libcontainerd.Client, cid: str, image: Any, args: list[str] | None = None,
@@ -159,7 +159,7 @@ def test_pull_over_http_stores_the_image_as_containerds_go_client_does(client, r
 def content_sizes(client: libcontainerd.Client, content: dict[str, dict[str, str]]) -> list[dict[str, int]]:
     conn = client._session.conn
     out = []
-    for resp in conn.content.List(content_pb2.ListContentRequest(), metadata=conn.metadata):
+    for resp in conn.stream(conn.content.List, content_pb2.ListContentRequest(), "content"):
         out += [{"size": info.size} for info in resp.info]
     return out
 
@@ -328,7 +328,7 @@ def test_interrupted_pull_resumes_from_the_ingest(client, registries, rootfs, tm
                                                 expected=layer),
                 content_pb2.WriteContentRequest(action=content_pb2.WRITE, ref=f"layer-{layer}", offset=0,
                                                 data=data[:half])]
-    for _ in conn.content.Write(iter(requests), metadata=conn.metadata):
+    for _ in conn.stream(conn.content.Write, iter(requests), "ingest"):
         pass
     assert ingests(client) == [f"layer-{layer}"]
     log_before = os.path.getsize(registries.plain.log_path)
