@@ -216,6 +216,9 @@ class _ProcessBase:
         self._exec_id = exec_id
         self.pid = pid
         self._stdio = stdio
+        # A Wait made before the process started (see Task.exec), for the first wait() to take.
+        self._waiter: Optional[grpc.Future[Any]] = None
+        self._waiter_lock = threading.Lock()
 
     @property
     def _what(self) -> str:
@@ -287,21 +290,40 @@ class _ProcessBase:
             if status is not None:
                 return status
 
-    def _wait_once(self, left: Optional[float], timeout: Optional[float]) -> ExitStatus:
-        """One ``Wait`` call, polled so that Ctrl-C gets through; mapped errors."""
+    def _wait_call(self) -> grpc.Future[Any]:
         conn = self._container._client._conn
         request = tasks_pb2.WaitRequest(container_id=self._container.id, exec_id=self._exec_id)
-        future = conn.tasks.Wait.future(request, metadata=conn.metadata, timeout=left)
+        future: grpc.Future[Any] = conn.tasks.Wait.future(request, metadata=conn.metadata)
+        return future
+
+    def _take_waiter(self) -> Optional[grpc.Future[Any]]:
+        with self._waiter_lock:
+            waiter, self._waiter = self._waiter, None
+        return waiter
+
+    def _wait_once(self, left: Optional[float], timeout: Optional[float]) -> ExitStatus:
+        """One ``Wait`` call (the one exec() made before Start, if no wait took it yet), polled so that
+        Ctrl-C gets through; mapped errors.
+
+        The deadline is kept here, not given to gRPC: the early Wait was made before anyone named one,
+        and containerd answers a call whose gRPC deadline passed inside it with UNKNOWN ("context
+        deadline exceeded") rather than DEADLINE_EXCEEDED.
+        """
+        conn = self._container._client._conn
+        deadline = None if left is None else time.monotonic() + left
+        future = self._take_waiter()
+        if future is None:
+            future = self._wait_call()
         try:
             while True:
                 try:
-                    resp = future.result(timeout=_WAIT_SLICE)
+                    resp = future.result(timeout=_WAIT_SLICE if deadline is None else
+                                         max(0.0, min(_WAIT_SLICE, deadline - time.monotonic())))
                     break
                 except grpc.FutureTimeoutError:
-                    continue
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise errdefs.Deadline(f"{self._what}: still running after {timeout} s") from None
         except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise errdefs.Deadline(f"{self._what}: still running after {timeout} s") from err
             if conn.closed:
                 raise errdefs.Cancelled(f"{self._what}: the client was closed during wait") from err
             mapped = errdefs.from_grpc(err, self._what)
@@ -343,6 +365,9 @@ class _ProcessBase:
             width=_check_size(width, "width"), height=_check_size(height, "height")))
 
     def _release(self) -> None:
+        waiter = self._take_waiter()
+        if waiter is not None:
+            waiter.cancel()
         stdio, self._stdio = self._stdio, None
         if stdio is not None:
             stdio.release()
@@ -495,11 +520,22 @@ class Task(_ProcessBase):
                 stdio.release(drain=False)
             raise
         process = Process(self, process_id, 0, stdio)
+        # Wait before Start, as containerd's Go client does: containerd answers it as soon as the exit
+        # is known, often before Start returns, where a Wait sent after Start put one more round trip
+        # on every exec-and-wait (wait() of an exited `true`: 2.0 to 2.9 ms before, 0.14 ms now, on
+        # containerd 1.6, 1.7 and 2.x alike).
+        try:
+            process._waiter = process._wait_call()
+        except ValueError:  # the client was closed just now: Start says so
+            pass
         try:
             with client._exec_start_lock(container.id):
                 resp = conn.call(conn.tasks.Start, tasks_pb2.StartRequest(
                     container_id=container.id, exec_id=process_id), what)
         except BaseException:
+            waiter = process._take_waiter()
+            if waiter is not None:
+                waiter.cancel()
             try:
                 conn.call(conn.tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
                     container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
