@@ -4,13 +4,16 @@
 (read from ``remote/_client.py``, ``_container.py`` and ``_process.py``), with nothing around
 them: no validation, no error mapping, no tracker, no event stream. ``Ctr`` runs the ``ctr``
 binary against the same socket, namespace, rootfs and runtime (a spec file, no image, no
-snapshot). Nothing here measures time; the cases in ``cases.py`` do.
+snapshot). ``GoBench`` runs containerd's own Go client (``gobench``, built from
+``../shared/gobench``) doing the same work with the same spec; it measures its own iterations
+and prints their median. Nothing else here measures time; the cases in ``cases.py`` do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -151,3 +154,38 @@ def check(proc: subprocess.Popen[bytes], what: str, timeout: float = 120.0) -> N
     _, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed with rc {proc.returncode}: {(err or b'').decode(errors='replace').strip()}")
+
+
+#: Where ``gobench`` is looked for when no path is given: built into the checkout's cache.
+GOBENCH_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "gobench")
+
+
+def find_gobench(path: Optional[str]) -> Optional[str]:
+    """The gobench binary to use: ``path`` if given ('' = none), else the checkout's .cache/gobench if built."""
+    if path is not None:
+        return path or None
+    return GOBENCH_DEFAULT if os.access(GOBENCH_DEFAULT, os.X_OK) else None
+
+
+class GoBench:
+    """containerd's Go client in its own process: ``gobench -mode lifecycle|exec -n N`` on our socket.
+
+    It works in its own namespace (``gobench``) with the spec it is given (the SDK's, so both run
+    the same runtime spec) and prints the median of its N iterations, which is what ``median_ms``
+    returns. Process start, connection and (for exec) the sleeper container are outside its timing.
+    """
+
+    def __init__(self, binary: str, address: str, spec: Mapping[str, Any], work_dir: str) -> None:
+        self.binary = binary
+        self.address = address
+        self.spec_path = os.path.join(work_dir, "gobench-spec.json")
+        with open(self.spec_path, "w", encoding="utf-8") as f:
+            json.dump(spec, f)
+
+    def median_ms(self, mode: str, n: int, timeout: float = 300.0) -> float:
+        argv = [self.binary, "-a", self.address, "-spec", self.spec_path, "-mode", mode, "-n", str(n)]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        found = re.search(r"median_ms=([0-9.]+)", out.stdout)
+        if out.returncode != 0 or found is None:
+            raise RuntimeError(f"gobench -mode {mode} failed with rc {out.returncode}: {out.stderr.strip()[-300:]}")
+        return float(found.group(1))
