@@ -104,12 +104,14 @@ class RawClient:
         return code
 
     def exec(self, cid: str, exec_id: str, process: Mapping[str, Any]) -> int:
-        """``Task.exec`` without stdio, then ``wait`` and ``delete``: Exec, Start, Wait, DeleteProcess."""
+        """``Task.exec`` without stdio, then ``wait`` and ``delete``: Exec, Wait (sent before Start, as
+        the SDK and containerd's Go client do), Start, the Wait's answer, DeleteProcess."""
         any_spec = any_pb2.Any(type_url=PROCESS_URL, value=json.dumps(process).encode())
         request = tasks_pb2.ExecProcessRequest(container_id=cid, exec_id=exec_id, spec=any_spec)
         self.tasks.Exec(request, metadata=self.md)
+        waiter = self.tasks.Wait.future(tasks_pb2.WaitRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
         self.tasks.Start(tasks_pb2.StartRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
-        code = self.wait(cid, exec_id)
+        code = int(waiter.result().exit_status)
         self.tasks.DeleteProcess(tasks_pb2.DeleteProcessRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
         return code
 
