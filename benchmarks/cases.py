@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import attrs
 import grpc
-from refs import Ctr, RawClient, check, docker_archive
+from refs import Ctr, GoBench, RawClient, check, docker_archive
 
 import libcontainerd
 from libcontainerd import oci, stdio, testing
@@ -70,6 +70,7 @@ class Env:
     work: str
     quick: bool
     criu: Optional[str] = None  # a CRIU that passes `criu check`, first on the daemon's PATH
+    gobench: Optional[str] = None
 
     def namespace(self, name: str) -> str:
         return f"bench-{name}-{uuid.uuid4().hex[:6]}"
@@ -128,6 +129,41 @@ def interleave(
     return out
 
 
+class GoRuns:
+    """containerd's Go client as one more interleaved variant: a gobench run of ``every`` iterations
+    every ``every`` rounds, so that it meets the same drift as the others; its value is the median of
+    the runs' medians. Without gobench (or when it fails) the row says the reference is missing.
+    """
+
+    def __init__(self, env: Env, mode: str, spec: dict[str, Any], every: int, warmup: int = 1) -> None:
+        self.go = GoBench(env.gobench, env.address, spec, env.work) if env.gobench else None
+        self.mode, self.every, self.warmup = mode, every, warmup
+        self.medians: list[float] = []
+        self.error = ""
+
+    def variants(self) -> dict[str, Callable[[int], Any]]:
+        return {"go": self.step} if self.go is not None else {}
+
+    def step(self, i: int) -> None:
+        if self.go is None or self.error or i < self.warmup or (i - self.warmup) % self.every:
+            return
+        try:
+            self.medians.append(self.go.median_ms(self.mode, self.every))
+        except Exception as exc:  # a reference that breaks must not take the SDK's rows with it
+            self.error = str(exc)
+
+    def result(self, bench: str, metric: str, sdk_ms: float, n: int) -> Result:
+        value: Optional[float] = None
+        if self.go is None:
+            note = "missing: gobench not built (see docs/benchmarks.rst)"
+        elif not self.medians:
+            note = f"missing: {self.error}"
+        else:
+            value = statistics.median(self.medians)
+            note = f"containerd's Go client, same spec; median of {len(self.medians)} runs of {self.every}"
+        return Result(bench, metric, "ms", sdk_ms, "Go client (gobench)", value, n=n, note=note)
+
+
 @contextmanager
 def sdk_client(env: Env, name: str, backend: Any = None, **kw: Any) -> Iterator[libcontainerd.Client]:
     ns = env.namespace(name)
@@ -171,15 +207,17 @@ def bench_lifecycle(env: Env) -> list[Result]:
         def ctr_run(i: int) -> None:
             check(ctr.run_rm(f"ctr-{i}", config), "ctr run --rm")
 
+        go = GoRuns(env, "lifecycle", s, every=5)
         cpu: dict[str, list[float]] = {}
         try:
-            times = interleave({"sdk": sdk, "raw": stubs, "ctr": ctr_run}, n, cpu=cpu)
+            times = interleave({"sdk": sdk, "raw": stubs, "ctr": ctr_run, **go.variants()}, n, cpu=cpu)
         finally:
             raw.close()
     sdk_ms, raw_ms, ctr_ms = median_ms(times["sdk"]), median_ms(times["raw"]), median_ms(times["ctr"])
     return [
         Result("lifecycle", "create>start>wait>delete `true`", "ms", sdk_ms, "raw stubs", raw_ms,
                "<= 1.05x", sdk_ms <= raw_ms * 1.05, n=n),
+        go.result("lifecycle", "create>start>wait>delete `true`", sdk_ms, n),
         Result("lifecycle", "client CPU per lifecycle", "ms", median_ms(cpu["sdk"]), "raw stubs",
                median_ms(cpu["raw"]), n=n, note="CPU of this process, all threads (SDK: + its event stream)"),
         Result("lifecycle", "create>start>wait>delete `true`", "ms", sdk_ms, "ctr run --rm", ctr_ms,
@@ -224,10 +262,11 @@ def bench_exec(env: Env) -> list[Result]:
         def ctr_exec(i: int) -> None:
             check(ctr.exec("sleeper", f"ctr-{i}", "true"), "ctr task exec")
 
+        go = GoRuns(env, "exec", spec(env, "true"), every=10)
         cpu: dict[str, list[float]] = {}
         try:
             times = interleave({"sdk": sdk, "raw": stubs, "raw_streamed": stubs_streamed, "ctr": ctr_exec,
-                                "sdk_io": sdk_io}, n, cpu=cpu)
+                                "sdk_io": sdk_io, **go.variants()}, n, cpu=cpu)
         finally:
             raw.kill_and_delete("sleeper")
             raw.close()
@@ -239,6 +278,7 @@ def bench_exec(env: Env) -> list[Result]:
                "<= 1.05x", sdk_ms <= raw_ms * 1.05, n=n),
         Result("exec", "exec `true`>wait>delete", "ms", sdk_ms, "raw stubs + event stream", streamed_ms, n=n,
                note="the same stubs while this process reads their events: what the SDK's wrappers add"),
+        go.result("exec", "exec `true`>wait>delete", sdk_ms, n),
         Result("exec", "client CPU per exec", "ms", median_ms(cpu["sdk"]), "raw stubs", median_ms(cpu["raw"]), n=n),
         Result("exec", "client CPU per exec", "ms", median_ms(cpu["sdk"]), "raw stubs + event stream",
                median_ms(cpu["raw_streamed"]), n=n),

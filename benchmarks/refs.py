@@ -6,7 +6,9 @@ them: no validation, no error mapping, no tracker, no event stream. ``Ctr`` runs
 binary against the same socket, namespace, rootfs and runtime (a spec file, no image, no
 snapshot) -- except for checkpoints: ``ctr containers checkpoint`` refuses a container not
 made from an image, so :func:`docker_archive` packs the same rootfs as an image for ctr to
-import. Nothing here measures time; the cases in ``cases.py`` do.
+import. ``GoBench`` runs containerd's own Go client (``gobench``, built from
+``benchmarks/gobench``) doing the same work with the same spec; it measures its own iterations
+and prints their median. Nothing else here measures time; the cases in ``cases.py`` do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -106,12 +109,14 @@ class RawClient:
         return code
 
     def exec(self, cid: str, exec_id: str, process: Mapping[str, Any]) -> int:
-        """``Task.exec`` without stdio, then ``wait`` and ``delete``: Exec, Start, Wait, DeleteProcess."""
+        """``Task.exec`` without stdio, then ``wait`` and ``delete``: Exec, Wait (sent before Start, as
+        the SDK and containerd's Go client do), Start, the Wait's answer, DeleteProcess."""
         any_spec = any_pb2.Any(type_url=PROCESS_URL, value=json.dumps(process).encode())
         request = tasks_pb2.ExecProcessRequest(container_id=cid, exec_id=exec_id, spec=any_spec)
         self.tasks.Exec(request, metadata=self.md)
+        waiter = self.tasks.Wait.future(tasks_pb2.WaitRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
         self.tasks.Start(tasks_pb2.StartRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
-        code = self.wait(cid, exec_id)
+        code = int(waiter.result().exit_status)
         self.tasks.DeleteProcess(tasks_pb2.DeleteProcessRequest(container_id=cid, exec_id=exec_id), metadata=self.md)
         return code
 
@@ -184,3 +189,38 @@ def check(proc: subprocess.Popen[bytes], what: str, timeout: float = 120.0) -> N
     _, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed with rc {proc.returncode}: {(err or b'').decode(errors='replace').strip()}")
+
+
+#: Where ``gobench`` is looked for when no path is given: built into the checkout's cache.
+GOBENCH_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "gobench")
+
+
+def find_gobench(path: Optional[str]) -> Optional[str]:
+    """The gobench binary to use: ``path`` if given ('' = none), else the checkout's .cache/gobench if built."""
+    if path is not None:
+        return path or None
+    return GOBENCH_DEFAULT if os.access(GOBENCH_DEFAULT, os.X_OK) else None
+
+
+class GoBench:
+    """containerd's Go client in its own process: ``gobench -mode lifecycle|exec -n N`` on our socket.
+
+    It works in its own namespace (``gobench``) with the spec it is given (the SDK's, so both run
+    the same runtime spec) and prints the median of its N iterations, which is what ``median_ms``
+    returns. Process start, connection and (for exec) the sleeper container are outside its timing.
+    """
+
+    def __init__(self, binary: str, address: str, spec: Mapping[str, Any], work_dir: str) -> None:
+        self.binary = binary
+        self.address = address
+        self.spec_path = os.path.join(work_dir, "gobench-spec.json")
+        with open(self.spec_path, "w", encoding="utf-8") as f:
+            json.dump(spec, f)
+
+    def median_ms(self, mode: str, n: int, timeout: float = 300.0) -> float:
+        argv = [self.binary, "-a", self.address, "-spec", self.spec_path, "-mode", mode, "-n", str(n)]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        found = re.search(r"median_ms=([0-9.]+)", out.stdout)
+        if out.returncode != 0 or found is None:
+            raise RuntimeError(f"gobench -mode {mode} failed with rc {out.returncode}: {out.stderr.strip()[-300:]}")
+        return float(found.group(1))

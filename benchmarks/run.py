@@ -5,6 +5,9 @@ This script owns the run: it starts a private containerd under a temp dir (never
 one), builds a busybox rootfs, runs the chosen cases from ``cases.py``, prints a table of
 medians and SDK/reference ratios with PASS/MISS against the targets, and removes everything
 it made. It never fails because a target was missed; it fails only when a case breaks.
+containerd's Go client is a reference when ``gobench`` is built (``--gobench``, or found in
+.cache); without it those rows say "missing". ``--matrix`` (or ``--containerd PATH``, repeated)
+runs the same benchmarks once per containerd, each in a child run, and prints a column per version.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cases import BENCHMARKS as CASES
 from cases import Env, Result
+from refs import find_gobench
 from restarts import bench_restarts
 
 import libcontainerd
@@ -75,6 +80,20 @@ def _fmt(value: Optional[float]) -> str:
     return f"{value:.2f}"
 
 
+def _ref(reference: str, value: Optional[float]) -> str:
+    return "missing" if reference and value is None else _fmt(value)
+
+
+def _lay_out(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
 def table(results: list[Result]) -> str:
     head = ["bench", "metric", "unit", "SDK", "reference", "ref", "ratio", "target", "check", "n"]
     rows = [head]
@@ -82,15 +101,10 @@ def table(results: list[Result]) -> str:
         ratio = r.ratio
         verdict = "" if r.verdict is None else ("PASS" if r.verdict else "MISS")
         rows.append([
-            r.bench, r.metric, r.unit, _fmt(r.sdk), r.reference, _fmt(r.ref_value),
+            r.bench, r.metric, r.unit, _fmt(r.sdk), r.reference, _ref(r.reference, r.ref_value),
             "-" if ratio is None else f"{ratio:.2f}x", r.target, verdict, str(r.n),
         ])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = []
-    for k, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = _lay_out(rows)
     notes = [f"  [{r.bench}] {r.metric}: {r.note}" for r in results if r.note]
     if notes:
         lines += ["", "notes:", *notes]
@@ -106,6 +120,13 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--json", nargs="?", const="-", metavar="PATH",
                    help="write the results as JSON to PATH (or stdout, instead of the table)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("--gobench", metavar="PATH",
+                   help="containerd's Go client benchmark (../shared/gobench) as a reference; default: "
+                        ".cache/gobench if built; '' = none")
+    p.add_argument("--containerd", action="append", default=[], metavar="PATH",
+                   help="run once on each of these containerd binaries (repeatable) and print a column per version")
+    p.add_argument("--matrix", action="store_true",
+                   help="run once on each containerd that scripts/bootstrap fetched into .cache/containerd")
     p.add_argument("-v", "--verbose", action="store_true", help="log libcontainerd warnings")
     args = p.parse_args(argv)
     only = [n for group in args.only for n in group.split(",") if n]
@@ -117,11 +138,70 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
+CACHED_CONTAINERDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "containerd")
+
+
+def cached_containerds() -> list[str]:
+    """The containerd binaries of .cache/containerd (1.6, 1.7, 2), oldest first."""
+    try:
+        names = os.listdir(CACHED_CONTAINERDS)
+    except FileNotFoundError:
+        return []
+    paths = [os.path.join(CACHED_CONTAINERDS, n, "usr", "bin", "containerd") for n in names]
+    found = [p for p in paths if os.access(p, os.X_OK)]
+    return sorted(found, key=lambda p: [int(x) for x in re.findall(r"\d+", os.path.relpath(p, CACHED_CONTAINERDS))])
+
+
+def matrix(args: argparse.Namespace, binaries: list[str]) -> int:
+    """Run the selected benchmarks once per containerd (child runs) and print a column per version."""
+    runs: list[tuple[str, dict[str, Any]]] = []
+    rc = 0
+    tmp = tempfile.mkdtemp(prefix="lcd-bench-matrix-")
+    try:
+        for k, binary in enumerate(binaries):
+            out = os.path.join(tmp, f"{k}.json")
+            argv = [sys.executable, os.path.abspath(__file__), "--json", out, "--only", ",".join(args.selected)]
+            argv += ["--quick"] * args.quick + ["--gobench", args.gobench_path or ""] + ["-v"] * args.verbose
+            print(f"== {binary}", flush=True)
+            child = subprocess.run(argv, env={**os.environ, "LIBCONTAINERD_CONTAINERD": binary}, check=False)
+            rc = rc or child.returncode
+            if os.path.exists(out):
+                with open(out, encoding="utf-8") as f:
+                    runs.append((binary, json.load(f)))
+    finally:
+        _rmtree(tmp)
+    if not runs:
+        return rc or 1
+    keys: list[tuple[str, str, str]] = []
+    cells: dict[tuple[str, str, str, int], str] = {}
+    for k, (_, data) in enumerate(runs):
+        for r in data["results"]:
+            key = (r["bench"], r["metric"], r["reference"])
+            if key not in keys:
+                keys.append(key)
+            ratio = "" if r["ratio"] is None else f" = {r['ratio']:.2f}x"
+            cells[(*key, k)] = f"{_fmt(r['sdk'])} / {_ref(r['reference'], r['ref_value'])}{ratio}"
+    head = ["bench", "metric", "SDK / reference", *(f"containerd {d['machine']['containerd']}" for _, d in runs)]
+    rows = [head] + [[b, m, ref or "-", *(cells.get((b, m, ref, k), "") for k in range(len(runs)))]
+                     for b, m, ref in keys]
+    print()
+    print("\n".join(_lay_out(rows)))
+    print("\n".join(f"  {d['machine']['containerd']}: {binary}" for binary, d in runs))
+    return rc
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse(argv)
     if args.list:
         print("\n".join(BENCHMARKS))
         return 0
+    args.gobench_path = find_gobench(args.gobench)
+    binaries = args.containerd or (cached_containerds() if args.matrix else [])
+    if args.matrix and not binaries:
+        print(f"no containerd in {CACHED_CONTAINERDS} (run ./scripts/bootstrap)", file=sys.stderr)
+        return 2
+    if binaries:
+        return matrix(args, binaries)
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, stream=sys.stderr)
     testing.require_containerd()
     if testing.containerd_tool("ctr") is None:
@@ -142,11 +222,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.mkdir(runtime_dir, 0o700)
         daemon = testing.start_daemon(tmp, health_failures=0, env=testing.daemon_env(criu, runtime_dir))
         rootfs = testing.busybox_rootfs(os.path.join(tmp, "rootfs"))
-        env = Env(address=daemon.address, rootfs=rootfs, work=tmp, quick=args.quick, criu=criu)
+        env = Env(address=daemon.address, rootfs=rootfs, work=tmp, quick=args.quick, criu=criu,
+                  gobench=args.gobench_path)
         info = machine(daemon.address)
+        info["gobench"] = args.gobench_path
         print(f"machine: {info['nproc']} x {info['cpu']}, kernel {info['kernel']}, containerd {info['containerd']}, "
               f"cgroup {info['cgroup']}, python {info['python']}, grpcio {info['grpcio']}; {info['date']}"
               + (" (quick)" if args.quick else ""), file=log, flush=True)
+        print(f"Go client reference: {args.gobench_path or 'missing (no gobench built; see docs/benchmarks.rst)'}",
+              file=log, flush=True)
         t_start = time.monotonic()
         for name in args.selected:
             t0 = time.monotonic()

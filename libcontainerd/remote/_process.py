@@ -30,6 +30,7 @@ from ._events import timestamp_to_datetime
 
 if TYPE_CHECKING:
     from ._container import Container
+    from ._rpc import Pending
     from ._session import Session
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,9 @@ class _ProcessBase:
     _exec_id: str
     pid: int
     _stdio: Optional[Stdio]
+    # A Wait made before the process started (see Task.exec), for the first wait() to take.
+    _waiter: Optional[Pending]
+    _waiter_lock: threading.Lock
 
     @property
     def _container_id(self) -> str:
@@ -290,13 +294,28 @@ class _ProcessBase:
             if recorded is not None:
                 return recorded
 
+    def _take_waiter(self) -> Optional[Pending]:
+        """The Wait that exec() made before Start, once (the first wait() takes it), or None."""
+        with self._waiter_lock:
+            waiter, self._waiter = self._waiter, None
+        return waiter
+
     def _wait_once(self, left: Optional[float], timeout: Optional[float]) -> ExitStatus:
-        """One ``Wait`` call, awaited so that Ctrl-C gets through; mapped errors."""
+        """One ``Wait`` call (the one exec() made before Start, if no wait() took it yet), awaited so that
+        Ctrl-C gets through; mapped errors.
+
+        The deadline is kept here, not given to gRPC: the early Wait was made before anyone named one,
+        and containerd answers a call whose gRPC deadline passed inside it with UNKNOWN ("context
+        deadline exceeded") rather than DEADLINE_EXCEEDED.
+        """
         conn = self._session.conn
-        request = tasks_pb2.WaitRequest(container_id=self._container_id, exec_id=self._exec_id)
+        pending = self._take_waiter()
+        if pending is None:
+            request = tasks_pb2.WaitRequest(container_id=self._container_id, exec_id=self._exec_id)
+            pending = conn.future(conn.tasks.Wait, request, self._what, timeout=None)
         try:
-            with conn.future(conn.tasks.Wait, request, self._what, timeout=left) as pending:
-                resp = pending.result()
+            with pending:
+                resp = pending.result(within=left)
         except errdefs.Deadline as exc:
             raise errdefs.Deadline(f"{self._what}: still running after {timeout} s", explanation=exc.explanation,
                                    code=exc.code) from exc.__cause__
@@ -342,6 +361,9 @@ class _ProcessBase:
         return self._session.log_extra(self._container_id)
 
     def _release(self) -> None:
+        waiter = self._take_waiter()
+        if waiter is not None:
+            waiter.cancel()
         stdio, self._stdio = self._stdio, None
         if stdio is not None:
             stdio.release()
@@ -410,6 +432,8 @@ class Process(_ProcessBase):
     _exec_id: str
     pid: int
     _stdio: Optional[Stdio] = None
+    _waiter: Optional[Pending] = attrs.field(default=None, repr=False)
+    _waiter_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     @property
     def _container_id(self) -> str:
@@ -459,6 +483,8 @@ class Task(_ProcessBase):
     _container: Container
     pid: int
     _stdio: Optional[Stdio] = None
+    _waiter: Optional[Pending] = attrs.field(default=None, repr=False)  # never set: a task's Wait follows Start
+    _waiter_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
     _exec_id: str = attrs.field(init=False, default="")
 
     @property
@@ -538,11 +564,20 @@ class Task(_ProcessBase):
             if stdio is not None:
                 stdio.release(drain=False)
             raise
+        # Wait before Start, as containerd's Go client does: containerd answers it as soon as the exit
+        # is known, often before Start returns, where a Wait sent after Start put one more round trip
+        # on every exec-and-wait (wait() of an exited `true`: 2.0 to 2.9 ms before, 0.14 ms now, on
+        # containerd 1.6, 1.7 and 2.x alike).
+        waiter: Optional[Pending] = None
         try:
+            waiter = conn.future(conn.tasks.Wait, tasks_pb2.WaitRequest(container_id=container.id, exec_id=process_id),
+                                 what, timeout=None)
             with self._session.exec_start_lock(container.id):
                 resp = conn.call(conn.tasks.Start, tasks_pb2.StartRequest(
                     container_id=container.id, exec_id=process_id), what)
         except BaseException:
+            if waiter is not None:
+                waiter.cancel()
             try:
                 conn.call(conn.tasks.DeleteProcess, tasks_pb2.DeleteProcessRequest(
                     container_id=container.id, exec_id=process_id), what, timeout=EXEC_CLEANUP_TIMEOUT)
@@ -551,7 +586,7 @@ class Task(_ProcessBase):
             if stdio is not None:
                 stdio.release(drain=False)
             raise
-        process = Process(self._session, self, process_id, int(resp.pid), stdio)
+        process = Process(self._session, self, process_id, int(resp.pid), stdio, waiter)
         self._session.tracker.started(container.id, process_id, process.pid)
         if stdio is not None:
             stdio.connected()

@@ -16,25 +16,68 @@ from libcontainerd import testing
 RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks", "run.py")
 
 
+GO = "Go client (gobench)"
+
+
 def test_quick_lifecycle_benchmark_prints_ratios(tmp_path):
+    """Without gobench (as on a machine without Go) the run succeeds and the Go row says "missing"."""
     testing.require_containerd()
     testing.require_tools("ctr")
     out_json = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, RUN, "--quick", "--only", "lifecycle", "--json", str(out_json)],
+        [sys.executable, RUN, "--quick", "--only", "lifecycle", "--gobench", "", "--json", str(out_json)],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("lifecycle")]
-    assert len(lines) >= 2, result.stdout
-    assert all(re.search(r"\s\d+\.\d\dx\s", line) for line in lines), lines
+    measured = [line for line in lines if GO not in line]
+    assert len(measured) >= 2, result.stdout
+    assert all(re.search(r"\s\d+\.\d\dx\s", line) for line in measured), lines
     checked = [line for line in lines if re.search(r"\s(PASS|MISS)\s", line)]
     assert {"raw stubs" in line for line in checked} == {True, False}, lines  # vs raw stubs and vs ctr
+    assert [re.search(r"\smissing\s", line) is not None for line in lines if GO in line] == [True], lines
     data = json.loads(out_json.read_text())
-    assert {r["reference"] for r in data["results"]} == {"raw stubs", "ctr run --rm"}
+    assert {r["reference"] for r in data["results"]} == {"raw stubs", "ctr run --rm", GO}
     assert {r["verdict"] for r in data["results"]} <= {True, False, None}
-    assert all(r["ratio"] > 0 for r in data["results"])
+    assert all(r["ratio"] > 0 for r in data["results"] if r["reference"] != GO)
+    assert [(r["ref_value"], r["ratio"]) for r in data["results"] if r["reference"] == GO] == [(None, None)]
     assert data["machine"]["containerd"]
+
+
+def test_a_failing_go_reference_leaves_the_other_rows(tmp_path):
+    """A gobench that fails (here /bin/false) marks only its own row missing, with the reason."""
+    testing.require_containerd()
+    testing.require_tools("ctr")
+    out_json = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, RUN, "--quick", "--only", "exec", "--gobench", "/bin/false", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out_json.read_text())["results"]
+    go = [r for r in rows if r["reference"] == GO]
+    assert len(go) == 1 and go[0]["ref_value"] is None and "gobench -mode exec failed" in go[0]["note"], go
+    assert all(r["ratio"] > 0 for r in rows if r["reference"] != GO), rows
+
+
+def test_one_column_per_containerd(tmp_path):
+    """--containerd runs the benchmarks on the given binary in a child run and prints its version as a column."""
+    testing.require_containerd()
+    testing.require_tools("ctr")
+    binary = testing.containerd_tool("containerd")
+    assert binary is not None
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout.split()[2]
+    result = subprocess.run(
+        [sys.executable, RUN, "--quick", "--only", "lifecycle", "--gobench", "", "--containerd", binary],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    head = [line for line in lines if line.startswith("bench ") and "SDK / reference" in line]
+    assert len(head) == 1 and f"containerd {version.lstrip('v')}" in head[0], lines[-12:]
+    matrix = lines[lines.index(head[0]):]  # the child's own table comes first
+    cells = [line for line in matrix if line.startswith("lifecycle") and "raw stubs" in line and "CPU" not in line]
+    assert len(cells) == 1 and re.search(r"\d / \d+\.?\d* = \d+\.\d\dx", cells[0]), lines[-12:]
 
 
 def test_startup_benchmark_runs_without_unbuffered_output(tmp_path):

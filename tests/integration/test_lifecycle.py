@@ -154,6 +154,44 @@ def test_two_concurrent_execs(sleeper):
     assert results == {"left": (0, b"left\n"), "right": (0, b"right\n")}
 
 
+def test_exec_wait_times_out_then_a_later_wait_gets_the_exit(sleeper):
+    # exec() sends the Wait before Start; the first wait() takes it (without a deadline of its own),
+    # so the timeout is the client's to enforce, and the next wait() must not depend on it.
+    p = sleeper.exec("long", oci.process_spec(["sleep", "300"]))
+    with pytest.raises(errdefs.Deadline, match="still running"):
+        p.wait(timeout=0.5)
+    with pytest.raises(errdefs.Deadline):
+        p.wait(timeout=0)
+    assert p.status() is Status.RUNNING
+    p.kill(signal.SIGKILL)
+    assert p.wait(timeout=20).code == 137
+    assert p.wait(timeout=20).code == 137
+    assert p.delete().code == 137
+
+
+def test_exec_waited_from_two_threads_gives_both_the_exit(sleeper):
+    p = sleeper.exec("twice", oci.process_spec(["sh", "-c", "read x; exit 7"]), with_stdin=True,
+                     attach_stdio=stdio.capture())
+    codes: list[int] = []
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            codes.append(p.wait(timeout=30).code)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait) for _ in range(2)]
+    for t in threads:
+        t.start()
+    p.close_stdin()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert codes == [7, 7]
+    assert p.delete().code == 7
+
+
 def test_duplicate_container_id_is_a_conflict_and_keeps_the_bundle(client, rootfs, state_dir):
     ctr = client.new_container("dup", spec(rootfs, "true"))
     marker = os.path.join(state_dir, "dup", "marker")
