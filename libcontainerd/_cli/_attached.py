@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Union
 import attrs
 
 import libcontainerd
+from libcontainerd import _validation as valid
 from libcontainerd import errdefs, oci
 
 from ._context import Context, UsageError
@@ -48,7 +49,7 @@ def run_spec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     memory = parse_memory(args.memory) if args.memory else None
     command = list(args.command) or ["sh"]
     spec = oci.default_spec(rootfs, command, env=list(args.env), cwd=args.cwd or "/", terminal=args.tty, user=user,
-                            hostname=args.hostname or args.id)
+                            hostname=args.hostname or args.id[:valid.HOST_NAME_MAX])
     if memory is not None:
         spec = oci.with_memory_limit(spec, memory)
     with_console_size(spec["process"], args.tty)

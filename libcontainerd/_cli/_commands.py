@@ -109,7 +109,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                         help="use a minimal busybox root filesystem (built once, cached in the state dir)")
     _stdio_options(p, "container")
     p.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 64m, 512MiB, 1g")
-    p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its id)")
+    p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its id, cut to 64 chars)")
     p.add_argument("id", metavar="ID", help="the new container's id")
     p.add_argument("command", metavar="COMMAND ...", nargs=argparse.REMAINDER,
                    help="the command and its arguments (default: sh)")

@@ -176,6 +176,14 @@ def test_run_rm_prints_the_output_and_returns_the_exit_code(cli, client):
     assert client.list_containers() == []
 
 
+def test_run_of_an_id_longer_than_a_hostname_gets_a_hostname_that_fits(cli, client):
+    """The hostname defaults to the id; ids of 65-76 characters made runc fail (sethostname: invalid argument)."""
+    long_id = "h" * 40 + "-" + "x" * 35  # 76 characters, the longest id containerd takes
+    res = cli("run", "--rm", "--busybox", long_id, "hostname")
+    assert (res.returncode, res.stdout) == (0, long_id[:64] + "\n"), res.stderr
+    assert client.list_containers() == []
+
+
 def test_run_interactive_reads_stdin(cli, client):
     res = cli("run", "--rm", "-i", "--busybox", "up", "tr", "a-z", "A-Z", input="hello, stdin\n" * 1000)
     assert res.returncode == 0, res.stderr
