@@ -28,6 +28,9 @@ from ._registry import Command
 __all__ = ["main"]
 
 
+_EVENT_STREAM_LOGGER = "libcontainerd.remote._events"
+
+
 def _not_event_stream(record: logging.LogRecord) -> bool:
     # The event stream's logger is the one named "...events" (its module's, or "libcontainerd.events").
     return record.name.rsplit(".", 1)[-1].lstrip("_") != "events"
@@ -45,10 +48,16 @@ def _setup_logging(debug: bool, *, quiet_event_stream: bool) -> Callable[[], Non
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # `events` also says when containerd is back (and what it learned then), not only when it was lost.
+    stream = logging.getLogger(_EVENT_STREAM_LOGGER)
+    old_stream_level = stream.level
+    if not quiet_event_stream and not debug:
+        stream.setLevel(logging.INFO)
 
     def undo() -> None:
         root.removeHandler(handler)
         root.setLevel(old_level)
+        stream.setLevel(old_stream_level)
 
     return undo
 

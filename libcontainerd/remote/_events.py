@@ -270,7 +270,7 @@ class EventStream:
             return
         self.subscriptions += 1
         if resubscribe:
-            log.info("event stream of namespace %s resubscribed", self._namespace)
+            log.info("event stream of namespace %s: containerd is back, resubscribed", self._namespace)
         self._synced.clear()
         self._reconcile_pending = True
         stop_resync = threading.Event()

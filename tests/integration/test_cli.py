@@ -9,6 +9,8 @@ import pty
 import queue
 import re
 import select
+import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -320,6 +322,17 @@ def test_a_detached_container_through_every_command(cli, client):
     doc = json.loads(res.stdout)
     assert doc["id"] == "web" and doc["memory_bytes"] > 0 and doc["pids"] >= 1 and "metrics" in doc
     assert doc["memory_limit_bytes"] == 64 << 20
+
+    def numeric_strings(value: Any) -> list[str]:  # protobuf's JSON writes int64 as strings
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in numeric_strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in numeric_strings(v)]
+        return [value] if isinstance(value, str) and value.isdigit() else []
+
+    assert numeric_strings(doc["metrics"]) == [], doc["metrics"]
+    memory = doc["metrics"]["memory"]
+    assert isinstance(memory["usage"]["usage"] if isinstance(memory["usage"], dict) else memory["usage"], int)
     res = cli("stats")
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0].split() == ["CONTAINER", "CPU", "TIME", "MEMORY", "LIMIT", "PIDS"]
@@ -379,6 +392,77 @@ def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, recorder,
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) in (0, 130)
     assert "Traceback" not in err.rest()
+
+
+def test_events_filter_and_json_nulls(cli, client, recorder, rootfs, procs):
+    """--filter container=ID shows one container's events; --json writes null where an event has no pid or
+    exit code (a pause has neither), not 0."""
+    assert cli("events", "--filter", "nocontainer").returncode == 2
+    assert cli("run", "-d", "--busybox", "fp", "sleep", "300").returncode == 0
+    proc = procs.start(*cli.globals, "events", "--json", "--filter", "container=fp")
+    err = procs.lines(proc.stderr, "events-stderr")
+    out = procs.lines(proc.stdout, "events-stdout")
+    assert err.wait_for("watching events") is not None, err.rest()
+    paused = None
+    for attempt in range(3):  # the subscription registers a little after the notice: pause again until seen
+        run_once(client, recorder, rootfs, f"other{attempt}")
+        assert cli("pause", "fp").returncode == 0
+        assert cli("resume", "fp").returncode == 0
+        paused = out.wait_for('"type": "paused"', timeout=10)
+        if paused is not None:
+            break
+    assert paused is not None, out.rest()
+    event = json.loads(paused)
+    assert (event["container"], event["pid"], event["exit_code"]) == ("fp", None, None)
+    assert out.wait_for('"type": "resumed"') is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) in (0, 130)
+    assert not [line for line in out.seen if "other" in line], out.seen
+    assert cli("rm", "-f", "fp").returncode == 0
+
+
+def test_events_ends_when_its_reader_does(cli, client, recorder, rootfs):
+    """`events | head -1` ends once head has its line, as `ctr events` does (the broken pipe was swallowed)."""
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "libcontainerd", *cli.globals, "events"])
+    pipeline = subprocess.Popen(["sh", "-c", f"{command} | head -1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=_base_env())
+    try:
+        for attempt in range(30):  # events until head got one (the subscription may miss the first ones)
+            run_once(client, recorder, rootfs, f"hd{attempt}")
+            try:
+                stdout, stderr = pipeline.communicate(timeout=2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            pytest.fail("events | head -1 did not end")
+        assert re.search(r"\bhd\d+\b", stdout), stdout
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+            pipeline.wait(timeout=30)
+    assert not _our_processes(cli.globals[5]), "the events process outlived its pipeline"
+
+
+def test_events_says_when_it_lost_containerd_and_when_it_is_back(procs, state_dir, namespace):
+    """A private daemon of its own, killed under `events` (and restarted by its supervisor)."""
+    tmp = tempfile.mkdtemp(prefix="lcd-evr-")
+    daemon = testing.start_daemon(tmp, health_failures=0)
+    try:
+        proc = procs.start("--address", daemon.address, "--namespace", namespace, "--state-dir", state_dir, "events")
+        err = procs.lines(proc.stderr, "events-stderr")
+        assert err.wait_for("watching events") is not None, err.rest()
+        restarts = daemon.restarts
+        daemon.kill(signal.SIGKILL)
+        assert daemon.wait_for_restarts(restarts + 1, timeout=60)
+        assert err.wait_for("waiting for containerd|ended; reconnecting", timeout=30) is not None, err.seen
+        assert err.wait_for("containerd is back", timeout=60) is not None, err.seen
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) in (0, 130)
+    finally:
+        testing.cleanup_root(daemon)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_events_human_lines(cli, client, recorder, rootfs, procs):
