@@ -487,7 +487,7 @@ def test_events_human_lines(cli, client, recorder, rootfs, procs):
 def test_an_error_is_one_line_and_a_nonzero_exit(cli, client):
     res = cli("rm", "nosuch")
     assert res.returncode != 0
-    assert "nosuch" in _one_error_line(res.stderr)
+    assert _one_error_line(res.stderr).count("nosuch") == 1, res.stderr  # no doubled prefix
     res = cli("--address", "/nonexistent/containerd.sock", "version", where="after")
     assert res.returncode != 0
     assert "/nonexistent/containerd.sock" in _one_error_line(res.stderr)
