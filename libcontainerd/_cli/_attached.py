@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, Union
 
 import attrs
@@ -33,6 +34,15 @@ __all__ = ["Attached", "exec_spec", "run_spec"]
 _KILL_WAIT = 10.0
 
 
+@contextlib.contextmanager
+def _bad_options_are_usage_errors() -> Iterator[None]:
+    """What the spec builders refuse came from the command line (``-e NOEQ``, ``-w rel``): a usage error."""
+    try:
+        yield
+    except errdefs.InvalidParameter as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def run_spec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     """The container's OCI spec from ``run``'s options (rootfs, user, env, memory, terminal size)."""
     if args.busybox and args.rootfs:
@@ -48,8 +58,9 @@ def run_spec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     user = parse_user(args.user, rootfs) if args.user else (0, 0)
     memory = parse_memory(args.memory) if args.memory else None
     command = list(args.command) or ["sh"]
-    spec = oci.default_spec(rootfs, command, env=list(args.env), cwd=args.cwd or "/", terminal=args.tty, user=user,
-                            hostname=args.hostname or args.id[:valid.HOST_NAME_MAX])
+    with _bad_options_are_usage_errors():
+        spec = oci.default_spec(rootfs, command, env=list(args.env), cwd=args.cwd or "/", terminal=args.tty,
+                                user=user, hostname=args.hostname or args.id[:valid.HOST_NAME_MAX])
     if memory is not None:
         spec = oci.with_memory_limit(spec, memory)
     with_console_size(spec["process"], args.tty)
@@ -69,7 +80,8 @@ def exec_spec(args: argparse.Namespace, ctr: libcontainerd.Container) -> dict[st
         user = (int(spec_user.get("uid", 0)), int(spec_user.get("gid", 0)))
     env = [e for e in process.get("env") or [] if not e.startswith("TERM=")] + list(args.env)
     cwd = args.cwd or process.get("cwd") or "/"
-    spec = oci.process_spec(list(args.command), env=env, cwd=cwd, terminal=args.tty, user=user)
+    with _bad_options_are_usage_errors():
+        spec = oci.process_spec(list(args.command), env=env, cwd=cwd, terminal=args.tty, user=user)
     with_console_size(spec, args.tty)
     return spec
 

@@ -50,7 +50,12 @@ def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
 
     stop = threading.Event()
     root = os.path.abspath(args.root)
-    daemon = supervisor.start(root, log_level=args.log_level)
+    try:
+        daemon = supervisor.start(root, log_level=args.log_level)
+    except (errdefs.InvalidParameter, errdefs.Forbidden) as exc:
+        # The supervisor speaks of its parameters (root_dir, state_dir); here both come from --root.
+        reason = str(exc).replace("pass a shorter state_dir", "pass a shorter --root")
+        raise UsageError(f"--root {args.root}: {reason}") from exc
     old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         out(f"containerd (pid {daemon.pid}) is serving at {daemon.address}")

@@ -484,6 +484,45 @@ def test_events_human_lines(cli, client, recorder, rootfs, procs):
     assert "Traceback" not in err.rest()
 
 
+def test_exit_codes_say_what_kind_of_failure_it_was(cli, client, containerd, tmp_path):
+    """Usage errors exit 2; a command that is not there 127, one that cannot be run 126 (as docker)."""
+    for args, code in [
+        (("run", "--rm", "--busybox", "-e", "NOEQ", "e", "true"), 2),
+        (("run", "--rm", "--busybox", "-w", "rel", "w", "true"), 2),
+        (("run", "--rm", "--busybox", "--hostname", "h" * 65, "h", "true"), 2),
+        (("run", "--rm", "--busybox", "nf", "no-such-command"), 127),
+        (("run", "--rm", "--busybox", "nx", "/etc/passwd"), 126),
+    ]:
+        res = cli(*args)
+        assert res.returncode == code, (args, res.stderr)
+        _one_error_line(res.stderr)
+    assert cli("run", "-d", "--busybox", "ex", "sleep", "300").returncode == 0
+    assert cli("exec", "ex", "no-such-command").returncode == 127
+    assert cli("exec", "ex", "/etc/passwd").returncode == 126
+    assert cli("exec", "-e", "NOEQ", "ex", "true").returncode == 2
+    assert cli("rm", "-f", "ex").returncode == 0
+    assert client.list_containers() == []
+
+
+def test_address_empty_is_an_error_and_a_relative_socket_path_works(cli, containerd, state_dir):
+    res = cli("--address", "", "version", where="after")
+    assert res.returncode == 2 and "--address" in _one_error_line(res.stderr)
+    res = subprocess.run([sys.executable, "-m", "libcontainerd", "--address", os.path.basename(containerd.address),
+                          "--state-dir", state_dir, "version"], capture_output=True, text=True, timeout=60,
+                         env=_base_env(), cwd=os.path.dirname(containerd.address))
+    assert res.returncode == 0, res.stderr
+    assert "containerd" in res.stdout
+
+
+def test_daemon_root_errors_name_root(tmp_path):
+    too_long = tmp_path / ("r" * 100)
+    res = subprocess.run([sys.executable, "-m", "libcontainerd", "daemon", "--root", str(too_long)],
+                         capture_output=True, text=True, timeout=60, env=_base_env())
+    line = _one_error_line(res.stderr)
+    assert res.returncode == 2 and "--root" in line and "state_dir" not in line, line
+    assert not too_long.exists()
+
+
 def test_an_error_is_one_line_and_a_nonzero_exit(cli, client):
     res = cli("rm", "nosuch")
     assert res.returncode != 0
@@ -492,7 +531,7 @@ def test_an_error_is_one_line_and_a_nonzero_exit(cli, client):
     assert res.returncode != 0
     assert "/nonexistent/containerd.sock" in _one_error_line(res.stderr)
     res = cli("run", "--rm", "--busybox", "bad", "no-such-command")
-    assert res.returncode != 0
+    assert res.returncode == 127
     assert "no-such-command" in _one_error_line(res.stderr)
     assert client.list_containers() == []  # nothing left of the failed run
     res = cli("run", "--memory", "lots", "--busybox", "m", "true")
