@@ -24,7 +24,8 @@ from libcontainerd import _validation as valid
 from libcontainerd import errdefs, oci
 
 from ._context import Context, UsageError
-from ._signals import deferred_interrupts, no_interrupts
+from ._format import note
+from ._signals import deferred_interrupts, forwarded_signals, no_interrupts
 from ._terminal import follow, with_console_size
 from ._values import parse_memory, parse_user
 
@@ -106,28 +107,53 @@ class Attached:
     container: Optional[libcontainerd.Container] = None
     process: Optional[Union[libcontainerd.Task, libcontainerd.Process]] = None
     _started: bool = False
+    # signals that arrived before the process was started: sent to it once it is
+    _held: list[int] = attrs.field(factory=list)
+    _signals: contextlib.ExitStack = attrs.field(factory=contextlib.ExitStack)
 
-    def start(self, start: Callable[[Attached], None]) -> None:
-        """Run ``start`` (which sets :attr:`container` and :attr:`process` as it makes them); remove on failure."""
+    def start(self, start: Callable[[Attached], None], *, forward_signals: bool = True) -> None:
+        """Run ``start`` (which sets :attr:`container` and :attr:`process` as it makes them); remove on failure.
+
+        With ``forward_signals`` (the process is to be followed), SIGTERM and SIGHUP are forwarded from
+        now until :meth:`follow` is done: one that arrives during the start waits for the process.
+        """
+        if forward_signals:
+            self._signals.enter_context(
+                forwarded_signals(self._forward, lambda: note("sent SIGINT to the process; Ctrl-C again kills it")))
         try:
             with deferred_interrupts():
                 start(self)
         except BaseException:
-            self._remove(failed=True)
+            with self._signals:
+                self._remove(failed=True)
             raise
         self._started = True
+        for signum in self._held:
+            self._forward(signum)
 
     def follow(self, tty_mode: bool, interactive: bool) -> int:
-        """Follow the started process at this terminal to its exit, remove it; return its exit code."""
+        """Follow the started process at this terminal to its exit, remove it; return its exit code.
+
+        SIGTERM, SIGHUP and a first Ctrl-C are sent to the process, which decides what they mean
+        (its exit code is still ours); a second Ctrl-C kills and removes it.
+        """
         assert self.process is not None  # start() made it or raised
-        try:
-            code = follow(self.process, tty_mode, interactive)
-        except BaseException:
-            # Interrupted (or the wait failed): what is attached to this terminal must not linger unseen.
-            self._remove(failed=True)
-            raise
-        self._remove(failed=False)
+        with self._signals:
+            try:
+                code = follow(self.process, tty_mode, interactive)
+            except BaseException:
+                # Interrupted (or the wait failed): what is attached to this terminal must not linger unseen.
+                self._remove(failed=True)
+                raise
+            self._remove(failed=False)
         return code
+
+    def _forward(self, signum: int) -> None:
+        if not self._started or self.process is None:
+            self._held.append(signum)
+            return
+        with contextlib.suppress(errdefs.LibcontainerdError):  # it may have exited meanwhile
+            self.process.kill(signum)
 
     def _remove(self, *, failed: bool) -> None:
         keep = self.keep_container and self._started

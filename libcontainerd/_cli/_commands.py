@@ -141,7 +141,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
                                                     attach_stdio=stdio_callback(args.tty, args.interactive))
 
         attached = Attached(keep_container=not args.rm)
-        attached.start(start)
+        attached.start(start, forward_signals=not args.detach)
         if args.detach:
             out(args.id)
             return 0

@@ -259,17 +259,48 @@ def test_ctrl_c_of_an_attached_run_removes_the_container(cli, client, procs):
     if not running:
         proc.kill()
         raise AssertionError(f"the task never ran (exit {proc.wait()}): {proc.stderr.read()}")
+    # The first Ctrl-C goes to the process (sleep, pid 1 of its namespace, ignores it); the second kills it.
+    err_lines = procs.lines(proc.stderr, "run-stderr")
+    proc.send_signal(signal.SIGINT)
+    assert err_lines.wait_for("Ctrl-C again kills it") is not None, err_lines.rest()
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
         proc.wait()
-        raise AssertionError(proc.stderr.read()) from None
-    err = proc.stderr.read()
+        raise AssertionError(err_lines.rest()) from None
+    err = err_lines.rest()
     assert proc.wait(timeout=30) == 130, err
     assert "Traceback" not in err
     assert client.list_containers() == []
+
+
+@pytest.mark.parametrize("sig, name", [(signal.SIGTERM, "TERM"), (signal.SIGINT, "INT"), (signal.SIGHUP, "HUP")])
+def test_a_signal_to_an_attached_run_reaches_its_process(cli, client, procs, sig, name):
+    """SIGTERM/SIGINT/SIGHUP sent to `run` reach the container's process (its trap runs), and the CLI exits
+    with the container's code and --rm removes it (the CLI died with 143, or SIGKILLed it on Ctrl-C)."""
+    script = f'trap "echo got {name}; exit 7" {name}; echo ready; while true; do sleep 0.1; done'
+    proc = procs.start(*cli.globals, "run", "--rm", "--busybox", "trapper", "sh", "-c", script)
+    out_lines = procs.lines(proc.stdout, "run-stdout")
+    err_lines = procs.lines(proc.stderr, "run-stderr")
+    assert out_lines.wait_for("ready", timeout=60) is not None, err_lines.rest()
+    proc.send_signal(sig)
+    assert out_lines.wait_for(f"got {name}") is not None, err_lines.rest()
+    assert proc.wait(timeout=30) == 7, err_lines.rest()
+    assert client.list_containers() == []
+
+
+def test_a_signal_to_an_attached_exec_reaches_its_process(cli, client, procs):
+    assert cli("run", "-d", "--busybox", "host", "sleep", "300").returncode == 0
+    script = 'trap "echo got TERM; exit 9" TERM; echo ready; while true; do sleep 0.1; done'
+    proc = procs.start(*cli.globals, "exec", "host", "sh", "-c", script)
+    out_lines = procs.lines(proc.stdout, "exec-stdout")
+    assert out_lines.wait_for("ready", timeout=60) is not None
+    proc.send_signal(signal.SIGTERM)
+    assert out_lines.wait_for("got TERM") is not None
+    assert proc.wait(timeout=30) == 9
+    assert cli("rm", "-f", "host").returncode == 0
 
 
 def test_global_options_after_the_subcommand_and_from_the_environment(cli, containerd, state_dir, namespace, client):
