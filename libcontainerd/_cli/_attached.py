@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any, Callable, Optional, Union
 
@@ -29,10 +30,16 @@ from ._signals import deferred_interrupts, forwarded_signals, no_interrupts
 from ._terminal import follow, with_console_size
 from ._values import parse_memory, parse_user
 
-__all__ = ["Attached", "exec_spec", "run_spec"]
+__all__ = ["Attached", "check_terminal", "exec_spec", "run_spec"]
 
 # How long a killed exec'd process may take to exit before it is deleted anyway.
 _KILL_WAIT = 10.0
+
+
+def check_terminal(args: argparse.Namespace) -> None:
+    """``-it`` needs a terminal on stdin, as docker says: raw mode and keystrokes need one."""
+    if args.tty and args.interactive and not sys.stdin.isatty():
+        raise UsageError("the input device is not a TTY: -it needs a terminal on stdin (drop -t to pipe input)")
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import libcontainerd
 from libcontainerd import _procfs, errdefs
 from libcontainerd.types import EventInfo, EventType, Status
 
-from ._attached import Attached, exec_spec, run_spec
+from ._attached import Attached, check_terminal, exec_spec, run_spec
 from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Context, UsageError
 from ._format import describe_event, error_line, human_bytes, human_duration, iso, json_message, note, out, table
 from ._registry import command
@@ -130,6 +130,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     if args.detach and (args.rm or args.interactive):
         raise UsageError("-d/--detach cannot be combined with --rm or -i: nothing would stay attached")
+    check_terminal(args)
     spec = run_spec(args, ctx)
     with ctx.client() as client:
         def start(made: Attached) -> None:
@@ -161,6 +162,7 @@ def _exec_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
     if not args.command:
         raise UsageError("say what to run: exec ID COMMAND [ARG...]")
+    check_terminal(args)
     exec_id = args.exec_id or f"exec-{uuid.uuid4().hex[:8]}"
     with ctx.client() as client:
         ctr = client.load_container(args.id)

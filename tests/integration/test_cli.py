@@ -186,6 +186,18 @@ def test_run_of_an_id_longer_than_a_hostname_gets_a_hostname_that_fits(cli, clie
     assert client.list_containers() == []
 
 
+def test_run_and_exec_it_without_a_terminal_on_stdin_are_usage_errors(cli, client):
+    """Like docker's "the input device is not a TTY" (it was "cannot start a container that has stopped",
+    or raw escape codes and exit 129)."""
+    res = cli("run", "--rm", "-it", "--busybox", "notty", "sh", input="echo hi\n")
+    assert res.returncode == 2 and "not a TTY" in _one_error_line(res.stderr), res.stderr
+    assert client.list_containers() == []
+    assert cli("run", "-d", "--busybox", "host2", "sleep", "300").returncode == 0
+    res = cli("exec", "-it", "host2", "sh", input="echo hi\n")
+    assert res.returncode == 2 and "not a TTY" in _one_error_line(res.stderr), res.stderr
+    assert cli("rm", "-f", "host2").returncode == 0
+
+
 def test_run_interactive_reads_stdin(cli, client):
     res = cli("run", "--rm", "-i", "--busybox", "up", "tr", "a-z", "A-Z", input="hello, stdin\n" * 1000)
     assert res.returncode == 0, res.stderr
