@@ -27,7 +27,7 @@ from libcontainerd import errdefs, oci
 from ._context import Context, UsageError
 from ._format import note
 from ._signals import deferred_interrupts, forwarded_signals, no_interrupts
-from ._terminal import follow, with_console_size
+from ._terminal import follow, raw_input, with_console_size
 from ._values import parse_memory, parse_user
 
 __all__ = ["Attached", "check_terminal", "exec_spec", "run_spec"]
@@ -118,12 +118,15 @@ class Attached:
     _held: list[int] = attrs.field(factory=list)
     _signals: contextlib.ExitStack = attrs.field(factory=contextlib.ExitStack)
 
-    def start(self, start: Callable[[Attached], None], *, forward_signals: bool = True) -> None:
+    def start(self, start: Callable[[Attached], None], *, forward_signals: bool = True,
+              raw_terminal: bool = False) -> None:
         """Run ``start`` (which sets :attr:`container` and :attr:`process` as it makes them); remove on failure.
 
         With ``forward_signals`` (the process is to be followed), SIGTERM and SIGHUP are forwarded from
         now until :meth:`follow` is done: one that arrives during the start waits for the process.
+        With ``raw_terminal`` (``-it``), the local terminal is raw from now until :meth:`follow` is done.
         """
+        self._signals.enter_context(raw_input(raw_terminal, raw_terminal))
         if forward_signals:
             self._signals.enter_context(
                 forwarded_signals(self._forward, lambda: note("sent SIGINT to the process; Ctrl-C again kills it")))
@@ -138,7 +141,7 @@ class Attached:
         for signum in self._held:
             self._forward(signum)
 
-    def follow(self, tty_mode: bool, interactive: bool) -> int:
+    def follow(self, tty_mode: bool) -> int:
         """Follow the started process at this terminal to its exit, remove it; return its exit code.
 
         SIGTERM, SIGHUP and a first Ctrl-C are sent to the process, which decides what they mean
@@ -147,7 +150,7 @@ class Attached:
         assert self.process is not None  # start() made it or raised
         with self._signals:
             try:
-                code = follow(self.process, tty_mode, interactive)
+                code = follow(self.process, tty_mode)
             except BaseException:
                 # Interrupted (or the wait failed): what is attached to this terminal must not linger unseen.
                 self._remove(failed=True)

@@ -142,11 +142,11 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
                                                     attach_stdio=stdio_callback(args.tty, args.interactive))
 
         attached = Attached(keep_container=not args.rm)
-        attached.start(start, forward_signals=not args.detach)
+        attached.start(start, forward_signals=not args.detach, raw_terminal=args.tty and args.interactive)
         if args.detach:
             out(args.id)
             return 0
-        return attached.follow(args.tty, args.interactive)
+        return attached.follow(args.tty)
 
 
 def _exec_arguments(p: argparse.ArgumentParser) -> None:
@@ -178,8 +178,8 @@ def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
                                      attach_stdio=stdio_callback(args.tty, args.interactive))
 
         attached = Attached(keep_container=True)
-        attached.start(start)
-        return attached.follow(args.tty, args.interactive)
+        attached.start(start, raw_terminal=args.tty and args.interactive)
+        return attached.follow(args.tty)
 
 
 def _task_or_none(ctr: libcontainerd.Container) -> Optional[libcontainerd.Task]:

@@ -26,7 +26,7 @@ import pytest
 
 from libcontainerd import _procfs, errdefs, oci, testing
 
-from ..helpers import run_once
+from ..helpers import run_once, wait_until
 
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
                "events", "checkpoint", "rm", "demo"]
@@ -249,6 +249,50 @@ def test_run_interactive_terminal_in_raw_mode_with_its_size(cli, client):
         assert code == 5, output
         text = output.decode(errors="replace")
         assert "33 111" in text and "42" in text, text
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert client.list_containers() == []
+
+
+def test_run_it_sets_raw_mode_before_the_process_starts(cli, client):
+    """A shell asks the terminal for the cursor position as it starts (ESC [ 6 n), and a terminal answers
+    at once: an answer that finds the local terminal still cooked is echoed (`/ # ^[[6;5R`). So the
+    terminal is raw from before the container exists; the test looks, and answers, as soon as it does."""
+    master, slave = pty.openpty()
+    try:
+        # As an interactive shell does, the container's own terminal does not echo; then the query, and
+        # what the shell reads back (the answer) it prints with od.
+        script = r"stty -echo; printf '\033[6n'; read -r answer; echo \"answer:$answer\" | od -c | head -1; exit 3"
+        proc = subprocess.Popen([sys.executable, "-m", "libcontainerd", *cli.globals, "run", "--rm", "-it",
+                                 "--busybox", "cursor", "sh", "-c", script], stdin=slave, stdout=slave,
+                                stderr=slave, env=_base_env(), start_new_session=True)
+        os.close(slave)
+        slave = -1
+        assert wait_until(lambda: proc.poll() is not None or any(c.id == "cursor" for c in client.list_containers()),
+                          timeout=60, interval=0.005)
+        lflag = termios.tcgetattr(master)[3]
+        os.write(master, b"\x1b[6;5R\r")  # what a terminal answers, then Enter
+        output = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: every holder of the terminal is gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if proc.poll() is not None and not ready:
+                break
+        assert proc.wait(timeout=30) == 3, output
+        assert not lflag & (termios.ECHO | termios.ICANON), "the terminal was cooked when the container existed"
+        # (No assertion on echoes: answered this early, the container's own terminal, not yet
+        # `stty -echo`, echoes it; in life the answer follows the query.)
+        assert b"6   ;   5   R" in output, output  # the shell got the answer, typed ahead of its start
     finally:
         os.close(master)
         if slave >= 0:
