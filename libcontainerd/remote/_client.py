@@ -442,7 +442,7 @@ def new_client(
     conn = Connection.open(address, namespace, timeout=timeout, credentials=credentials)
     if runc_root is None:
         runc_root = _runc_root.of_socket(conn.socket_path)
-    session = Session(conn, namespace, state_dir, runc_root, serialize_exec_starts)
+    session = Session(conn, namespace, state_dir, serialize_exec_starts, runc_root=runc_root)
     executor = KeyedSerialExecutor(max_workers=event_workers, name="libcontainerd-events")
     events = session.exits = EventStream(conn, namespace, backend, executor, session.tracker)
     events.start()
