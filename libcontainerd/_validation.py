@@ -76,6 +76,18 @@ def text(value: object, what: str) -> str:
     return value
 
 
+#: The longest hostname the kernel takes (``HOST_NAME_MAX``): runc's sethostname fails with EINVAL beyond it.
+HOST_NAME_MAX = 64
+
+
+def hostname(value: object, what: str = "hostname") -> str:
+    """A hostname the kernel accepts: a string of at most 64 bytes, without NUL."""
+    name = text(value, what)
+    if len(name.encode("utf-8", "surrogateescape")) > HOST_NAME_MAX:
+        raise InvalidParameter(f"{what} {name!r} is longer than the kernel's {HOST_NAME_MAX} bytes")
+    return name
+
+
 def args(value: object) -> list[str]:
     """A command line: a non-empty sequence of strings (not one string)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -136,6 +148,8 @@ def runtime_spec(spec: object) -> Mapping[str, Any]:
     for key, kind in (("linux", Mapping), ("annotations", Mapping), ("mounts", list)):
         if key in spec and spec[key] is not None and not isinstance(spec[key], kind):
             raise InvalidParameter(f"spec {key!r} must be a {'dict' if kind is Mapping else 'list'}")
+    if spec.get("hostname") is not None:
+        hostname(spec["hostname"], "spec 'hostname'")
     _user_namespace(spec.get("linux") or {})
     return spec
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Optional
 
@@ -192,6 +193,18 @@ def _build_code_map() -> dict[grpc.StatusCode, type[LibcontainerdError]]:
 
 
 _NOT_FOUND_MESSAGES = ("container does not exist", "not found", "no such container")
+# containerd passes on a context's "deadline exceeded" under whatever code the failing layer chose
+# (UNKNOWN from a shim call, INTERNAL, ...): it is a deadline whatever the code says.
+_DEADLINE_MESSAGE = "deadline exceeded"
+# The words of a `what` ("exec e1 of container web") that are followed by an object's id.
+_KINDS = frozenset({"container", "task", "exec", "process"})
+
+
+def _names_all_ids(what: str, details: str) -> bool:
+    """Whether ``details`` already names every object of ``what`` (then a prefix would say it twice)."""
+    words = what.split()
+    ids = [word for kind, word in zip(words, words[1:]) if kind in _KINDS]
+    return bool(ids) and all(re.search(rf"(?<![\w.-]){re.escape(i)}(?![\w.-])", details) for i in ids)
 
 
 def _details(err: grpc.RpcError) -> tuple[Optional[grpc.StatusCode], str]:
@@ -205,7 +218,8 @@ def from_grpc(err: grpc.RpcError, what: str = "") -> LibcontainerdError:
 
     Args:
         err: the error a stub raised.
-        what: the object the call was about ("container web-1"), prefixed to the message.
+        what: the object the call was about ("container web-1"), prefixed to the message unless
+            containerd's message already names it (``container "web-1" in namespace "n": not found``).
 
     Returns:
         The typed error (not raised); raise it ``from err`` to keep the cause.
@@ -224,9 +238,11 @@ def from_grpc(err: grpc.RpcError, what: str = "") -> LibcontainerdError:
         details = "containerd is not reachable (" + details + ")"
     cls = GRPC_CODE_MAP.get(code, Unknown) if code is not None else Unknown
     lowered = details.lower()
-    if cls is not Deadline and any(m in lowered for m in _NOT_FOUND_MESSAGES):
+    if _DEADLINE_MESSAGE in lowered:
+        cls = Deadline
+    elif cls is not Deadline and any(m in lowered for m in _NOT_FOUND_MESSAGES):
         cls = NotFound
-    message = f"{what}: {details}" if what else details
+    message = f"{what}: {details}" if what and not _names_all_ids(what, details) else details
     return cls(message, explanation=details, code=code)
 
 

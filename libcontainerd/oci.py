@@ -239,7 +239,7 @@ def default_spec(
         cwd: absolute working directory inside the container.
         terminal: allocate a pseudo-terminal (and set ``TERM=xterm``).
         user: ``(uid, gid)`` inside the container.
-        hostname: the container's hostname; unset leaves runc's default.
+        hostname: the container's hostname (at most 64 bytes, the kernel's limit); unset leaves runc's default.
         readonly_rootfs: mount the root filesystem read-only.
         additional_gids: supplementary groups of the process.
         cgroups_path: ``linux.cgroupsPath``, e.g. ``"/mynamespace/myid"``.
@@ -278,7 +278,7 @@ def default_spec(
         "root": {"path": root_path, "readonly": readonly_rootfs},
     }
     if hostname is not None:
-        spec["hostname"] = valid.text(hostname, "hostname")
+        spec["hostname"] = valid.hostname(hostname)
     spec["mounts"] = _default_mounts()
     spec["linux"] = linux
     return spec

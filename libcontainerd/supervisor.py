@@ -38,7 +38,7 @@ import attrs
 import tenacity
 from google.protobuf import empty_pb2
 
-from libcontainerd import _procfs, errdefs
+from libcontainerd import _procfs, _runc_root, errdefs
 from libcontainerd.remote._rpc import Connection
 
 __all__ = [
@@ -312,6 +312,9 @@ class Daemon:
         ttrpc_address: the ttrpc socket path.
         root_dir: containerd's root is ``<root_dir>/root``; the config, pid file and log live here.
         state_dir: containerd's state directory (holds the sockets).
+        runc_root: runc's ``--root`` for this daemon's containers (``<state_dir>/runc``): containers
+            created through a client of this daemon use it, so that no other containerd on the machine
+            shares their runc state. Its path is in a file beside the socket, where clients read it.
         config_path, log_path, pid_path: the files of this daemon.
         binary: the resolved containerd executable.
         release: what ``binary --version`` says (the config was written for it).
@@ -327,6 +330,7 @@ class Daemon:
     ttrpc_address: str
     root_dir: str
     state_dir: str
+    runc_root: str
     config_path: str
     log_path: str
     pid_path: str
@@ -769,7 +773,8 @@ def start(
 
     The config goes to ``<root_dir>/containerd.toml``; containerd's root is ``<root_dir>/root``, its
     state ``state_dir`` (default ``<root_dir>/state``), its gRPC socket ``<state_dir>/containerd.sock``,
-    its pid file ``<root_dir>/containerd.pid`` and its output ``<root_dir>/containerd.log``. A daemon
+    its pid file ``<root_dir>/containerd.pid`` and its output ``<root_dir>/containerd.log``. runc's state
+    of its containers lives in ``<state_dir>/runc`` (see :attr:`Daemon.runc_root`). A daemon
     still alive from the pid file (same binary, same config) that answers is adopted instead of
     launching a second one. Only one supervisor at a time may manage a root (a ``flock``).
 
@@ -873,6 +878,7 @@ def start(
             ttrpc_address=ttrpc_address,
             root_dir=root_dir,
             state_dir=state_dir,
+            runc_root=_runc_root.write(state_dir),
             config_path=config_path,
             log_path=os.path.join(root_dir, LOG_NAME),
             pid_path=os.path.join(root_dir, PID_NAME),

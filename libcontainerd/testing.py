@@ -428,9 +428,20 @@ def _namespaces(state_dir: str) -> set[str]:
         return set()
 
 
+def _runc_root_of(bundle: str) -> str:
+    """runc's ``--root`` of a task: the ``root`` the shim saved in the bundle's ``options.json``, else its default."""
+    try:
+        with open(os.path.join(bundle, "options.json"), encoding="utf-8") as f:
+            root = json.load(f).get("root")
+    except (OSError, ValueError, AttributeError):
+        return _RUNC_ROOT
+    return root if isinstance(root, str) and os.path.isabs(root) else _RUNC_ROOT
+
+
 def _runc_cleanup(ns: str, cid: str, bundle: str) -> None:
     """``runc delete --force`` a container of ours: kills its processes, removes its cgroups and runc state."""
-    state_dir = os.path.join(_RUNC_ROOT, ns, cid)
+    runc_root = os.path.join(_runc_root_of(bundle), ns)
+    state_dir = os.path.join(runc_root, cid)
     try:
         with open(os.path.join(state_dir, "state.json"), encoding="utf-8") as f:
             if f"bundle={bundle}" not in f.read():
@@ -440,7 +451,7 @@ def _runc_cleanup(ns: str, cid: str, bundle: str) -> None:
     runc = shutil.which("runc")
     if runc is not None:
         result = subprocess.run(
-            [runc, "--root", os.path.join(_RUNC_ROOT, ns), "delete", "--force", cid],
+            [runc, "--root", runc_root, "delete", "--force", cid],
             capture_output=True,
             text=True,
             timeout=30,
@@ -450,7 +461,7 @@ def _runc_cleanup(ns: str, cid: str, bundle: str) -> None:
             log.warning("runc delete --force %s/%s: %s", ns, cid, result.stderr.strip())
     shutil.rmtree(state_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
-        os.rmdir(os.path.join(_RUNC_ROOT, ns))
+        os.rmdir(runc_root)
 
 
 def shim_socket(bundle: str) -> Optional[str]:

@@ -243,14 +243,14 @@ def shims(daemon: supervisor.Daemon, namespace: str = "", container_id: str = ""
     return found
 
 
-def reap_orphan_shim(pid: int, namespace: str, container_id: str) -> None:
-    """SIGKILL a shim containerd forgot, and what runs under it; remove the runc state it made."""
+def reap_orphan_shim(pid: int, namespace: str, container_id: str, runc_root: str = "/run/containerd/runc") -> None:
+    """SIGKILL a shim containerd forgot, and what runs under it; remove the runc state it made under ``runc_root``."""
     for victim in [*_procfs.descendants([pid]), pid]:
         try:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    runc_root = os.path.join("/run/containerd/runc", namespace)
+    runc_root = os.path.join(runc_root, namespace)
     if shutil.which("runc") and os.path.isdir(os.path.join(runc_root, container_id)):
         subprocess.run(["runc", "--root", runc_root, "delete", "--force", container_id], capture_output=True,
                        check=False, timeout=30)

@@ -14,22 +14,41 @@ import argparse
 import contextlib
 import os
 import signal
+import sys
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, Union
 
 import attrs
 
 import libcontainerd
+from libcontainerd import _validation as valid
 from libcontainerd import errdefs, oci
 
 from ._context import Context, UsageError
-from ._signals import deferred_interrupts, no_interrupts
-from ._terminal import follow, with_console_size
+from ._format import note
+from ._signals import deferred_interrupts, forwarded_signals, no_interrupts
+from ._terminal import follow, raw_input, with_console_size
 from ._values import parse_memory, parse_user
 
-__all__ = ["Attached", "exec_spec", "run_spec"]
+__all__ = ["Attached", "check_terminal", "exec_spec", "run_spec"]
 
 # How long a killed exec'd process may take to exit before it is deleted anyway.
 _KILL_WAIT = 10.0
+
+
+def check_terminal(args: argparse.Namespace) -> None:
+    """``-it`` needs a terminal on stdin, as docker says: raw mode and keystrokes need one."""
+    if args.tty and args.interactive and not sys.stdin.isatty():
+        raise UsageError("the input device is not a TTY: -it needs a terminal on stdin (drop -t to pipe input)")
+
+
+@contextlib.contextmanager
+def _bad_options_are_usage_errors() -> Iterator[None]:
+    """What the spec builders refuse came from the command line (``-e NOEQ``, ``-w rel``): a usage error."""
+    try:
+        yield
+    except errdefs.InvalidParameter as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def run_spec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
@@ -47,8 +66,9 @@ def run_spec(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     user = parse_user(args.user, rootfs) if args.user else (0, 0)
     memory = parse_memory(args.memory) if args.memory else None
     command = list(args.command) or ["sh"]
-    spec = oci.default_spec(rootfs, command, env=list(args.env), cwd=args.cwd or "/", terminal=args.tty, user=user,
-                            hostname=args.hostname or args.id)
+    with _bad_options_are_usage_errors():
+        spec = oci.default_spec(rootfs, command, env=list(args.env), cwd=args.cwd or "/", terminal=args.tty,
+                                user=user, hostname=args.hostname or args.id[:valid.HOST_NAME_MAX])
     if memory is not None:
         spec = oci.with_memory_limit(spec, memory)
     with_console_size(spec["process"], args.tty)
@@ -60,7 +80,7 @@ def image_run_spec(args: argparse.Namespace, client: libcontainerd.Client) -> tu
     image = client.get_image(args.image)
     memory = parse_memory(args.memory) if args.memory else None
     spec = oci.image_spec(image, list(args.command) or None, env=list(args.env), cwd=args.cwd, user=args.user,
-                          terminal=args.tty, hostname=args.hostname or args.id)
+                          terminal=args.tty, hostname=args.hostname or args.id[:valid.HOST_NAME_MAX])
     if memory is not None:
         spec = oci.with_memory_limit(spec, memory)
     with_console_size(spec["process"], args.tty)
@@ -80,7 +100,8 @@ def exec_spec(args: argparse.Namespace, ctr: libcontainerd.Container) -> dict[st
         user = (int(spec_user.get("uid", 0)), int(spec_user.get("gid", 0)))
     env = [e for e in process.get("env") or [] if not e.startswith("TERM=")] + list(args.env)
     cwd = args.cwd or process.get("cwd") or "/"
-    spec = oci.process_spec(list(args.command), env=env, cwd=cwd, terminal=args.tty, user=user)
+    with _bad_options_are_usage_errors():
+        spec = oci.process_spec(list(args.command), env=env, cwd=cwd, terminal=args.tty, user=user)
     with_console_size(spec, args.tty)
     return spec
 
@@ -105,28 +126,56 @@ class Attached:
     container: Optional[libcontainerd.Container] = None
     process: Optional[Union[libcontainerd.Task, libcontainerd.Process]] = None
     _started: bool = False
+    # signals that arrived before the process was started: sent to it once it is
+    _held: list[int] = attrs.field(factory=list)
+    _signals: contextlib.ExitStack = attrs.field(factory=contextlib.ExitStack)
 
-    def start(self, start: Callable[[Attached], None]) -> None:
-        """Run ``start`` (which sets :attr:`container` and :attr:`process` as it makes them); remove on failure."""
+    def start(self, start: Callable[[Attached], None], *, forward_signals: bool = True,
+              raw_terminal: bool = False) -> None:
+        """Run ``start`` (which sets :attr:`container` and :attr:`process` as it makes them); remove on failure.
+
+        With ``forward_signals`` (the process is to be followed), SIGTERM and SIGHUP are forwarded from
+        now until :meth:`follow` is done: one that arrives during the start waits for the process.
+        With ``raw_terminal`` (``-it``), the local terminal is raw from now until :meth:`follow` is done.
+        """
+        self._signals.enter_context(raw_input(raw_terminal, raw_terminal))
+        if forward_signals:
+            self._signals.enter_context(
+                forwarded_signals(self._forward, lambda: note("sent SIGINT to the process; Ctrl-C again kills it")))
         try:
             with deferred_interrupts():
                 start(self)
         except BaseException:
-            self._remove(failed=True)
+            with self._signals:
+                self._remove(failed=True)
             raise
         self._started = True
+        for signum in self._held:
+            self._forward(signum)
 
-    def follow(self, tty_mode: bool, interactive: bool) -> int:
-        """Follow the started process at this terminal to its exit, remove it; return its exit code."""
+    def follow(self, tty_mode: bool) -> int:
+        """Follow the started process at this terminal to its exit, remove it; return its exit code.
+
+        SIGTERM, SIGHUP and a first Ctrl-C are sent to the process, which decides what they mean
+        (its exit code is still ours); a second Ctrl-C kills and removes it.
+        """
         assert self.process is not None  # start() made it or raised
-        try:
-            code = follow(self.process, tty_mode, interactive)
-        except BaseException:
-            # Interrupted (or the wait failed): what is attached to this terminal must not linger unseen.
-            self._remove(failed=True)
-            raise
-        self._remove(failed=False)
+        with self._signals:
+            try:
+                code = follow(self.process, tty_mode)
+            except BaseException:
+                # Interrupted (or the wait failed): what is attached to this terminal must not linger unseen.
+                self._remove(failed=True)
+                raise
+            self._remove(failed=False)
         return code
+
+    def _forward(self, signum: int) -> None:
+        if not self._started or self.process is None:
+            self._held.append(signum)
+            return
+        with contextlib.suppress(errdefs.LibcontainerdError):  # it may have exited meanwhile
+            self.process.kill(signum)
 
     def _remove(self, *, failed: bool) -> None:
         keep = self.keep_container and self._started

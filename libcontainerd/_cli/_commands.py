@@ -25,9 +25,9 @@ import libcontainerd
 from libcontainerd import _procfs, errdefs
 from libcontainerd.types import EventInfo, EventType, Status
 
-from ._attached import Attached, exec_spec, image_run_spec, run_spec
+from ._attached import Attached, check_terminal, exec_spec, image_run_spec, run_spec
 from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Context, UsageError
-from ._format import describe_event, error_line, human_bytes, human_duration, iso, note, out, table
+from ._format import describe_event, error_line, human_bytes, human_duration, iso, json_message, note, out, table
 from ._registry import command
 from ._signals import no_interrupts
 from ._terminal import stdio_callback
@@ -50,7 +50,12 @@ def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
 
     stop = threading.Event()
     root = os.path.abspath(args.root)
-    daemon = supervisor.start(root, log_level=args.log_level)
+    try:
+        daemon = supervisor.start(root, log_level=args.log_level)
+    except (errdefs.InvalidParameter, errdefs.Forbidden) as exc:
+        # The supervisor speaks of its parameters (root_dir, state_dir); here both come from --root.
+        reason = str(exc).replace("pass a shorter state_dir", "pass a shorter --root")
+        raise UsageError(f"--root {args.root}: {reason}") from exc
     old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         out(f"containerd (pid {daemon.pid}) is serving at {daemon.address}")
@@ -109,7 +114,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                         help="use a minimal busybox root filesystem (built once, cached in the state dir)")
     _stdio_options(p, "container")
     p.add_argument("-m", "--memory", metavar="SIZE", help="memory limit, e.g. 64m, 512MiB, 1g")
-    p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its id)")
+    p.add_argument("--hostname", metavar="NAME", help="the container's hostname (default: its id, cut to 64 chars)")
     p.add_argument("id", metavar="ID", help="the new container's id (with an image: IMAGE ID)")
     p.add_argument("command", metavar="COMMAND ...", nargs=argparse.REMAINDER,
                    help="the command and its arguments (default: sh)")
@@ -128,6 +133,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     if args.detach and (args.rm or args.interactive):
         raise UsageError("-d/--detach cannot be combined with --rm or -i: nothing would stay attached")
+    check_terminal(args)
     args.image = None
     if not args.busybox and not args.rootfs:
         # `run IMAGE ID [COMMAND...]`: what the rootfs forms take as the id is the image.
@@ -149,11 +155,11 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
                                                     attach_stdio=stdio_callback(args.tty, args.interactive))
 
         attached = Attached(keep_container=not args.rm)
-        attached.start(start)
+        attached.start(start, forward_signals=not args.detach, raw_terminal=args.tty and args.interactive)
         if args.detach:
             out(args.id)
             return 0
-        return attached.follow(args.tty, args.interactive)
+        return attached.follow(args.tty)
 
 
 def _exec_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,6 +175,7 @@ def _exec_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
     if not args.command:
         raise UsageError("say what to run: exec ID COMMAND [ARG...]")
+    check_terminal(args)
     exec_id = args.exec_id or f"exec-{uuid.uuid4().hex[:8]}"
     with ctx.client() as client:
         ctr = client.load_container(args.id)
@@ -184,8 +191,8 @@ def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
                                      attach_stdio=stdio_callback(args.tty, args.interactive))
 
         attached = Attached(keep_container=True)
-        attached.start(start)
-        return attached.follow(args.tty, args.interactive)
+        attached.start(start, raw_terminal=args.tty and args.interactive)
+        return attached.follow(args.tty)
 
 
 def _task_or_none(ctr: libcontainerd.Container) -> Optional[libcontainerd.Task]:
@@ -303,13 +310,11 @@ def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
                     targets.append((ctr.id, task))
         results = [(cid, task.stats()) for cid, task in targets]
     if args.json:
-        from google.protobuf import json_format
-
         for cid, st in results:
             doc: dict[str, Any] = {
                 "id": cid, "read": iso(st.read), "memory_bytes": st.memory_bytes,
                 "memory_limit_bytes": st.memory_limit_bytes, "cpu_ns": st.cpu_ns, "pids": st.pids,
-                "pids_limit": st.pids_limit, "metrics": json_format.MessageToDict(st.metrics),
+                "pids_limit": st.pids_limit, "metrics": json_message(st.metrics),
             }
             out(json.dumps(doc, sort_keys=False))
         return 0
@@ -328,45 +333,64 @@ def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
 
 
 class _EventPrinter:
-    """A backend that writes one line per event to stdout as it arrives."""
+    """A backend that writes one line per event to stdout as it arrives, until the reader of stdout leaves."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, containers: frozenset[str]) -> None:
         self._json = as_json
+        self._containers = containers
         self._lock = threading.Lock()
+        #: set when stdout's reader went away (``events | head -1``): the command then ends
+        self.reader_gone = threading.Event()
 
     def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
+        if self._containers and container_id not in self._containers:
+            return
         now = datetime.datetime.now(datetime.timezone.utc)
         if self._json:
+            # No process has pid 0, and only an exit has an exit code: absent values are null, not 0.
             line = json.dumps({
                 "time": iso(now), "type": event_type.value, "container": container_id,
-                "process": info.process_id, "pid": info.pid, "exit_code": info.exit_code,
+                "process": info.process_id, "pid": info.pid or None,
+                "exit_code": info.exit_code if event_type is EventType.EXIT else None,
                 "exited_at": iso(info.exited_at), "error": info.error,
             })
         else:
             details = describe_event(container_id, event_type, info)
             line = f"{iso(now)}  {event_type.value:<12}  {container_id}{details}"
         with self._lock:
+            if self.reader_gone.is_set():
+                return
             try:
                 out(line)
             except (BrokenPipeError, ValueError):
-                pass  # the reader went away; the main thread notices on its own
+                self.reader_gone.set()
+
+
+def _events_filter(value: str) -> str:
+    key, sep, container_id = value.partition("=")
+    if key != "container" or not sep or not container_id:
+        raise argparse.ArgumentTypeError(f"{value!r} is not container=ID")
+    return container_id
 
 
 def _events_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per event and line")
+    p.add_argument("--filter", metavar="container=ID", type=_events_filter, action="append", default=[],
+                   help="only the events of this container (repeat for several)")
 
 
 @command("events", "print task events as they happen, until Ctrl-C",
-         f"examples:\n  {PROG} events\n  {PROG} events --json | jq .type", arguments=_events_arguments,
-         reports_event_stream=True)
+         f"examples:\n  {PROG} events\n  {PROG} events --json | jq .type\n  {PROG} events --filter container=web",
+         arguments=_events_arguments, reports_event_stream=True)
 def cmd_events(args: argparse.Namespace, ctx: Context) -> int:
-    stop = threading.Event()
-    with ctx.client(_EventPrinter(args.json)) as client:
+    printer = _EventPrinter(args.json, frozenset(args.filter))
+    with ctx.client(printer) as client:
         client.version()  # fail now, with the usual message, when nothing serves there
         note(f"watching events of namespace {ctx.namespace} at {ctx.address} (Ctrl-C to stop)")
-        while not stop.wait(1.0):
+        while not printer.reader_gone.wait(1.0):
             pass
-    return 0
+    # As `ctr events` does, end when nobody reads any more; main() treats this as the quiet end it is.
+    raise BrokenPipeError
 
 
 def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,16 +8,54 @@ stderr). It must not call containerd, read the command line, or decide exit code
 
 from __future__ import annotations
 
+import base64
 import datetime
 import sys
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from libcontainerd.types import EventInfo, EventType
 
 from ._context import PROG
 
-__all__ = ["describe_event", "error_line", "human_bytes", "human_duration", "iso", "note", "out", "table"]
+__all__ = ["describe_event", "error_line", "human_bytes", "human_duration", "iso", "json_message", "note", "out",
+           "table"]
+
+
+def _json_value(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return json_message(value)
+    if field.enum_type is not None:
+        named = field.enum_type.values_by_number.get(value)
+        return named.name if named is not None else value
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
+def json_message(message: Message) -> dict[str, Any]:
+    """A protobuf message as a JSON-ready dict of its set fields (camelCase names, as protobuf's JSON has).
+
+    Unlike protobuf's own JSON mapping, 64-bit integers stay numbers (it writes them as strings,
+    for JavaScript's sake), so that ``stats --json | jq '.metrics.memory.usage.usage > 0'`` works.
+
+    >>> from google.protobuf import duration_pb2
+    >>> json_message(duration_pb2.Duration(seconds=2**40, nanos=5))
+    {'seconds': 1099511627776, 'nanos': 5}
+    """
+    doc: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            doc[field.json_name] = {str(k): _json_value(value_field, v) for k, v in value.items()}
+        elif isinstance(value, (Message, str, bytes, int, float)):  # bool is an int
+            doc[field.json_name] = _json_value(field, value)
+        else:  # a repeated field's container
+            doc[field.json_name] = [_json_value(field, v) for v in value]
+    return doc
 
 
 def human_bytes(n: int) -> str:

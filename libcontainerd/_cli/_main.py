@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -26,6 +27,23 @@ from ._parser import build_parser
 from ._registry import Command
 
 __all__ = ["main"]
+
+
+_EVENT_STREAM_LOGGER = "libcontainerd.remote._events"
+# runc's words when the process to run cannot be: `exec: "<path>": <why>` (create and exec alike).
+_CANNOT_EXEC = re.compile(r'exec: "[^"]*": (?:stat [^:]*: )?(?P<why>executable file not found|no such file or '
+                          r'directory|permission denied|is a directory|exec format error)')
+# As docker (and a shell): 127 when the command is not there, 126 when it is but cannot be run.
+EXIT_NOT_FOUND, EXIT_CANNOT_RUN = 127, 126
+
+
+def _exit_code(exc: errdefs.LibcontainerdError) -> int:
+    """The exit code of an error: 127/126 when the container's command could not be found/run, else 1."""
+    found = _CANNOT_EXEC.search(str(exc))
+    if found is None:
+        return EXIT_ERROR
+    return EXIT_NOT_FOUND if found["why"] in ("executable file not found", "no such file or directory") else \
+        EXIT_CANNOT_RUN
 
 
 def _not_event_stream(record: logging.LogRecord) -> bool:
@@ -45,10 +63,16 @@ def _setup_logging(debug: bool, *, quiet_event_stream: bool) -> Callable[[], Non
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # `events` also says when containerd is back (and what it learned then), not only when it was lost.
+    stream = logging.getLogger(_EVENT_STREAM_LOGGER)
+    old_stream_level = stream.level
+    if not quiet_event_stream and not debug:
+        stream.setLevel(logging.INFO)
 
     def undo() -> None:
         root.removeHandler(handler)
         root.setLevel(old_level)
+        stream.setLevel(old_stream_level)
 
     return undo
 
@@ -95,7 +119,7 @@ def _dispatch(command: Command, args: argparse.Namespace, ctx: Context) -> int:
         if isinstance(exc, errdefs.Unavailable):
             message += f" — is containerd running at {ctx.address}? Start one with `{PROG} daemon`, or pass --address"
         error_line(message)
-        return EXIT_ERROR
+        return _exit_code(exc)
     except BrokenPipeError:
         # The reader of our stdout left (e.g. `| head`): not an error; keep Python from complaining at exit.
         with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ registry with its help, example and arguments. It must not declare commands itse
 from __future__ import annotations
 
 import argparse
+import os
 from typing import NoReturn
 
 import libcontainerd
@@ -42,11 +43,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=30)
 
 
+def _address(value: str) -> str:
+    """``--address``: not empty; a socket path relative to the working directory is made absolute.
+
+    >>> _address("host:1234"), _address("unix:///a.sock"), _address("/a.sock") == "/a.sock"
+    ('host:1234', 'unix:///a.sock', True)
+    """
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty: give containerd's socket path or host:port")
+    if not value.startswith("unix:") and ("/" in value or ":" not in value):  # a path, not host:port
+        return os.path.abspath(value)
+    return value
+
+
 def _global_options(parser: argparse.ArgumentParser, where: str) -> None:
     # SUPPRESS: an option given neither before nor after the subcommand leaves no attribute, so
     # the env var and then the default apply, and one given after the subcommand wins.
     group = parser.add_argument_group(f"global options (also accepted {where} the subcommand)")
-    group.add_argument("--address", metavar="SOCKET", default=argparse.SUPPRESS,
+    group.add_argument("--address", metavar="SOCKET", default=argparse.SUPPRESS, type=_address,
                        help=f"containerd's socket or host:port (${ENV_ADDRESS}; default {DEFAULT_ADDRESS})")
     group.add_argument("--namespace", metavar="NS", default=argparse.SUPPRESS,
                        help=f"containerd namespace (${ENV_NAMESPACE}; default {DEFAULT_NAMESPACE})")

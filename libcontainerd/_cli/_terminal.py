@@ -2,7 +2,8 @@
 
 This module owns how an attached process meets the person at the terminal: which of our
 streams it gets (:func:`stdio_callback`), its terminal size from its first moment
-(:func:`with_console_size`), raw mode and every SIGWINCH forwarded as a resize while it
+(:func:`with_console_size`), raw mode from before the start (:func:`raw_input`), every SIGWINCH
+forwarded as a resize while it
 runs, and waiting for its exit and then for its output to drain (:func:`follow`). It
 restores the terminal and the SIGWINCH handler whatever happens. It must not create,
 start or remove anything.
@@ -23,7 +24,7 @@ from typing import Any, Optional, Protocol
 import libcontainerd
 from libcontainerd import errdefs
 
-__all__ = ["AttachedProcess", "follow", "stdio_callback", "with_console_size"]
+__all__ = ["AttachedProcess", "follow", "raw_input", "stdio_callback", "with_console_size"]
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,28 @@ def _terminal_size() -> Optional[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def _terminal(proc: AttachedProcess, tty_mode: bool, interactive: bool) -> Iterator[None]:
-    """With a container terminal: the local terminal in raw mode and its size forwarded on SIGWINCH."""
+def raw_input(tty_mode: bool, interactive: bool) -> Iterator[None]:
+    """With ``-it`` on a terminal: the local terminal in raw mode, from before the process starts.
+
+    A shell asks the terminal where the cursor is as it starts (``ESC [ 6 n``); an answer that
+    arrives while the terminal is still in cooked mode is echoed (``/ # ^[[6;5R``) and held
+    back until Enter. Restored whatever happens.
+    """
+    if not (tty_mode and interactive and sys.stdin.isatty()):
+        yield
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd, termios.TCSANOW)  # not tty's default TCSAFLUSH: that would drop what was typed ahead
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def _resized(proc: AttachedProcess, tty_mode: bool) -> Iterator[None]:
+    """With a container terminal: its size forwarded now and on every SIGWINCH."""
     if not tty_mode:
         yield
         return
@@ -91,23 +112,15 @@ def _terminal(proc: AttachedProcess, tty_mode: bool, interactive: bool) -> Itera
 
     resize()
     old_winch = signal.signal(signal.SIGWINCH, resize)
-    saved: Optional[list[Any]] = None
-    fd = -1
-    if interactive and sys.stdin.isatty():
-        fd = sys.stdin.fileno()
-        saved = termios.tcgetattr(fd)
-        tty.setraw(fd, termios.TCSANOW)  # not tty's default TCSAFLUSH: that would drop what was typed ahead
     try:
         yield
     finally:
-        if saved is not None:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGWINCH, old_winch)
 
 
-def follow(proc: AttachedProcess, tty_mode: bool, interactive: bool) -> int:
+def follow(proc: AttachedProcess, tty_mode: bool) -> int:
     """Wait for an attached process, then for its output to drain; return its exit code."""
-    with _terminal(proc, tty_mode, interactive):
+    with _resized(proc, tty_mode):
         status = proc.wait()
         io = proc.io
         if io is not None:

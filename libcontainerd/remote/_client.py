@@ -21,15 +21,15 @@ import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from .. import _runc_root, errdefs
 from .. import _validation as valid
-from .. import errdefs
 from .._api.containerd.api.services.containers.v1 import containers_pb2
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import SPEC_URL, pack_json, pack_message
 from ..queue import KeyedSerialExecutor
 from ..types import Backend, PullProgress, Version
 from . import _bundle
-from ._container import Container
+from ._container import RUNC_OPTIONS, Container
 from ._events import EventStream
 from ._rpc import Connection
 from ._session import Session
@@ -80,6 +80,24 @@ def _runc_options(value: Union[Message, Mapping[str, Any], None]) -> Optional[An
         return pack_message(runc_options.Options(**value))
     except (TypeError, ValueError) as exc:
         raise errdefs.InvalidParameter(f"invalid runc options: {exc}") from exc
+
+
+def _with_runc_root(options: Optional[Any], shim: str, runc_root: Optional[str]) -> Optional[Any]:
+    """The runtime options with runc's ``root`` set to the client's runc root, for a runc shim.
+
+    A root the caller chose is kept, and so are options of another runtime.
+    """
+    if runc_root is None or "runc" not in shim:
+        return options
+    opts = runc_options.Options()
+    if options is not None:
+        if not options.type_url.endswith(RUNC_OPTIONS):
+            return options
+        opts.ParseFromString(options.value)
+    if opts.root:
+        return options
+    opts.root = runc_root
+    return pack_message(opts)
 
 
 def _with_cgroups_path(spec: Mapping[str, Any], namespace: str, id: str,
@@ -138,6 +156,15 @@ class Client:
     def state_dir(self) -> str:
         """Where bundle dirs and FIFOs live (``<state_dir>/<container id>/``), as an absolute path."""
         return self._session.state_dir
+
+    @property
+    def runc_root(self) -> Optional[str]:
+        """runc's ``--root`` for the runc containers this client creates (None: containerd's default).
+
+        >>> client.runc_root == daemon.runc_root  # a daemon of supervisor.start()
+        True
+        """
+        return self._session.runc_root
 
     @property
     def serialize_exec_starts(self) -> bool:
@@ -206,7 +233,8 @@ class Client:
                 ``linux.cgroupsPath`` it is sent with ``/<namespace>/<id>`` (containerd's default),
                 so that same-named containers of two namespaces never share a cgroup.
             shim: the runtime (containerd shim) name.
-            runtime_options: runc ``Options`` message or a dict of its fields.
+            runtime_options: runc ``Options`` message or a dict of its fields. Its ``root`` (runc's
+                ``--root``) defaults to the client's :attr:`runc_root` when that is set.
             labels: extra container labels.
             image: run on a snapshot of this image (an :class:`Image` or an image name) instead of
                 a rootfs directory; ``spec`` then has ``root.path`` ``"rootfs"`` (see
@@ -227,8 +255,8 @@ class Client:
         valid.runtime_spec(spec)
         spec = _with_cgroups_path(spec, self.namespace, id, runtime_options)
         any_spec = pack_json(SPEC_URL, spec, "spec")
-        any_options = _runc_options(runtime_options)
         valid.runtime_name(shim)
+        any_options = _with_runc_root(_runc_options(runtime_options), shim, self._session.runc_root)
         all_labels = valid.labels(labels)
         conn = self._session.conn
         if image is not None and self._containers_has(id):
@@ -507,6 +535,7 @@ def new_client(
     credentials: Optional[grpc.ChannelCredentials] = None,
     event_workers: int = 4,
     serialize_exec_starts: bool = True,
+    runc_root: Optional[str] = None,
 ) -> Client:
     """Connect to containerd; returns once the event reader runs.
 
@@ -519,6 +548,10 @@ def new_client(
         credentials: ``grpc.ChannelCredentials`` for a TLS TCP address.
         event_workers: threads delivering events (per container in order).
         serialize_exec_starts: serialize exec starts per task (containerd#8557).
+        runc_root: runc's ``--root`` for the runc containers this client creates. By default the one
+            of a daemon started by :func:`libcontainerd.supervisor.start` (read from the file it
+            writes beside its socket), so that its containers never share runc state with another
+            containerd's; None for any other daemon (containerd's default, ``/run/containerd/runc``).
 
     Nothing needs to serve at ``address`` yet: calls then raise ``errdefs.Unavailable`` and
     the event reader waits until containerd appears.
@@ -532,9 +565,13 @@ def new_client(
     if backend is not None and not callable(getattr(backend, "process_event", None)):
         raise errdefs.InvalidParameter("backend must have a process_event(container_id, event_type, info) method")
     valid.timeout(timeout)
+    if runc_root is not None and not os.path.isabs(valid.text(runc_root, "runc_root")):
+        raise errdefs.InvalidParameter(f"runc_root must be an absolute path, not {runc_root!r}")
     state_dir = _prepare_state_dir(state_dir)
     conn = Connection.open(address, namespace, timeout=timeout, credentials=credentials)
-    session = Session(conn, namespace, state_dir, serialize_exec_starts)
+    if runc_root is None:
+        runc_root = _runc_root.of_socket(conn.socket_path)
+    session = Session(conn, namespace, state_dir, serialize_exec_starts, runc_root=runc_root)
     executor = KeyedSerialExecutor(max_workers=event_workers, name="libcontainerd-events")
     events = session.exits = EventStream(conn, namespace, backend, executor, session.tracker)
     events.start()

@@ -56,7 +56,11 @@ _EXITED_MEMORY = 8192
 #: While containerd does not serve, a warning per failed attempt, at most one per this many seconds
 #: (the attempts in between are logged at debug level).
 DOWN_WARNING_INTERVAL = 10.0
-_SYNC_TYPE = "libcontainerd.v1.SubscriptionSync"
+# The sync event is a google.protobuf.Empty under its bare proto name: every subscriber of the namespace
+# receives it (a topic cannot be hidden from a subscriber without a filter), and containerd's own
+# decoders (typeurl: its registry, then the protobuf registry by full name) find that type on 1.6, 1.7
+# and 2.x, so `ctr events` prints `{}` where a type of our own made it warn "cannot unmarshal an event".
+_SYNC_EVENT = any_pb2.Any(type_url=empty_pb2.Empty.DESCRIPTOR.full_name)
 #: After a reconnect, how long a process that containerd does not know is looked at again before it
 #: counts as gone (containerd 2.x serves before it has reconnected to its tasks' shims).
 RECONCILE_GRACE = 5.0
@@ -275,7 +279,7 @@ class EventStream:
             return
         self.subscriptions += 1
         if resubscribe:
-            log.info("event stream of namespace %s resubscribed", self._namespace)
+            log.info("event stream of namespace %s: containerd is back, resubscribed", self._namespace)
         self._synced.clear()
         self._reconcile_pending = True
         stop_resync = threading.Event()
@@ -304,7 +308,7 @@ class EventStream:
 
     def _resync(self, call: Stream, stop: threading.Event) -> None:
         """Publish to the private topic until the reader sees it; cancel a subscription that never does."""
-        request = events_pb2.PublishRequest(topic=self._sync_topic, event=any_pb2.Any(type_url=_SYNC_TYPE))
+        request = events_pb2.PublishRequest(topic=self._sync_topic, event=_SYNC_EVENT)
         deadline = time.monotonic() + self._resync_timeout
         while not (self._synced.is_set() or stop.is_set() or self._closing.is_set()):
             if time.monotonic() > deadline:

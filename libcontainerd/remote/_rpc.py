@@ -219,6 +219,11 @@ class Connection:
         return cls(_channel(address, credentials, private), namespace, timeout,
                    target[len("unix://"):] if unix else None)
 
+    @property
+    def socket_path(self) -> Optional[str]:
+        """The unix socket's path; None for a TCP address."""
+        return self._socket_path
+
     # -- stubs: made on first use (stateless, so two threads making one at once is harmless) --
 
     @property

@@ -22,13 +22,15 @@ from ._rpc import Connection
 
 @attrs.define(eq=False)
 class Session:
-    """The connection, namespace, state dir, process tracker and exec-start locks of one client."""
+    """The connection, namespace, state dir, runc root, process tracker and exec-start locks of one client."""
 
     conn: Connection = attrs.field(repr=False)
     namespace: str
     state_dir: str
     #: serialize exec starts per task (containerd#8557: concurrent starts stall in the runc shim)
     serialize_exec_starts: bool = True
+    #: runc's ``--root`` given to the runc containers this client creates (None: containerd's default)
+    runc_root: Optional[str] = attrs.field(default=None, kw_only=True)
     tracker: ProcessTracker = attrs.field(factory=ProcessTracker, repr=False)
     #: delivers an exit that a call (Wait, Delete) learned and the stream may have missed, exactly once
     exits: Optional[EventStream] = attrs.field(default=None, repr=False)

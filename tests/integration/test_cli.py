@@ -9,6 +9,8 @@ import pty
 import queue
 import re
 import select
+import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -24,7 +26,7 @@ import pytest
 
 from libcontainerd import _procfs, errdefs, oci, testing
 
-from ..helpers import run_once
+from ..helpers import run_once, wait_until
 
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
                "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
@@ -176,6 +178,26 @@ def test_run_rm_prints_the_output_and_returns_the_exit_code(cli, client):
     assert client.list_containers() == []
 
 
+def test_run_of_an_id_longer_than_a_hostname_gets_a_hostname_that_fits(cli, client):
+    """The hostname defaults to the id; ids of 65-76 characters made runc fail (sethostname: invalid argument)."""
+    long_id = "h" * 40 + "-" + "x" * 35  # 76 characters, the longest id containerd takes
+    res = cli("run", "--rm", "--busybox", long_id, "hostname")
+    assert (res.returncode, res.stdout) == (0, long_id[:64] + "\n"), res.stderr
+    assert client.list_containers() == []
+
+
+def test_run_and_exec_it_without_a_terminal_on_stdin_are_usage_errors(cli, client):
+    """Like docker's "the input device is not a TTY" (it was "cannot start a container that has stopped",
+    or raw escape codes and exit 129)."""
+    res = cli("run", "--rm", "-it", "--busybox", "notty", "sh", input="echo hi\n")
+    assert res.returncode == 2 and "not a TTY" in _one_error_line(res.stderr), res.stderr
+    assert client.list_containers() == []
+    assert cli("run", "-d", "--busybox", "host2", "sleep", "300").returncode == 0
+    res = cli("exec", "-it", "host2", "sh", input="echo hi\n")
+    assert res.returncode == 2 and "not a TTY" in _one_error_line(res.stderr), res.stderr
+    assert cli("rm", "-f", "host2").returncode == 0
+
+
 def test_run_interactive_reads_stdin(cli, client):
     res = cli("run", "--rm", "-i", "--busybox", "up", "tr", "a-z", "A-Z", input="hello, stdin\n" * 1000)
     assert res.returncode == 0, res.stderr
@@ -234,6 +256,50 @@ def test_run_interactive_terminal_in_raw_mode_with_its_size(cli, client):
     assert client.list_containers() == []
 
 
+def test_run_it_sets_raw_mode_before_the_process_starts(cli, client):
+    """A shell asks the terminal for the cursor position as it starts (ESC [ 6 n), and a terminal answers
+    at once: an answer that finds the local terminal still cooked is echoed (`/ # ^[[6;5R`). So the
+    terminal is raw from before the container exists; the test looks, and answers, as soon as it does."""
+    master, slave = pty.openpty()
+    try:
+        # As an interactive shell does, the container's own terminal does not echo; then the query, and
+        # what the shell reads back (the answer) it prints with od.
+        script = r"stty -echo; printf '\033[6n'; read -r answer; echo \"answer:$answer\" | od -c | head -1; exit 3"
+        proc = subprocess.Popen([sys.executable, "-m", "libcontainerd", *cli.globals, "run", "--rm", "-it",
+                                 "--busybox", "cursor", "sh", "-c", script], stdin=slave, stdout=slave,
+                                stderr=slave, env=_base_env(), start_new_session=True)
+        os.close(slave)
+        slave = -1
+        assert wait_until(lambda: proc.poll() is not None or any(c.id == "cursor" for c in client.list_containers()),
+                          timeout=60, interval=0.005)
+        lflag = termios.tcgetattr(master)[3]
+        os.write(master, b"\x1b[6;5R\r")  # what a terminal answers, then Enter
+        output = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: every holder of the terminal is gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if proc.poll() is not None and not ready:
+                break
+        assert proc.wait(timeout=30) == 3, output
+        assert not lflag & (termios.ECHO | termios.ICANON), "the terminal was cooked when the container existed"
+        # (No assertion on echoes: answered this early, the container's own terminal, not yet
+        # `stty -echo`, echoes it; in life the answer follows the query.)
+        assert b"6   ;   5   R" in output, output  # the shell got the answer, typed ahead of its start
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert client.list_containers() == []
+
+
 def test_ctrl_c_of_an_attached_run_removes_the_container(cli, client, procs):
     proc = procs.start(*cli.globals, "run", "--rm", "--busybox", "sleeper", "sleep", "300")
     deadline = time.monotonic() + 60
@@ -249,17 +315,48 @@ def test_ctrl_c_of_an_attached_run_removes_the_container(cli, client, procs):
     if not running:
         proc.kill()
         raise AssertionError(f"the task never ran (exit {proc.wait()}): {proc.stderr.read()}")
+    # The first Ctrl-C goes to the process (sleep, pid 1 of its namespace, ignores it); the second kills it.
+    err_lines = procs.lines(proc.stderr, "run-stderr")
+    proc.send_signal(signal.SIGINT)
+    assert err_lines.wait_for("Ctrl-C again kills it") is not None, err_lines.rest()
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
         proc.wait()
-        raise AssertionError(proc.stderr.read()) from None
-    err = proc.stderr.read()
+        raise AssertionError(err_lines.rest()) from None
+    err = err_lines.rest()
     assert proc.wait(timeout=30) == 130, err
     assert "Traceback" not in err
     assert client.list_containers() == []
+
+
+@pytest.mark.parametrize("sig, name", [(signal.SIGTERM, "TERM"), (signal.SIGINT, "INT"), (signal.SIGHUP, "HUP")])
+def test_a_signal_to_an_attached_run_reaches_its_process(cli, client, procs, sig, name):
+    """SIGTERM/SIGINT/SIGHUP sent to `run` reach the container's process (its trap runs), and the CLI exits
+    with the container's code and --rm removes it (the CLI died with 143, or SIGKILLed it on Ctrl-C)."""
+    script = f'trap "echo got {name}; exit 7" {name}; echo ready; while true; do sleep 0.1; done'
+    proc = procs.start(*cli.globals, "run", "--rm", "--busybox", "trapper", "sh", "-c", script)
+    out_lines = procs.lines(proc.stdout, "run-stdout")
+    err_lines = procs.lines(proc.stderr, "run-stderr")
+    assert out_lines.wait_for("ready", timeout=60) is not None, err_lines.rest()
+    proc.send_signal(sig)
+    assert out_lines.wait_for(f"got {name}") is not None, err_lines.rest()
+    assert proc.wait(timeout=30) == 7, err_lines.rest()
+    assert client.list_containers() == []
+
+
+def test_a_signal_to_an_attached_exec_reaches_its_process(cli, client, procs):
+    assert cli("run", "-d", "--busybox", "host", "sleep", "300").returncode == 0
+    script = 'trap "echo got TERM; exit 9" TERM; echo ready; while true; do sleep 0.1; done'
+    proc = procs.start(*cli.globals, "exec", "host", "sh", "-c", script)
+    out_lines = procs.lines(proc.stdout, "exec-stdout")
+    assert out_lines.wait_for("ready", timeout=60) is not None
+    proc.send_signal(signal.SIGTERM)
+    assert out_lines.wait_for("got TERM") is not None
+    assert proc.wait(timeout=30) == 9
+    assert cli("rm", "-f", "host").returncode == 0
 
 
 def test_global_options_after_the_subcommand_and_from_the_environment(cli, containerd, state_dir, namespace, client):
@@ -312,6 +409,17 @@ def test_a_detached_container_through_every_command(cli, client):
     doc = json.loads(res.stdout)
     assert doc["id"] == "web" and doc["memory_bytes"] > 0 and doc["pids"] >= 1 and "metrics" in doc
     assert doc["memory_limit_bytes"] == 64 << 20
+
+    def numeric_strings(value: Any) -> list[str]:  # protobuf's JSON writes int64 as strings
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in numeric_strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in numeric_strings(v)]
+        return [value] if isinstance(value, str) and value.isdigit() else []
+
+    assert numeric_strings(doc["metrics"]) == [], doc["metrics"]
+    memory = doc["metrics"]["memory"]
+    assert isinstance(memory["usage"]["usage"] if isinstance(memory["usage"], dict) else memory["usage"], int)
     res = cli("stats")
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0].split() == ["CONTAINER", "CPU", "TIME", "MEMORY", "LIMIT", "PIDS"]
@@ -375,6 +483,77 @@ def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, recorder,
     assert "Traceback" not in err.rest()
 
 
+def test_events_filter_and_json_nulls(cli, client, recorder, rootfs, procs):
+    """--filter container=ID shows one container's events; --json writes null where an event has no pid or
+    exit code (a pause has neither), not 0."""
+    assert cli("events", "--filter", "nocontainer").returncode == 2
+    assert cli("run", "-d", "--busybox", "fp", "sleep", "300").returncode == 0
+    proc = procs.start(*cli.globals, "events", "--json", "--filter", "container=fp")
+    err = procs.lines(proc.stderr, "events-stderr")
+    out = procs.lines(proc.stdout, "events-stdout")
+    assert err.wait_for("watching events") is not None, err.rest()
+    paused = None
+    for attempt in range(3):  # the subscription registers a little after the notice: pause again until seen
+        run_once(client, recorder, rootfs, f"other{attempt}")
+        assert cli("pause", "fp").returncode == 0
+        assert cli("resume", "fp").returncode == 0
+        paused = out.wait_for('"type": "paused"', timeout=10)
+        if paused is not None:
+            break
+    assert paused is not None, out.rest()
+    event = json.loads(paused)
+    assert (event["container"], event["pid"], event["exit_code"]) == ("fp", None, None)
+    assert out.wait_for('"type": "resumed"') is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) in (0, 130)
+    assert not [line for line in out.seen if "other" in line], out.seen
+    assert cli("rm", "-f", "fp").returncode == 0
+
+
+def test_events_ends_when_its_reader_does(cli, client, recorder, rootfs):
+    """`events | head -1` ends once head has its line, as `ctr events` does (the broken pipe was swallowed)."""
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "libcontainerd", *cli.globals, "events"])
+    pipeline = subprocess.Popen(["sh", "-c", f"{command} | head -1"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=_base_env())
+    try:
+        for attempt in range(30):  # events until head got one (the subscription may miss the first ones)
+            run_once(client, recorder, rootfs, f"hd{attempt}")
+            try:
+                stdout, stderr = pipeline.communicate(timeout=2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            pytest.fail("events | head -1 did not end")
+        assert re.search(r"\bhd\d+\b", stdout), stdout
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+            pipeline.wait(timeout=30)
+    assert not _our_processes(cli.globals[5]), "the events process outlived its pipeline"
+
+
+def test_events_says_when_it_lost_containerd_and_when_it_is_back(procs, state_dir, namespace):
+    """A private daemon of its own, killed under `events` (and restarted by its supervisor)."""
+    tmp = tempfile.mkdtemp(prefix="lcd-evr-")
+    daemon = testing.start_daemon(tmp, health_failures=0)
+    try:
+        proc = procs.start("--address", daemon.address, "--namespace", namespace, "--state-dir", state_dir, "events")
+        err = procs.lines(proc.stderr, "events-stderr")
+        assert err.wait_for("watching events") is not None, err.rest()
+        restarts = daemon.restarts
+        daemon.kill(signal.SIGKILL)
+        assert daemon.wait_for_restarts(restarts + 1, timeout=60)
+        assert err.wait_for("waiting for containerd|ended; reconnecting", timeout=30) is not None, err.seen
+        assert err.wait_for("containerd is back", timeout=60) is not None, err.seen
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) in (0, 130)
+    finally:
+        testing.cleanup_root(daemon)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_events_human_lines(cli, client, recorder, rootfs, procs):
     proc = procs.start(*cli.globals, "events")
     err = procs.lines(proc.stderr, "events-stderr")
@@ -394,15 +573,54 @@ def test_events_human_lines(cli, client, recorder, rootfs, procs):
     assert "Traceback" not in err.rest()
 
 
+def test_exit_codes_say_what_kind_of_failure_it_was(cli, client, containerd, tmp_path):
+    """Usage errors exit 2; a command that is not there 127, one that cannot be run 126 (as docker)."""
+    for args, code in [
+        (("run", "--rm", "--busybox", "-e", "NOEQ", "e", "true"), 2),
+        (("run", "--rm", "--busybox", "-w", "rel", "w", "true"), 2),
+        (("run", "--rm", "--busybox", "--hostname", "h" * 65, "h", "true"), 2),
+        (("run", "--rm", "--busybox", "nf", "no-such-command"), 127),
+        (("run", "--rm", "--busybox", "nx", "/etc/passwd"), 126),
+    ]:
+        res = cli(*args)
+        assert res.returncode == code, (args, res.stderr)
+        _one_error_line(res.stderr)
+    assert cli("run", "-d", "--busybox", "ex", "sleep", "300").returncode == 0
+    assert cli("exec", "ex", "no-such-command").returncode == 127
+    assert cli("exec", "ex", "/etc/passwd").returncode == 126
+    assert cli("exec", "-e", "NOEQ", "ex", "true").returncode == 2
+    assert cli("rm", "-f", "ex").returncode == 0
+    assert client.list_containers() == []
+
+
+def test_address_empty_is_an_error_and_a_relative_socket_path_works(cli, containerd, state_dir):
+    res = cli("--address", "", "version", where="after")
+    assert res.returncode == 2 and "--address" in _one_error_line(res.stderr)
+    res = subprocess.run([sys.executable, "-m", "libcontainerd", "--address", os.path.basename(containerd.address),
+                          "--state-dir", state_dir, "version"], capture_output=True, text=True, timeout=60,
+                         env=_base_env(), cwd=os.path.dirname(containerd.address))
+    assert res.returncode == 0, res.stderr
+    assert "containerd" in res.stdout
+
+
+def test_daemon_root_errors_name_root(tmp_path):
+    too_long = tmp_path / ("r" * 100)
+    res = subprocess.run([sys.executable, "-m", "libcontainerd", "daemon", "--root", str(too_long)],
+                         capture_output=True, text=True, timeout=60, env=_base_env())
+    line = _one_error_line(res.stderr)
+    assert res.returncode == 2 and "--root" in line and "state_dir" not in line, line
+    assert not too_long.exists()
+
+
 def test_an_error_is_one_line_and_a_nonzero_exit(cli, client):
     res = cli("rm", "nosuch")
     assert res.returncode != 0
-    assert "nosuch" in _one_error_line(res.stderr)
+    assert _one_error_line(res.stderr).count("nosuch") == 1, res.stderr  # no doubled prefix
     res = cli("--address", "/nonexistent/containerd.sock", "version", where="after")
     assert res.returncode != 0
     assert "/nonexistent/containerd.sock" in _one_error_line(res.stderr)
     res = cli("run", "--rm", "--busybox", "bad", "no-such-command")
-    assert res.returncode != 0
+    assert res.returncode == 127
     assert "no-such-command" in _one_error_line(res.stderr)
     assert client.list_containers() == []  # nothing left of the failed run
     res = cli("run", "--memory", "lots", "--busybox", "m", "true")

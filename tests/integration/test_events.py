@@ -353,3 +353,31 @@ def test_new_client_to_a_dead_address_returns_quickly(state_dir, namespace):
                                   testing.RecordingBackend()) as c:
         assert not c._events._synced.is_set()
     assert time.monotonic() - started < 5
+
+
+def test_ctr_events_decodes_the_sync_event_of_every_client(containerd, state_dir, namespace):
+    """Every client publishes a sync event into its namespace; `ctr events` (containerd's own decoder, of
+    the containerd under test) must decode it instead of warning "cannot unmarshal an event"."""
+    testing.require_tools("ctr")
+    ctr = subprocess.Popen([str(testing.containerd_tool("ctr")), "--address", containerd.address, "--namespace",
+                            namespace, "events"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    readers = [threading.Thread(target=lambda s=s: lines.extend(s), name=f"test-ctr-{n}", daemon=True)
+               for n, s in (("out", ctr.stdout), ("err", ctr.stderr))]
+    for r in readers:
+        r.start()
+    try:
+        # ctr's subscription may register after a client's sync: connect clients until ctr shows one.
+        def a_client_synced() -> bool:
+            with libcontainerd.new_client(containerd.address, state_dir, namespace, None):
+                pass
+            return any("/libcontainerd/sync/" in line or "unmarshal" in line for line in lines)
+
+        assert wait_until(a_client_synced, timeout=30)
+    finally:
+        ctr.terminate()
+        ctr.wait(timeout=30)
+        for r in readers:
+            r.join(timeout=30)
+    assert not [line for line in lines if "unmarshal" in line], lines
+    assert [line for line in lines if "/libcontainerd/sync/" in line and line.rstrip().endswith("{}")], lines

@@ -141,7 +141,7 @@ def test_containerd_killed_at_any_point_of_start(daemon, h, rootfs, delay):
     if not wait_until(lambda: not shims(daemon.daemon, c.namespace, "k-any"), timeout=10):
         ORPHANED_SHIMS.extend(shims(daemon.daemon, c.namespace, "k-any"))
         for pid in shims(daemon.daemon, c.namespace, "k-any"):
-            reap_orphan_shim(pid, c.namespace, "k-any")
+            reap_orphan_shim(pid, c.namespace, "k-any", daemon.daemon.runc_root)
     h.recovered(rootfs)
 
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import libcontainerd
-from libcontainerd import _procfs, errdefs, oci, stdio, testing
+from libcontainerd import _procfs, errdefs, oci, stdio, supervisor, testing
 from libcontainerd.types import EventType as E
 from libcontainerd.types import Status
 
@@ -198,3 +198,67 @@ def test_no_exec_id_writes_outside_the_bundle(client, rootfs):
     finally:
         task.force_delete()
         ctr.delete()
+
+
+@pytest.fixture
+def second_daemon() -> Iterator[supervisor.Daemon]:
+    """A private containerd beside the session's, with a root of its own."""
+    tmp = tempfile.mkdtemp(prefix="lcd-2nd-")
+    try:
+        daemon = testing.start_daemon(tmp, health_failures=0)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        yield daemon
+    finally:
+        leftovers = testing.cleanup_root(daemon)
+        shutil.rmtree(tmp, ignore_errors=True)
+        assert not leftovers
+
+
+def test_two_private_daemons_keep_apart_the_same_namespace_and_id(containerd, second_daemon, namespace, rootfs):
+    """runc's default root is machine-wide: without a runc root per daemon, the second create fails
+    ("container with given ID already exists") and its clean-up deletes the first daemon's container."""
+    assert containerd.runc_root != second_daemon.runc_root
+    parent = tempfile.mkdtemp(prefix="lcd-iso2-")
+    a = libcontainerd.new_client(containerd.address, os.path.join(parent, "a"), namespace, None, timeout=30)
+    b = libcontainerd.new_client(second_daemon.address, os.path.join(parent, "b"), namespace, None, timeout=30)
+    try:
+        assert (a.runc_root, b.runc_root) == (containerd.runc_root, second_daemon.runc_root)
+        task_a = a.new_container("twin", spec(rootfs, "sleep", "1001")).start()
+        task_b = b.new_container("twin", spec(rootfs, "sleep", "1002")).start()
+        assert task_a.pid != task_b.pid
+        assert _procfs.cmdline(task_a.pid) == ["sleep", "1001"]
+        assert _procfs.cmdline(task_b.pid) == ["sleep", "1002"]
+        for daemon in (containerd, second_daemon):
+            assert os.path.isfile(os.path.join(daemon.runc_root, namespace, "twin", "state.json"))
+        assert not os.path.exists(os.path.join("/run/containerd/runc", namespace, "twin"))
+
+        # Killing and removing b's twin leaves a's running, and the other way round.
+        task_b.kill(signal.SIGKILL)
+        assert task_b.wait(timeout=30).code == 137
+        task_b.delete()
+        b.load_container("twin").delete()
+        assert task_a.status() is Status.RUNNING
+        assert _procfs.cmdline(task_a.pid) == ["sleep", "1001"]
+        task_a.kill(signal.SIGKILL)
+        assert task_a.wait(timeout=30).code == 137
+        task_a.delete()
+        a.load_container("twin").delete()
+        assert not os.path.exists(os.path.join(containerd.runc_root, namespace, "twin"))
+    finally:
+        for c in (a, b):
+            testing.remove_containers(c)
+            c.close()
+        shutil.rmtree(parent)
+
+
+def test_a_client_of_a_socket_without_a_runc_root_file_keeps_containerds_default(containerd, state_dir):
+    """A system containerd (no file beside its socket) keeps runc's default root: nothing is set."""
+    with libcontainerd.new_client("/nonexistent/containerd.sock", state_dir, "t-x", None) as client:
+        assert client.runc_root is None
+    with libcontainerd.new_client(containerd.address, state_dir, "t-x", None, runc_root="/run/x") as client:
+        assert client.runc_root == "/run/x"
+    with pytest.raises(errdefs.InvalidParameter, match="runc_root"):
+        libcontainerd.new_client(containerd.address, state_dir, "t-x", None, runc_root="rel")

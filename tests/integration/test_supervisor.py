@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -307,6 +308,26 @@ def test_stop_leaves_containers_running_and_cleanup_root_removes_them(start_own:
     assert not os.path.exists(shim_socket)
     assert not os.path.exists("/run/containerd/runc/t-cleanup")
     assert not os.path.exists(daemon.root_dir)
+    assert not os.path.exists(daemon.state_dir)
+
+
+def test_cleanup_root_removes_containers_in_the_daemons_own_runc_root(start_own: StartFn, rootfs: str) -> None:
+    """A container made through a client of a private daemon keeps its runc state in the daemon's runc root:
+    cleanup_root must runc-delete it from there (else its cgroups and runc state outlive the daemon)."""
+    import libcontainerd  # here: the supervisor's own tests need no client
+    from libcontainerd import oci
+
+    daemon = start_own(health_failures=0)
+    assert daemon.runc_root == os.path.join(daemon.state_dir, "runc")
+    with libcontainerd.new_client(daemon.address, os.path.join(daemon.root_dir, "b"), "t-own-root", None) as c:
+        assert c.runc_root == daemon.runc_root
+        task = c.new_container("c1", oci.default_spec(rootfs, ["sleep", "600"])).start()
+    assert os.path.isfile(os.path.join(daemon.runc_root, "t-own-root", "c1", "state.json"))
+    daemon.stop()
+    leftovers = testing.cleanup_root(daemon)
+    assert task.pid in leftovers.processes or _gone(task.pid)
+    assert _gone(task.pid)
+    assert glob.glob("/sys/fs/cgroup/*/t-own-root/c1") + glob.glob("/sys/fs/cgroup/t-own-root/c1") == []
     assert not os.path.exists(daemon.state_dir)
 
 

@@ -60,3 +60,22 @@ def test_str_is_one_sentence_without_a_grpc_dump():
 def test_no_details_still_says_something():
     err = errdefs.from_grpc(FakeRpcError(grpc.StatusCode.INTERNAL, ""))
     assert str(err) == "internal"
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED])
+def test_deadline_exceeded_is_a_deadline_whatever_the_code(code):
+    """containerd passes on a shim call's "context deadline exceeded" as UNKNOWN: still a timeout."""
+    err = errdefs.from_grpc(FakeRpcError(code, "ttrpc: context deadline exceeded: unknown"), "task t")
+    assert isinstance(err, errdefs.Deadline) and isinstance(err, TimeoutError)
+
+
+@pytest.mark.parametrize("what, details, message", [
+    ("container nope", 'container "nope" in namespace "x": not found', 'container "nope" in namespace "x": not found'),
+    ("task keep", "task keep not found", "task keep not found"),
+    ("exec e1 of container web", "process e1 in web: not found", "process e1 in web: not found"),
+    # an id that is only part of a word in the details is not named there: the prefix stays
+    ("task web", "webhook failed", "task web: webhook failed"),
+    ("exec e1 of container web", "process e1 not found", "exec e1 of container web: process e1 not found"),
+])
+def test_a_message_that_names_its_objects_gets_no_second_prefix(what, details, message):
+    assert str(errdefs.from_grpc(FakeRpcError(grpc.StatusCode.NOT_FOUND, details), what)) == message

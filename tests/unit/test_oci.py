@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from libcontainerd import _validation as valid
 from libcontainerd import errdefs, oci
 
 ARGS = ["sh", "-c", "echo hi"]
@@ -235,3 +236,12 @@ def test_spec_validation(kwargs: dict[str, Any], match: str) -> None:
     rootfs = call.pop("rootfs")
     with pytest.raises(errdefs.InvalidParameter, match=match):
         oci.default_spec(rootfs, ARGS, **call)
+
+
+def test_a_hostname_longer_than_the_kernels_64_bytes_is_refused_up_front() -> None:
+    """runc's sethostname fails with "invalid argument" beyond HOST_NAME_MAX: say so before any RPC."""
+    assert oci.default_spec("/r", ["sh"], hostname="h" * 64)["hostname"] == "h" * 64
+    with pytest.raises(errdefs.InvalidParameter, match="longer than the kernel's 64 bytes"):
+        oci.default_spec("/r", ["sh"], hostname="h" * 65)
+    with pytest.raises(errdefs.InvalidParameter, match="spec 'hostname'"):
+        valid.runtime_spec({**oci.default_spec("/r", ["sh"]), "hostname": "h" * 65})
