@@ -161,7 +161,7 @@ class Client:
     def runc_root(self) -> Optional[str]:
         """runc's ``--root`` for the runc containers this client creates (None: containerd's default).
 
-        >>> client.runc_root == daemon.runc_root  # a daemon of supervisor.start()
+        >>> client.runc_root.endswith("/runc")  # a daemon of supervisor.start(): <state dir>/runc
         True
         """
         return self._session.runc_root
