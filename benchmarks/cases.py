@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import attrs
 import grpc
@@ -42,15 +42,15 @@ class Result:
     unit: str
     sdk: float
     reference: str = ""
-    ref_value: Optional[float] = None
+    ref_value: float | None = None
     target: str = ""
-    verdict: Optional[bool] = None
+    verdict: bool | None = None
     better: str = "lower"
     n: int = 0
     note: str = ""
 
     @property
-    def ratio(self) -> Optional[float]:
+    def ratio(self) -> float | None:
         if self.ref_value is None or not self.ref_value:
             return None
         return self.sdk / self.ref_value
@@ -69,8 +69,8 @@ class Env:
     rootfs: str
     work: str
     quick: bool
-    criu: Optional[str] = None  # a CRIU that passes `criu check`, first on the daemon's PATH
-    gobench: Optional[str] = None
+    criu: str | None = None  # a CRIU that passes `criu check`, first on the daemon's PATH
+    gobench: str | None = None
 
     def namespace(self, name: str) -> str:
         return f"bench-{name}-{uuid.uuid4().hex[:6]}"
@@ -105,7 +105,7 @@ def interleave(
     variants: dict[str, Callable[[int], Any]],
     iterations: int,
     warmup: int = 1,
-    cpu: Optional[dict[str, list[float]]] = None,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Run one iteration of every variant in turn; return each variant's timings (seconds).
 
@@ -153,7 +153,7 @@ class GoRuns:
             self.error = str(exc)
 
     def result(self, bench: str, metric: str, sdk_ms: float, n: int) -> Result:
-        value: Optional[float] = None
+        value: float | None = None
         if self.go is None:
             note = "missing: gobench not built (see docs/benchmarks.rst)"
         elif not self.medians:

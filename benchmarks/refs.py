@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -124,7 +124,7 @@ class RawClient:
 class Ctr:
     """Debian's ``ctr`` on the private daemon; FIFOs go to a private dir, never /run/containerd."""
 
-    def __init__(self, address: str, namespace: str, work_dir: str, binary: Optional[str] = None) -> None:
+    def __init__(self, address: str, namespace: str, work_dir: str, binary: str | None = None) -> None:
         found = binary or testing.containerd_tool("ctr")
         if found is None:
             raise FileNotFoundError("ctr is not installed (apt-get install containerd)")
@@ -195,7 +195,7 @@ def check(proc: subprocess.Popen[bytes], what: str, timeout: float = 120.0) -> N
 GOBENCH_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "gobench")
 
 
-def find_gobench(path: Optional[str]) -> Optional[str]:
+def find_gobench(path: str | None) -> str | None:
     """The gobench binary to use: ``path`` if given ('' = none), else the checkout's .cache/gobench if built."""
     if path is not None:
         return path or None

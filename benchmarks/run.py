@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def machine(address: str) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Optional[float]) -> str:
+def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
     if value != value:  # NaN
@@ -80,7 +80,7 @@ def _fmt(value: Optional[float]) -> str:
     return f"{value:.2f}"
 
 
-def _ref(reference: str, value: Optional[float]) -> str:
+def _ref(reference: str, value: float | None) -> str:
     return "missing" if reference and value is None else _fmt(value)
 
 
@@ -111,7 +111,7 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def parse(argv: Optional[list[str]]) -> argparse.Namespace:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a short run: few iterations, 128 MiB of stdout")
     p.add_argument("--only", action="append", default=[], metavar="NAMES",
@@ -190,7 +190,7 @@ def matrix(args: argparse.Namespace, binaries: list[str]) -> int:
     return rc
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.list:
         print("\n".join(BENCHMARKS))

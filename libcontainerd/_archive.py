@@ -25,7 +25,7 @@ import os
 import posixpath
 import tarfile
 from collections.abc import Iterator, Mapping
-from typing import IO, Any, Optional, Protocol, Union
+from typing import IO, Any, Protocol
 
 from . import errdefs
 from ._imagespec import (
@@ -49,7 +49,7 @@ _CHUNK = 1 << 20
 class Store(Protocol):
     """Where the archive's blobs go (the content store, under the import's lease)."""
 
-    def ingest(self, ref: str, size: int, chunks: Iterator[bytes], digest: Optional[str]) -> str:
+    def ingest(self, ref: str, size: int, chunks: Iterator[bytes], digest: str | None) -> str:
         """Store a blob of ``size`` bytes (verified against ``digest`` when known); return its digest."""
 
     def put(self, media_type: str, data: bytes) -> Descriptor:
@@ -75,7 +75,7 @@ class _Chunks:
             yield chunk
 
 
-def _open(archive: Union[str, os.PathLike[str], IO[bytes]]) -> tarfile.TarFile:
+def _open(archive: str | os.PathLike[str] | IO[bytes]) -> tarfile.TarFile:
     try:
         if isinstance(archive, (str, os.PathLike)):
             return tarfile.open(os.fspath(archive), mode="r|*")
@@ -88,7 +88,7 @@ def _open(archive: Union[str, os.PathLike[str], IO[bytes]]) -> tarfile.TarFile:
     raise errdefs.InvalidParameter(f"archive must be a path or a binary file object, not {archive!r}")
 
 
-def import_stream(archive: Union[str, os.PathLike[str], IO[bytes]], store: Store) -> list[tuple[str, Descriptor]]:
+def import_stream(archive: str | os.PathLike[str] | IO[bytes], store: Store) -> list[tuple[str, Descriptor]]:
     """Stream the archive into ``store``; return ``(image name, target descriptor)`` pairs.
 
     Raises:
@@ -100,8 +100,8 @@ def import_stream(archive: Union[str, os.PathLike[str], IO[bytes]], store: Store
     heads: dict[str, bytes] = {}
     docs: dict[str, bytes] = {}
     symlinks: dict[str, str] = {}
-    layout: Optional[dict[str, Any]] = None
-    manifests: Optional[list[Any]] = None
+    layout: dict[str, Any] | None = None
+    manifests: list[Any] | None = None
     with _open(archive) as tar:
         try:
             for member in tar:
@@ -148,7 +148,7 @@ def import_stream(archive: Union[str, os.PathLike[str], IO[bytes]], store: Store
                                    "(manifest.json)")
 
 
-def _layout_digest(name: str) -> Optional[str]:
+def _layout_digest(name: str) -> str | None:
     parts = name.split("/")
     if len(parts) == 3 and parts[0] == "blobs" and parts[1] == "sha256":
         return check_digest(f"sha256:{parts[2]}", name)

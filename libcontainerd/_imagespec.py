@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -66,8 +66,8 @@ class Reference:
 
     host: str
     repository: str
-    tag: Optional[str] = None
-    digest: Optional[str] = None
+    tag: str | None = None
+    digest: str | None = None
 
     @classmethod
     def parse(cls, ref: object) -> Reference:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Collection
-from typing import Optional, Union
+from typing import Union
 
 __all__ = [
     "cgroups",
@@ -49,7 +49,7 @@ Pid = Union[int, str]  # a pid, or "self"
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def _read(path: str) -> Optional[bytes]:
+def _read(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -84,7 +84,7 @@ def cmdline(pid: Pid) -> list[str]:
     return [os.fsdecode(a) for a in raw.split(b"\0") if a] if raw else []
 
 
-def state(pid: Pid) -> Optional[str]:
+def state(pid: Pid) -> str | None:
     """The one-letter state of ``pid`` (``R``, ``S``, ``D``, ``T``, ``Z`` ...); None when it is gone.
 
     >>> state("self")

@@ -24,7 +24,6 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from typing import Optional
 
 from . import errdefs
 from ._imagespec import MANIFEST_ACCEPT, Reference, sha256_digest
@@ -42,7 +41,7 @@ def _docker_hub_api(host: str) -> str:
     return "registry-1.docker.io" if host == "docker.io" else host
 
 
-def config_credentials(host: str) -> Optional[tuple[str, str]]:
+def config_credentials(host: str) -> tuple[str, str] | None:
     """``(user, secret)`` for ``host`` from ``$DOCKER_CONFIG/config.json`` (default ``~/.docker``).
 
     Reads the ``auths`` section as docker writes it (``auth`` = base64 of ``user:password``, or
@@ -84,9 +83,9 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 class _Auth:
     """Credentials and the Authorization header in use; never shown."""
 
-    def __init__(self, credentials: Optional[tuple[str, str]]) -> None:
+    def __init__(self, credentials: tuple[str, str] | None) -> None:
         self.credentials = credentials
-        self.header: Optional[str] = None
+        self.header: str | None = None
 
     def __repr__(self) -> str:
         return "<_Auth>"
@@ -105,8 +104,8 @@ class Registry:
     Thread-safe: layers download in parallel through one instance.
     """
 
-    def __init__(self, ref: Reference, *, plain_http: bool = False, auth: Optional[tuple[str, str]] = None,
-                 ca_file: Optional[str] = None, timeout: float = 60.0) -> None:
+    def __init__(self, ref: Reference, *, plain_http: bool = False, auth: tuple[str, str] | None = None,
+                 ca_file: str | None = None, timeout: float = 60.0) -> None:
         if auth is not None and (not isinstance(auth, tuple) or len(auth) != 2
                                  or not all(isinstance(x, str) for x in auth)):
             raise errdefs.InvalidParameter("auth must be a (user, password) tuple of strings")
@@ -116,7 +115,7 @@ class Registry:
         self.host = _docker_hub_api(ref.host)
         self.scheme = "http" if plain_http else "https"
         self.timeout = timeout
-        self._ssl: Optional[ssl.SSLContext] = None
+        self._ssl: ssl.SSLContext | None = None
         if not plain_http:
             try:
                 self._ssl = ssl.create_default_context()
@@ -133,7 +132,7 @@ class Registry:
 
     # -- the protocol ------------------------------------------------------------------------
 
-    def manifest(self, obj: str, expected_digest: Optional[str] = None) -> tuple[str, str, bytes]:
+    def manifest(self, obj: str, expected_digest: str | None = None) -> tuple[str, str, bytes]:
         """Fetch a manifest or index by tag or digest: ``(media_type, digest, bytes)``.
 
         Raises:
@@ -258,7 +257,7 @@ class Registry:
             raise _status_error(resp.status, body, what, self.host, path, bool(auth_header))
         raise AssertionError("unreachable")
 
-    def _authorize(self, challenge: str, what: str, failed_header: Optional[str]) -> None:
+    def _authorize(self, challenge: str, what: str, failed_header: str | None) -> None:
         """Answer a 401's challenge: set the Basic header or fetch a Bearer token."""
         with self._lock:
             if self._auth.header != failed_header:

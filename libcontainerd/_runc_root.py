@@ -14,7 +14,6 @@ without being told. A socket without the file (a system containerd) keeps contai
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 #: The file beside the socket of a supervised daemon that holds its runc root (one absolute path).
 FILE_NAME = "libcontainerd-runc-root"
@@ -34,7 +33,7 @@ def write(state_dir: str) -> str:
     return root
 
 
-def of_socket(socket_path: Optional[str]) -> Optional[str]:
+def of_socket(socket_path: str | None) -> str | None:
     """The runc root of the daemon serving the unix socket ``socket_path``, or None for containerd's default.
 
     None as well for a TCP address (``socket_path`` None) and for a file that does not name an

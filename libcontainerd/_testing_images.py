@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -54,7 +54,7 @@ def _info(name: str, *, size: int = 0, mode: int = 0o644, kind: bytes = tarfile.
     return info
 
 
-def tar_of(entries: Sequence[tuple[tarfile.TarInfo, Optional[bytes]]]) -> bytes:
+def tar_of(entries: Sequence[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     """A deterministic tar of the given members."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -65,7 +65,7 @@ def tar_of(entries: Sequence[tuple[tarfile.TarInfo, Optional[bytes]]]) -> bytes:
 
 def rootfs_tar(rootfs: str, extra: Mapping[str, bytes] = {}) -> bytes:
     """A deterministic tar of a directory tree (owners and modes kept, mtimes 0), plus ``extra`` files."""
-    entries: list[tuple[tarfile.TarInfo, Optional[bytes]]] = []
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
     for dirpath, dirnames, filenames in os.walk(rootfs):
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, rootfs)
@@ -124,7 +124,7 @@ def image_layers(rootfs: str, salt: str = "") -> list[bytes]:
     return [lower, upper]
 
 
-def build_layout(dest: str, layers: Sequence[bytes], *, config: Optional[Mapping[str, Any]] = None,
+def build_layout(dest: str, layers: Sequence[bytes], *, config: Mapping[str, Any] | None = None,
                  compress: bool = True, tag: str = "latest", extra_platforms: Sequence[str] = (),
                  ) -> TestImage:
     """Write an OCI image layout directory at ``dest`` for linux/amd64 (this machine), with ``layers``.
@@ -233,7 +233,7 @@ class _Zeros:
 
 
 def write_docker_save(path: str, layers: Sequence[bytes], repo_tags: Sequence[str], *,
-                      config: Optional[Mapping[str, Any]] = None, oci_layout: bool = False) -> str:
+                      config: Mapping[str, Any] | None = None, oci_layout: bool = False) -> str:
     """Write a ``docker save`` archive; return the config digest.
 
     As dockerd 20.10 writes it (``<id>/layer.tar``, ``<hex>.json``, ``manifest.json``), or with
@@ -245,7 +245,7 @@ def write_docker_save(path: str, layers: Sequence[bytes], repo_tags: Sequence[st
            "config": dict(config or {"Cmd": ["sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}),
            "rootfs": {"type": "layers", "diff_ids": [_sha(t) for t in layers]}, "history": []}
     cfg_bytes = json.dumps(cfg).encode()
-    entries: list[tuple[tarfile.TarInfo, Optional[bytes]]] = []
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
     layer_names = []
     if oci_layout:
         def blob(data: bytes) -> str:
@@ -415,8 +415,8 @@ class Registries:
         self.directory = directory
         self.storage = os.path.join(directory, "storage")
         os.makedirs(self.storage, exist_ok=True)
-        self._token_server: Optional[_TokenServer] = None
-        self._token_thread: Optional[threading.Thread] = None
+        self._token_server: _TokenServer | None = None
+        self._token_thread: threading.Thread | None = None
         self._procs: dict[str, RegistryProcess] = {}
         self.ca_file = os.path.join(directory, "ca.pem")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import signal as _signal
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 from .errdefs import InvalidParameter
 
@@ -170,7 +170,7 @@ def _user_namespace(linux: Mapping[str, Any]) -> None:
                 f"from 0 to {UINT32_MAX}")
 
 
-def labels(value: Optional[Mapping[str, str]]) -> dict[str, str]:
+def labels(value: Mapping[str, str] | None) -> dict[str, str]:
     """A fresh dict of string labels (``None``: none)."""
     checked = dict(value or {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in checked.items()):
@@ -185,7 +185,7 @@ def runtime_name(value: object) -> str:
     return value
 
 
-def timeout(value: object) -> Optional[float]:
+def timeout(value: object) -> float | None:
     """A deadline in seconds: a positive number, or ``None`` for none."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
         raise InvalidParameter(f"timeout must be a positive number of seconds or None, not {value!r}")
@@ -199,7 +199,7 @@ def terminal_size(value: object, name: str) -> int:
     return value
 
 
-def signal_number(sig: Union[int, str, _signal.Signals]) -> int:
+def signal_number(sig: int | str | _signal.Signals) -> int:
     """A signal number from a number, a ``signal.Signals`` or a name ("TERM", "SIGKILL").
 
     >>> signal_number("kill")

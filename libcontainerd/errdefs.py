@@ -41,7 +41,7 @@ import builtins
 import contextlib
 import re
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import grpc
@@ -75,10 +75,10 @@ class LibcontainerdError(Exception):
         code: the gRPC status code the error came from, or ``None``.
     """
 
-    explanation: Optional[str]
-    code: Optional[grpc.StatusCode]
+    explanation: str | None
+    code: grpc.StatusCode | None
 
-    def __init__(self, message: str, *, explanation: Optional[str] = None, code: Optional[grpc.StatusCode] = None):
+    def __init__(self, message: str, *, explanation: str | None = None, code: grpc.StatusCode | None = None):
         super().__init__(message)
         self.explanation = explanation
         self.code = code
@@ -142,7 +142,7 @@ class DataLoss(LibcontainerdError):
 class _CodeMap(Mapping["grpc.StatusCode", "type[LibcontainerdError]"]):
     """A read-only dict built on first use, because building it needs ``grpc``."""
 
-    _map: Optional[dict[grpc.StatusCode, type[LibcontainerdError]]] = None
+    _map: dict[grpc.StatusCode, type[LibcontainerdError]] | None = None
 
     def _get(self) -> dict[grpc.StatusCode, type[LibcontainerdError]]:
         if self._map is None:
@@ -207,7 +207,7 @@ def _names_all_ids(what: str, details: str) -> bool:
     return bool(ids) and all(re.search(rf"(?<![\w.-]){re.escape(i)}(?![\w.-])", details) for i in ids)
 
 
-def _details(err: grpc.RpcError) -> tuple[Optional[grpc.StatusCode], str]:
+def _details(err: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
     code = err.code() if callable(getattr(err, "code", None)) else None
     details = err.details() if callable(getattr(err, "details", None)) else None
     return code, (details or (code.name.lower().replace("_", " ") if code else str(err)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from libcontainerd import _validation as valid
 from libcontainerd.errdefs import InvalidParameter, NotFound
@@ -212,7 +212,7 @@ def process_spec(
 
 
 def default_spec(
-    rootfs: Union[str, os.PathLike[str]],
+    rootfs: str | os.PathLike[str],
     args: Sequence[str],
     *,
     env: Env | None = None,
@@ -368,7 +368,7 @@ def with_user_namespace(
     return new
 
 
-def bind_mount(source: Union[str, os.PathLike[str]], destination: str, *, readonly: bool = False) -> dict[str, Any]:
+def bind_mount(source: str | os.PathLike[str], destination: str, *, readonly: bool = False) -> dict[str, Any]:
     """Build a recursive bind mount entry for :func:`with_mounts`.
 
     Args:
@@ -433,7 +433,7 @@ def with_mounts(spec: Mapping[str, Any], mounts: Iterable[Mapping[str, Any]]) ->
     return new
 
 
-def _lookup(table: Optional[bytes], key: str) -> Optional[list[str]]:
+def _lookup(table: bytes | None, key: str) -> list[str] | None:
     """The ``/etc/passwd`` or ``/etc/group`` entry whose name (or, for a number, id) is ``key``."""
     for line in (table or b"").decode("utf-8", "replace").splitlines():
         fields = line.split(":")
@@ -442,7 +442,7 @@ def _lookup(table: Optional[bytes], key: str) -> Optional[list[str]]:
     return None
 
 
-def resolve_user(user: str, passwd: Optional[bytes], group: Optional[bytes],
+def resolve_user(user: str, passwd: bytes | None, group: bytes | None,
                  image_name: str = "image") -> tuple[int, int]:
     """An image config's ``User`` (``name``, ``uid``, ``name:group``, ``uid:gid``...) as ``(uid, gid)``.
 
@@ -482,13 +482,13 @@ def resolve_user(user: str, passwd: Optional[bytes], group: Optional[bytes],
 
 def image_spec(
     image: Image,
-    args: Optional[Sequence[str]] = None,
+    args: Sequence[str] | None = None,
     *,
     env: Env | None = None,
-    cwd: Optional[str] = None,
-    user: Union[str, tuple[int, int], None] = None,
+    cwd: str | None = None,
+    user: str | tuple[int, int] | None = None,
     terminal: bool = False,
-    hostname: Optional[str] = None,
+    hostname: str | None = None,
 ) -> dict[str, Any]:
     """A complete runtime spec for a container of ``image`` (``root.path`` is ``"rootfs"``).
 

@@ -20,7 +20,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Tuple
+from typing import Any, Callable
 
 from libcontainerd import errdefs
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 ErrorHandler = Callable[[str, BaseException, object], None]
 
 # One queued callback: (fn, args, context).
-_Item = Tuple[Callable[..., object], Tuple[Any, ...], object]
+_Item = tuple[Callable[..., object], tuple[Any, ...], object]
 
 
 class ExecutorClosedError(errdefs.LibcontainerdError, RuntimeError):
@@ -98,11 +98,11 @@ class KeyedSerialExecutor:
         self._lock = threading.Lock()
         # A key is in _queues while it has queued callbacks or is owned by a worker, and in
         # _ready while it has queued callbacks and no owner.
-        self._queues: Dict[str, Deque[_Item]] = {}
-        self._ready: Deque[str] = collections.deque()
-        self._sleepers: List[_Sleeper] = []
-        self._threads: Dict[threading.Thread, None] = {}
-        self._exited: List[threading.Thread] = []
+        self._queues: dict[str, collections.deque[_Item]] = {}
+        self._ready: collections.deque[str] = collections.deque()
+        self._sleepers: list[_Sleeper] = []
+        self._threads: dict[threading.Thread, None] = {}
+        self._exited: list[threading.Thread] = []
         self._pending = 0
         self._started = 0
         self._closed = False
@@ -255,7 +255,7 @@ class KeyedSerialExecutor:
         queues = self._queues
         me = threading.current_thread()
         key: str | None = None
-        queue: Deque[_Item] | None = None
+        queue: collections.deque[_Item] | None = None
         while True:
             with lock:
                 if key is not None and queue is not None:

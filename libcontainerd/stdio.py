@@ -22,7 +22,7 @@ import logging
 import select
 import threading
 import time
-from typing import IO, Callable, Optional
+from typing import IO, Callable
 
 from libcontainerd import errdefs
 from libcontainerd.cio import CHUNK_SIZE, Canceller, DirectIO, StdinStream
@@ -78,7 +78,7 @@ class _Pumps:
             # so a stdin writer blocked on a full FIFO would never learn; give up writing instead.
             self.dio.abort_stdin()
 
-    def wait(self, timeout: Optional[float], *, all_threads: bool) -> bool:
+    def wait(self, timeout: float | None, *, all_threads: bool) -> bool:
         threads = self._outputs + (self._others if all_threads else [])
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
@@ -126,7 +126,7 @@ def _collect(src: io.BufferedIOBase, out: bytearray) -> None:
         return
 
 
-def _copy_out(src: io.BufferedIOBase, sink: Optional[IO[bytes]], name: str) -> None:
+def _copy_out(src: io.BufferedIOBase, sink: IO[bytes] | None, name: str) -> None:
     try:
         while True:
             # read1 returns what one FIFO read gave (no waiting for a full chunk), so interactive output flows.
@@ -212,10 +212,10 @@ class Capture:
     b'hi'
     """
 
-    def __init__(self, stdin: Optional[bytes] = None) -> None:
+    def __init__(self, stdin: bytes | None = None) -> None:
         self._stdin = stdin
         self._lock = threading.Lock()
-        self._pumps: Optional[_Pumps] = None
+        self._pumps: _Pumps | None = None
         self._out = bytearray()
         self._err = bytearray()
 
@@ -275,7 +275,7 @@ class Capture:
         pumps = self._pumps
         return pumps is not None and pumps.done(all_threads=True)
 
-    def wait(self, timeout: Optional[float] = None) -> Capture:
+    def wait(self, timeout: float | None = None) -> Capture:
         """Block until stdout and stderr reached EOF and stdin was written; returns the capture.
 
         Raises:
@@ -314,7 +314,7 @@ class Capture:
         return f"<Capture stdout={len(self._out)}B stderr={len(self._err)}B {state}>"
 
 
-def capture(stdin: Optional[bytes] = None) -> Capture:
+def capture(stdin: bytes | None = None) -> Capture:
     """A stdio callback that collects stdout/stderr as bytes and writes ``stdin`` (if given) then closes it.
 
     Args:
@@ -347,9 +347,9 @@ class Attached:
     def __init__(
         self,
         dio: DirectIO,
-        stdin: Optional[IO[bytes]],
-        stdout: Optional[IO[bytes]],
-        stderr: Optional[IO[bytes]],
+        stdin: IO[bytes] | None,
+        stdout: IO[bytes] | None,
+        stderr: IO[bytes] | None,
     ) -> None:
         pid = dio.fifos.process_id
         if stdin is not None and dio.stdin is None:
@@ -377,7 +377,7 @@ class Attached:
         """Whether the output streams reached EOF."""
         return self._pumps.done(all_threads=False)
 
-    def wait(self, timeout: Optional[float] = None) -> Attached:
+    def wait(self, timeout: float | None = None) -> Attached:
         """Block until stdout and stderr reached EOF (all copied and flushed); returns self.
 
         Raises:
@@ -409,9 +409,9 @@ class Attached:
 
 
 def attach(
-    stdin: Optional[IO[bytes]] = None,
-    stdout: Optional[IO[bytes]] = None,
-    stderr: Optional[IO[bytes]] = None,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[bytes] | None = None,
+    stderr: IO[bytes] | None = None,
 ) -> Callable[[DirectIO], Attached]:
     """A stdio callback that copies the caller's ``stdin`` into the process and its output into ``stdout``/``stderr``.
 

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Union
 
 import attrs
 import tenacity
@@ -182,7 +182,7 @@ def _base_config(release: ContainerdRelease) -> dict[str, Any]:
     return {"version": _CONFIG_VERSION[major], "disabled_plugins": list(_CRI_PLUGINS[major])}
 
 
-def _daemon_env(binary: str, env: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+def _daemon_env(binary: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """containerd's environment (``env``, else ours), with the binary's own directory first on PATH.
 
     containerd finds its shim (``containerd-shim-runc-v2``) on PATH, and the shim finds runc and CRIU
@@ -341,14 +341,14 @@ class Daemon:
     _health_failures: int
     _start_timeout: float
     _lock_file: IO[bytes]
-    _env: Optional[Mapping[str, str]] = None
+    _env: Mapping[str, str] | None = None
     _cond: threading.Condition = attrs.field(init=False, factory=threading.Condition)
     _stop_requested: threading.Event = attrs.field(init=False, factory=threading.Event)
     _started: threading.Event = attrs.field(init=False, factory=threading.Event)
-    _start_error: Optional[BaseException] = attrs.field(init=False, default=None)
-    _thread: Optional[threading.Thread] = attrs.field(init=False, default=None)
-    _probe_rpc: Optional[Connection] = attrs.field(init=False, default=None)
-    _proc: Optional[subprocess.Popen[bytes]] = attrs.field(init=False, default=None)
+    _start_error: BaseException | None = attrs.field(init=False, default=None)
+    _thread: threading.Thread | None = attrs.field(init=False, default=None)
+    _probe_rpc: Connection | None = attrs.field(init=False, default=None)
+    _proc: subprocess.Popen[bytes] | None = attrs.field(init=False, default=None)
     _pid: int = attrs.field(init=False, default=0)
     _spawned_at: float = attrs.field(init=False, default=0.0)
     _adopted: bool = attrs.field(init=False, default=False)
@@ -386,7 +386,7 @@ class Daemon:
         with self._cond:
             return self._closed
 
-    def wait_serving(self, timeout: Optional[float] = None) -> bool:
+    def wait_serving(self, timeout: float | None = None) -> bool:
         """Block until the daemon answers a Version call.
 
         Args:
@@ -411,7 +411,7 @@ class Daemon:
             if self._probe(1.0 if remaining is None else min(1.0, remaining)):
                 return True
 
-    def wait_for_restarts(self, count: int, timeout: Optional[float] = None) -> bool:
+    def wait_for_restarts(self, count: int, timeout: float | None = None) -> bool:
         """Block until the daemon has been restarted at least ``count`` times in all and serves again.
 
         Args:
@@ -720,7 +720,7 @@ class Daemon:
         state = _procfs.state(pid)
         return state is not None and state != "Z" and _is_our_daemon(pid, self.binary, self.config_path)
 
-    def _exit_code(self) -> Optional[Union[int, str]]:
+    def _exit_code(self) -> int | str | None:
         """None while the current daemon runs; its exit code (or "gone" for an adopted one) once it ended."""
         with self._cond:
             proc, pid = self._proc, self._pid
@@ -757,16 +757,16 @@ class Daemon:
 
 def start(
     root_dir: str,
-    state_dir: Optional[str] = None,
+    state_dir: str | None = None,
     *,
-    binary: Optional[str] = None,
+    binary: str | None = None,
     log_level: str = "info",
-    debug_address: Optional[str] = None,
+    debug_address: str | None = None,
     health_interval: float = 2.0,
     health_failures: int = 3,
     start_timeout: float = 30.0,
     kill_with_parent: bool = True,
-    env: Optional[Mapping[str, str]] = None,
+    env: Mapping[str, str] | None = None,
     **opts: TomlValue,
 ) -> Daemon:
     """Start (or adopt) a private containerd under ``root_dir`` and supervise it.

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import attrs
 
@@ -119,7 +119,7 @@ def _is_static_elf(path: str) -> bool:
     return True
 
 
-def containerd_tool(name: str) -> Optional[str]:
+def containerd_tool(name: str) -> str | None:
     """The path of ``containerd``, its shim or ``ctr`` of the containerd under test, or None.
 
     The containerd under test is ``$LIBCONTAINERD_CONTAINERD`` (see
@@ -139,7 +139,7 @@ def containerd_tool(name: str) -> Optional[str]:
     return shutil.which(name)
 
 
-def find_busybox(busybox: Optional[str] = None) -> str:
+def find_busybox(busybox: str | None = None) -> str:
     """The path of the host's static busybox.
 
     Args:
@@ -164,7 +164,7 @@ def find_busybox(busybox: Optional[str] = None) -> str:
     raise errdefs.NotFound(f"no busybox found ({', '.join(c for c in candidates if c)}); install busybox-static")
 
 
-def busybox_rootfs(dest: Union[str, os.PathLike[str]], *, busybox: Optional[str] = None) -> str:
+def busybox_rootfs(dest: str | os.PathLike[str], *, busybox: str | None = None) -> str:
     """Build a minimal root filesystem at ``dest`` from the host's static busybox; reuse one already built.
 
     The tree has ``bin sbin usr/bin usr/sbin etc proc sys dev tmp root home``, ``/bin/busybox``, a
@@ -246,7 +246,7 @@ def _build_rootfs(root: str, binary: str, applets: list[str]) -> None:
 # -- the private daemon --------------------------------------------------------------------------
 
 
-def start_daemon(tmpdir: Union[str, os.PathLike[str]], **opts: Any) -> supervisor.Daemon:
+def start_daemon(tmpdir: str | os.PathLike[str], **opts: Any) -> supervisor.Daemon:
     """Start a private containerd under ``<tmpdir>/containerd`` with a socket path that fits.
 
     When ``<tmpdir>`` is too deep for a unix socket path, the state dir goes to a fresh short
@@ -282,7 +282,7 @@ def _criu_check(path: str) -> bool:
     return "Looks good" in proc.stdout + proc.stderr
 
 
-def find_criu(candidates: Iterable[Union[str, os.PathLike[str]]] = ()) -> Optional[str]:
+def find_criu(candidates: Iterable[str | os.PathLike[str]] = ()) -> str | None:
     """The first CRIU that can checkpoint on this machine (``criu check`` says "Looks good").
 
     Tried in order: ``$LIBCONTAINERD_CRIU``, ``candidates``, ``criu`` on PATH. A CRIU that is
@@ -306,7 +306,7 @@ def find_criu(candidates: Iterable[Union[str, os.PathLike[str]]] = ()) -> Option
     return None
 
 
-def daemon_env(criu: Optional[str], runtime_dir: Optional[str] = None) -> Optional[dict[str, str]]:
+def daemon_env(criu: str | None, runtime_dir: str | None = None) -> dict[str, str] | None:
     """An environment for :func:`start_daemon` in which the runc shim finds ``criu`` first on PATH.
 
     containerd's runc shim runs ``runc checkpoint``/``restore``, and runc runs ``criu`` from
@@ -353,7 +353,7 @@ def _config_strings(config_path: str) -> dict[str, str]:
     return found
 
 
-def _flag(argv: list[str], name: str) -> Optional[str]:
+def _flag(argv: list[str], name: str) -> str | None:
     for a, b in zip(argv, argv[1:]):
         if a in (name, "-" + name):
             return b
@@ -368,7 +368,7 @@ class _Paths:
     config_path: str
 
 
-def _paths(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[str]]) -> _Paths:
+def _paths(daemon_or_root: supervisor.Daemon | str | os.PathLike[str]) -> _Paths:
     if isinstance(daemon_or_root, supervisor.Daemon):
         d = daemon_or_root
         return _Paths(d.root_dir, d.state_dir, d.address, d.config_path)
@@ -379,7 +379,7 @@ def _paths(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[str]]) -> _
     return _Paths(root, state, values.get("grpc.address", os.path.join(state, "containerd.sock")), config_path)
 
 
-def daemon_processes(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[str]]) -> dict[int, list[str]]:
+def daemon_processes(daemon_or_root: supervisor.Daemon | str | os.PathLike[str]) -> dict[int, list[str]]:
     """The live containerd and shim processes that belong to a root: ``{pid: argv}``.
 
     A containerd belongs when its ``--config`` is the root's config; a shim when its ``-address`` is
@@ -464,7 +464,7 @@ def _runc_cleanup(ns: str, cid: str, bundle: str) -> None:
         os.rmdir(runc_root)
 
 
-def shim_socket(bundle: str) -> Optional[str]:
+def shim_socket(bundle: str) -> str | None:
     """The socket path of the shim that serves a task bundle of containerd's state dir, or None.
 
     containerd 1.x's shim writes it to ``<bundle>/address`` as ``unix://PATH``; 2.x's to
@@ -513,7 +513,7 @@ def _umount(path: str) -> None:
         log.warning("cannot unmount %s: %s", path, os.strerror(err))
 
 
-def cleanup_root(daemon_or_root: Union[supervisor.Daemon, str, os.PathLike[str]]) -> Leftovers:
+def cleanup_root(daemon_or_root: supervisor.Daemon | str | os.PathLike[str]) -> Leftovers:
     """Remove every trace of a private containerd: for tests' teardown, never for production use.
 
     In order: stop the daemon (a :class:`~libcontainerd.supervisor.Daemon` is stopped; for a bare root
@@ -604,7 +604,7 @@ def require_containerd() -> None:
     require_tools(*_CONTAINERD_TOOLS, root=True)
 
 
-def require_criu(candidates: Iterable[Union[str, os.PathLike[str]]] = ()) -> str:
+def require_criu(candidates: Iterable[str | os.PathLike[str]] = ()) -> str:
     """The path of a working CRIU (see :func:`find_criu`); skip the test without one, fail it under CI.
 
     >>> require_criu()  # doctest: +SKIP
@@ -690,7 +690,7 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.events: list[tuple[str, EventType, EventInfo]] = []
         self.threads: set[str] = set()
-        self.hook: Optional[Callable[[str, EventType, EventInfo], None]] = None
+        self.hook: Callable[[str, EventType, EventInfo], None] | None = None
         self._cond = threading.Condition()
 
     def process_event(self, container_id: str, event_type: EventType, info: EventInfo) -> None:
@@ -711,7 +711,7 @@ class RecordingBackend:
         with self._cond:
             return [(t, i.process_id) for c, t, i in self.events if c == container_id]
 
-    def wait_for(self, container_id: str, event_type: EventType, process_id: Optional[str] = None,
+    def wait_for(self, container_id: str, event_type: EventType, process_id: str | None = None,
                  timeout: float = 20.0) -> EventInfo:
         """The first event of that type for the container (and process, if given), once it arrived.
 
@@ -765,9 +765,9 @@ class CountingSink(io.RawIOBase):
     def flush(self) -> None:
         super().flush()
         self.flushes += 1
-def busybox_image_archive(path: Union[str, os.PathLike[str]], rootfs: Union[str, os.PathLike[str]],
+def busybox_image_archive(path: str | os.PathLike[str], rootfs: str | os.PathLike[str],
                           name: str = "docker.io/library/busybox:latest", *,
-                          config: Optional[dict[str, Any]] = None) -> str:
+                          config: dict[str, Any] | None = None) -> str:
     """Write a ``docker save`` archive of a two-layer image made from a busybox rootfs (no network needed).
 
     The lower layer is the rootfs (plus ``/etc/doomed`` and ``/data/keep``); the upper one deletes

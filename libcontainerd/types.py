@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -47,7 +47,7 @@ class ExitStatus:
     """
 
     code: int
-    exited_at: Optional[datetime.datetime] = None
+    exited_at: datetime.datetime | None = None
 
 
 class Status(enum.Enum):
@@ -102,7 +102,7 @@ class Stats:
         return int(m.usage if self._v2 else m.usage.usage)
 
     @property
-    def memory_limit_bytes(self) -> Optional[int]:
+    def memory_limit_bytes(self) -> int | None:
         """The cgroup's memory limit in bytes; None when it has none."""
         m = self.metrics.memory
         limit = int(m.usage_limit if self._v2 else m.usage.limit)
@@ -120,7 +120,7 @@ class Stats:
         return int(self.metrics.pids.current)
 
     @property
-    def pids_limit(self) -> Optional[int]:
+    def pids_limit(self) -> int | None:
         """The cgroup's limit on processes; None when it has none."""
         return int(self.metrics.pids.limit) or None
 
@@ -134,7 +134,7 @@ class Summary:
     """
 
     pid: int
-    exec_id: Optional[str] = None
+    exec_id: str | None = None
 
 
 class EventType(enum.Enum):
@@ -175,8 +175,8 @@ class EventInfo:
     process_id: str
     pid: int = 0
     exit_code: int = 0
-    exited_at: Optional[datetime.datetime] = None
-    error: Optional[str] = None
+    exited_at: datetime.datetime | None = None
+    error: str | None = None
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable
 
 import attrs
 
@@ -123,8 +123,8 @@ class Attached:
     """
 
     keep_container: bool
-    container: Optional[libcontainerd.Container] = None
-    process: Optional[Union[libcontainerd.Task, libcontainerd.Process]] = None
+    container: libcontainerd.Container | None = None
+    process: libcontainerd.Task | libcontainerd.Process | None = None
     _started: bool = False
     # signals that arrived before the process was started: sent to it once it is
     _held: list[int] = attrs.field(factory=list)
@@ -193,7 +193,7 @@ class Attached:
                     self.container.delete()
 
 
-def _discard(proc: Union[libcontainerd.Task, libcontainerd.Process]) -> None:
+def _discard(proc: libcontainerd.Task | libcontainerd.Process) -> None:
     """Kill and delete a process after a failure, ignoring errors (the first error is the one to report)."""
     if isinstance(proc, libcontainerd.Task):
         with contextlib.suppress(errdefs.LibcontainerdError):

@@ -19,7 +19,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import libcontainerd
 from libcontainerd import _procfs, errdefs
@@ -195,7 +195,7 @@ def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
         return attached.follow(args.tty)
 
 
-def _task_or_none(ctr: libcontainerd.Container) -> Optional[libcontainerd.Task]:
+def _task_or_none(ctr: libcontainerd.Container) -> libcontainerd.Task | None:
     try:
         return ctr.task()
     except errdefs.NotFound:

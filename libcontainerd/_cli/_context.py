@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional
 
 import libcontainerd
 
@@ -64,7 +63,7 @@ class Context:
         self.state_dir: str = getattr(args, "state_dir", None) or os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_DIR
         self.debug: bool = bool(getattr(args, "debug", False)) or os.environ.get(ENV_DEBUG, "") not in ("", "0")
 
-    def client(self, backend: Optional[libcontainerd.Backend] = None) -> libcontainerd.Client:
+    def client(self, backend: libcontainerd.Backend | None = None) -> libcontainerd.Client:
         return libcontainerd.new_client(self.address, self.state_dir, self.namespace, backend, timeout=_CALL_TIMEOUT)
 
     def busybox_rootfs(self) -> str:

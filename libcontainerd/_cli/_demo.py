@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Optional, TextIO, Union
+from typing import TextIO
 
 import libcontainerd
 from libcontainerd import errdefs, oci, stdio, supervisor, testing
@@ -44,7 +44,7 @@ _SERVICE = "trap 'echo got SIGTERM, bye; exit 0' TERM; while true; do sleep 1 & 
 class _Screen:
     """Serialises the demo's lines and the event lines written from the client's event workers."""
 
-    def __init__(self, out: TextIO, pause_on: Optional[TextIO] = None) -> None:
+    def __init__(self, out: TextIO, pause_on: TextIO | None = None) -> None:
         self._out = out
         self._lock = threading.Lock()
         self._pause_on = pause_on
@@ -68,15 +68,15 @@ class _Screen:
 
 
 class _Demo:
-    def __init__(self, root: Optional[str], out: TextIO, pause_on: Optional[TextIO]) -> None:
+    def __init__(self, root: str | None, out: TextIO, pause_on: TextIO | None) -> None:
         self.screen = _Screen(out, pause_on)
         self.events = testing.RecordingBackend()
         self.events.hook = self._print_event
         self.given_root = root
         self.root = ""
         self.made_root = False
-        self.daemon: Optional[supervisor.Daemon] = None
-        self.client: Optional[libcontainerd.Client] = None
+        self.daemon: supervisor.Daemon | None = None
+        self.client: libcontainerd.Client | None = None
 
     # -- the script ---------------------------------------------------------------------------
 
@@ -178,13 +178,13 @@ class _Demo:
         self.screen.line(f"        event  +{elapsed:5.2f}s  {event_type.value:<12} {container_id}"
                          f"{describe_event(container_id, event_type, info)}")
 
-    def wait_for_event(self, container_id: str, event_type: EventType, process_id: Optional[str] = None) -> None:
+    def wait_for_event(self, container_id: str, event_type: EventType, process_id: str | None = None) -> None:
         """Wait until that event (of the main process by default) was printed, so that lines stay in order."""
         with contextlib.suppress(TimeoutError):  # a broken daemon's missing event must not stop the demo
             self.events.wait_for(container_id, event_type, process_id or container_id, timeout=_EVENT_WAIT)
 
-    def show_exit(self, proc: Union[libcontainerd.Task, libcontainerd.Process], out: stdio.Capture,
-                  container_id: str, process_id: Optional[str] = None) -> int:
+    def show_exit(self, proc: libcontainerd.Task | libcontainerd.Process, out: stdio.Capture,
+                  container_id: str, process_id: str | None = None) -> int:
         """Wait for the exit, its output and its EXIT event (so that lines stay in order); show the output."""
         code = proc.wait().code
         out.wait(timeout=10)
@@ -236,7 +236,7 @@ class _Demo:
             s.detail("nothing left behind")
 
 
-def run_demo(root: Optional[str], out: TextIO, *, pause_on: Optional[TextIO] = None) -> int:
+def run_demo(root: str | None, out: TextIO, *, pause_on: TextIO | None = None) -> int:
     """Run the demo, writing its narration to ``out``; returns the exit code (130 after Ctrl-C).
 
     Args:

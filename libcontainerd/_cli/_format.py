@@ -12,7 +12,7 @@ import base64
 import datetime
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -115,7 +115,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
     return "\n".join(lines)
 
 
-def iso(when: Optional[datetime.datetime]) -> Optional[str]:
+def iso(when: datetime.datetime | None) -> str | None:
     """A time in UTC as ISO 8601 with milliseconds and a ``Z``; None stays None."""
     if when is None:
         return None

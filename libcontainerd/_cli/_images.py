@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 import libcontainerd
 from libcontainerd import PullProgress
@@ -92,7 +92,7 @@ class ProgressDisplay:
         self._stream.flush()
 
 
-def _auth(text: Optional[str]) -> Optional[tuple[str, str]]:
+def _auth(text: str | None) -> tuple[str, str] | None:
     if not text:
         return None
     user, sep, password = text.partition(":")

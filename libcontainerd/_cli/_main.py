@@ -17,7 +17,7 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Callable
 
 from libcontainerd import errdefs
 
@@ -77,7 +77,7 @@ def _setup_logging(debug: bool, *, quiet_event_stream: bool) -> Callable[[], Non
     return undo
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code.
 
     >>> main(["version", "--address", "/nonexistent.sock"])  # doctest: +SKIP
@@ -86,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        command: Optional[Command] = getattr(args, "_command", None)
+        command: Command | None = getattr(args, "_command", None)
         if command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE

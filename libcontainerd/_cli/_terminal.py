@@ -19,7 +19,7 @@ import sys
 import termios
 import tty
 from collections.abc import Iterator
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import libcontainerd
 from libcontainerd import errdefs
@@ -38,7 +38,7 @@ class AttachedProcess(Protocol):
     @property
     def io(self) -> Any: ...
 
-    def wait(self, timeout: Optional[float] = None) -> libcontainerd.ExitStatus: ...
+    def wait(self, timeout: float | None = None) -> libcontainerd.ExitStatus: ...
 
     def resize(self, width: int, height: int) -> None: ...
 
@@ -64,7 +64,7 @@ def with_console_size(process: dict[str, Any], tty_mode: bool) -> None:
         process["consoleSize"] = {"width": size[0], "height": size[1]}
 
 
-def _terminal_size() -> Optional[tuple[int, int]]:
+def _terminal_size() -> tuple[int, int] | None:
     for stream in (sys.stdout, sys.stdin, sys.stderr):
         try:
             if stream.isatty():

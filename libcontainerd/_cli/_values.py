@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
 
 from ._context import UsageError
 
@@ -36,7 +35,7 @@ def parse_memory(text: str) -> int:
     return size
 
 
-def _lookup(path: str, name: str) -> Optional[tuple[int, int]]:
+def _lookup(path: str, name: str) -> tuple[int, int] | None:
     """``(id, gid)`` of ``name`` (or of a numeric id) in a passwd- or group-style file; None when absent."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -50,7 +49,7 @@ def _lookup(path: str, name: str) -> Optional[tuple[int, int]]:
     return None
 
 
-def parse_user(text: str, rootfs: Optional[str]) -> tuple[int, int]:
+def parse_user(text: str, rootfs: str | None) -> tuple[int, int]:
     """``UID[:GID]`` or ``NAME[:GROUP]`` (names from the rootfs's /etc/passwd and /etc/group).
 
     >>> parse_user("1000:100", None)

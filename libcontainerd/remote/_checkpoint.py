@@ -29,7 +29,7 @@ import threading
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, Optional, Union
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
@@ -60,7 +60,7 @@ CHUNK = 1 << 20
 _HAS_FILTERS = hasattr(tarfile, "fully_trusted_filter")
 
 
-def _rfc3339(when: Optional[datetime.datetime] = None) -> str:
+def _rfc3339(when: datetime.datetime | None = None) -> str:
     when = when or datetime.datetime.now(datetime.timezone.utc)
     return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -84,10 +84,10 @@ def write_content(
     reader: IO[bytes],
     media_type: str,
     *,
-    ref: Optional[str] = None,
-    labels: Optional[Mapping[str, str]] = None,
-    expected_digest: Optional[str] = None,
-    lease: Optional[str] = None,
+    ref: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    expected_digest: str | None = None,
+    lease: str | None = None,
     gc_root: bool = True,
     container_id: str = "",
 ) -> descriptor_pb2.Descriptor:
@@ -161,7 +161,7 @@ def write_content(
     return descriptor_pb2.Descriptor(media_type=media_type, digest="sha256:" + hasher.hexdigest(), size=state["size"])
 
 
-def _abort(session: Session, ref: str, lease: Optional[str], container_id: str) -> None:
+def _abort(session: Session, ref: str, lease: str | None, container_id: str) -> None:
     conn = session.conn
     try:
         conn.call(conn.content.Abort, content_pb2.AbortRequest(ref=ref), f"content ingest {ref}", timeout=30.0,
@@ -173,7 +173,7 @@ def _abort(session: Session, ref: str, lease: Optional[str], container_id: str) 
                     exc.explanation, extra=session.log_extra(container_id))
 
 
-def read_content(session: Session, digest: str, lease: Optional[str] = None) -> Iterator[bytes]:
+def read_content(session: Session, digest: str, lease: str | None = None) -> Iterator[bytes]:
     """Stream a blob's bytes from the content store."""
     conn = session.conn
     for resp in conn.stream(conn.content.Read, content_pb2.ReadContentRequest(digest=digest), f"content {digest}",
@@ -320,7 +320,7 @@ def _delete_lease(session: Session, lease_id: str, container_id: str) -> None:
                     extra=session.log_extra(container_id))
 
 
-def _checkpoint_options(container: Container, exit: bool) -> Optional[Any]:
+def _checkpoint_options(container: Container, exit: bool) -> Any | None:
     return pack_message(runc_options.CheckpointOptions(exit=exit)) if uses_runc_options(container) else None
 
 
@@ -391,7 +391,7 @@ def _paused(session: Session, task: Task, exit: bool) -> Iterator[None]:
 
 
 def extract_checkpoint(session: Session, index_digest: str, target: str, *, what: str = "checkpoint",
-                       lease: Optional[str] = None) -> list[str]:
+                       lease: str | None = None) -> list[str]:
     """Read a checkpoint's OCI index blob, find the CRIU tar by media type, extract it safely.
 
     Raises:
@@ -464,7 +464,7 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def safe_extract(fileobj: Union[IO[bytes], io.RawIOBase], dest: str) -> list[str]:
+def safe_extract(fileobj: IO[bytes] | io.RawIOBase, dest: str) -> list[str]:
     """Extract a tar stream into ``dest``, refusing anything that could write outside it.
 
     Refused (``errdefs.InvalidParameter``, nothing written outside ``dest``): absolute

@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 import grpc
@@ -62,7 +62,7 @@ def _register(client: Client) -> None:
             _atexit_registered = True
 
 
-def _runc_options(value: Union[Message, Mapping[str, Any], None]) -> Optional[Any]:
+def _runc_options(value: Message | Mapping[str, Any] | None) -> Any | None:
     """The runtime options ``Any``: from a runc ``Options`` message or a dict of its fields."""
     if value is None:
         return None
@@ -82,7 +82,7 @@ def _runc_options(value: Union[Message, Mapping[str, Any], None]) -> Optional[An
         raise errdefs.InvalidParameter(f"invalid runc options: {exc}") from exc
 
 
-def _with_runc_root(options: Optional[Any], shim: str, runc_root: Optional[str]) -> Optional[Any]:
+def _with_runc_root(options: Any | None, shim: str, runc_root: str | None) -> Any | None:
     """The runtime options with runc's ``root`` set to the client's runc root, for a runc shim.
 
     A root the caller chose is kept, and so are options of another runtime.
@@ -101,7 +101,7 @@ def _with_runc_root(options: Optional[Any], shim: str, runc_root: Optional[str])
 
 
 def _with_cgroups_path(spec: Mapping[str, Any], namespace: str, id: str,
-                       runtime_options: Union[Message, Mapping[str, Any], None]) -> Mapping[str, Any]:
+                       runtime_options: Message | Mapping[str, Any] | None) -> Mapping[str, Any]:
     """The spec with ``linux.cgroupsPath`` ``/<namespace>/<id>`` when it has none, as containerd's own
     default spec does.
 
@@ -140,7 +140,7 @@ class Client:
     """
 
     address: str
-    backend: Optional[Backend]
+    backend: Backend | None
     _session: Session
     _executor: KeyedSerialExecutor
     _events: EventStream
@@ -158,7 +158,7 @@ class Client:
         return self._session.state_dir
 
     @property
-    def runc_root(self) -> Optional[str]:
+    def runc_root(self) -> str | None:
         """runc's ``--root`` for the runc containers this client creates (None: containerd's default).
 
         >>> client.runc_root.endswith("/runc")  # a daemon of supervisor.start(): <state dir>/runc
@@ -172,7 +172,7 @@ class Client:
         return self._session.serialize_exec_starts
 
     @property
-    def timeout(self) -> Optional[float]:
+    def timeout(self) -> float | None:
         """The default deadline of unary calls, in seconds (``None``: none).
 
         It can be changed at any time; calls already made keep the deadline they started with.
@@ -182,7 +182,7 @@ class Client:
         return self._session.conn.timeout
 
     @timeout.setter
-    def timeout(self, timeout: Optional[float]) -> None:
+    def timeout(self, timeout: float | None) -> None:
         self._session.conn.timeout = valid.timeout(timeout)
 
     # -- daemon ----------------------------------------------------------------------
@@ -197,7 +197,7 @@ class Client:
         resp = conn.call(conn.version.Version, empty_pb2.Empty(), "containerd version")
         return Version(version=resp.version, revision=resp.revision)
 
-    def is_serving(self, timeout: Optional[float] = None) -> bool:
+    def is_serving(self, timeout: float | None = None) -> bool:
         """True once containerd answers; waits up to ``timeout`` seconds (``None``: until it does).
 
         Ctrl-C interrupts a wait without a timeout (``KeyboardInterrupt``).
@@ -219,11 +219,11 @@ class Client:
         id: str,
         spec: Mapping[str, Any],
         shim: str = DEFAULT_SHIM,
-        runtime_options: Union[Message, Mapping[str, Any], None] = None,
+        runtime_options: Message | Mapping[str, Any] | None = None,
         *,
-        labels: Optional[Mapping[str, str]] = None,
-        image: Optional[Union[str, Image]] = None,
-        snapshotter: Optional[str] = None,
+        labels: Mapping[str, str] | None = None,
+        image: str | Image | None = None,
+        snapshotter: str | None = None,
     ) -> Container:
         """Create a container with its bundle dir ``<state_dir>/<id>``.
 
@@ -261,7 +261,7 @@ class Client:
         conn = self._session.conn
         if image is not None and self._containers_has(id):
             raise errdefs.Conflict(f"container {id}: id already in use")
-        snapshot: Optional[ContainerSnapshot] = None
+        snapshot: ContainerSnapshot | None = None
         if image is not None:
             # The image services' generated modules load on first use (quicker `import libcontainerd`).
             from ._images import ContainerSnapshot
@@ -314,9 +314,9 @@ class Client:
 
     # -- images ------------------------------------------------------------------------
 
-    def pull(self, ref: str, *, platform: Optional[str] = None, unpack: bool = True,
-             snapshotter: Optional[str] = None, plain_http: bool = False, auth: Optional[tuple[str, str]] = None,
-             ca_file: Optional[str] = None, progress: Optional[Callable[[PullProgress], None]] = None) -> Image:
+    def pull(self, ref: str, *, platform: str | None = None, unpack: bool = True,
+             snapshotter: str | None = None, plain_http: bool = False, auth: tuple[str, str] | None = None,
+             ca_file: str | None = None, progress: Callable[[PullProgress], None] | None = None) -> Image:
         """Pull an image from an OCI distribution registry into containerd, as ``ctr image pull`` does.
 
         Layers download in parallel (at most 3 at once), stream into the content store and are
@@ -346,8 +346,8 @@ class Client:
         return _images.pull(self._session.conn, ref, platform=platform, unpack=unpack, snapshotter=snapshotter,
                             plain_http=plain_http, auth=auth, ca_file=ca_file, progress=progress)
 
-    def import_images(self, archive: Any, *, unpack: bool = True, snapshotter: Optional[str] = None,
-                      progress: Optional[Callable[[PullProgress], None]] = None) -> list[Image]:
+    def import_images(self, archive: Any, *, unpack: bool = True, snapshotter: str | None = None,
+                      progress: Callable[[PullProgress], None] | None = None) -> list[Image]:
         """Import a ``docker save`` archive or an OCI image layout archive (a path or a binary file object).
 
         The archive is read as a stream; images are named as ``ctr images import`` names them.
@@ -399,11 +399,11 @@ class Client:
         id: str,
         spec: Mapping[str, Any],
         shim: str = DEFAULT_SHIM,
-        runtime_options: Union[Message, Mapping[str, Any], None] = None,
+        runtime_options: Message | Mapping[str, Any] | None = None,
         *,
-        labels: Optional[Mapping[str, str]] = None,
-        image: Optional[Union[str, Image]] = None,
-        snapshotter: Optional[str] = None,
+        labels: Mapping[str, str] | None = None,
+        image: str | Image | None = None,
+        snapshotter: str | None = None,
     ) -> Container:
         """Like :meth:`new_container`, but an existing container of that id is force-deleted first.
 
@@ -472,7 +472,7 @@ class Client:
         """True once :meth:`close` was called."""
         return self._closed
 
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop the event reader and the event workers and close the channel. Idempotent.
 
         Running tasks and their FIFOs are left alone: another client on the same state dir
@@ -529,13 +529,13 @@ def new_client(
     address: str,
     state_dir: str,
     namespace: str,
-    backend: Optional[Backend],
+    backend: Backend | None,
     *,
-    timeout: Optional[float] = None,
-    credentials: Optional[grpc.ChannelCredentials] = None,
+    timeout: float | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
     event_workers: int = 4,
     serialize_exec_starts: bool = True,
-    runc_root: Optional[str] = None,
+    runc_root: str | None = None,
 ) -> Client:
     """Connect to containerd; returns once the event reader runs.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -64,9 +64,9 @@ class Container:
     spec: Mapping[str, Any] = attrs.field(kw_only=True)
     labels: dict[str, str] = attrs.field(kw_only=True, converter=_copy)
     runtime: str = attrs.field(kw_only=True)
-    runtime_options: Optional[Any] = attrs.field(kw_only=True, default=None)
+    runtime_options: Any | None = attrs.field(kw_only=True, default=None)
     #: the image snapshot it runs on (``new_container(image=...)``), or None for a bundle rootfs
-    snapshot: Optional[ContainerRootfs] = attrs.field(kw_only=True, default=None)
+    snapshot: ContainerRootfs | None = attrs.field(kw_only=True, default=None)
 
     @classmethod
     def from_record(cls, session: Session, record: containers_pb2.Container) -> Container:
@@ -93,7 +93,7 @@ class Container:
         """Log record attributes that let a handler filter by container and namespace."""
         return self._session.log_extra(self.id)
 
-    def _task_options(self) -> Optional[Any]:
+    def _task_options(self) -> Any | None:
         """runc options for the task: the container's, with io_uid/io_gid of the process user."""
         if not uses_runc_options(self):
             return self.runtime_options
@@ -106,9 +106,9 @@ class Container:
 
     def start(
         self,
-        checkpoint_dir: Optional[str] = None,
+        checkpoint_dir: str | None = None,
         with_stdin: bool = False,
-        attach_stdio: Optional[StdioCallback] = None,
+        attach_stdio: StdioCallback | None = None,
     ) -> Task:
         """Create and start the container's task.
 
@@ -128,7 +128,7 @@ class Container:
         >>> task.wait().code, out.wait().stdout
         (0, b'hi\\n')
         """
-        checkpoint: Optional[descriptor_pb2.Descriptor] = None
+        checkpoint: descriptor_pb2.Descriptor | None = None
         uploaded = None
         if checkpoint_dir is not None:
             from ._checkpoint import upload_checkpoint_dir
@@ -142,11 +142,11 @@ class Container:
                 uploaded.delete()
 
     def _start(
-        self, checkpoint: Optional[descriptor_pb2.Descriptor], with_stdin: bool, attach_stdio: Optional[StdioCallback]
+        self, checkpoint: descriptor_pb2.Descriptor | None, with_stdin: bool, attach_stdio: StdioCallback | None
     ) -> Task:
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
         options = self._task_options()
-        stdio: Optional[Stdio] = None
+        stdio: Stdio | None = None
         if attach_stdio is not None:
             stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=with_stdin, terminal=terminal,
                                attach_stdio=attach_stdio, close_stdin=stdin_closer(self._session, self.id, ""),

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from google.protobuf import field_mask_pb2
 
@@ -76,7 +76,7 @@ class Lease:
     def __enter__(self) -> str:
         return self.id
 
-    def __exit__(self, exc_type: Optional[type[BaseException]], *rest: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         self.delete(sync=exc_type is not None)
 
 
@@ -104,7 +104,7 @@ def labels_of(conn: Connection, digest: str) -> dict[str, str]:
     return dict(resp.info.labels)
 
 
-def set_labels(conn: Connection, digest: str, labels: Mapping[str, str], lease_id: Optional[str] = None) -> None:
+def set_labels(conn: Connection, digest: str, labels: Mapping[str, str], lease_id: str | None = None) -> None:
     """Set (add or replace) these labels of a blob, leaving its others alone."""
     if not labels:
         return
@@ -144,7 +144,7 @@ def _status(exc: errdefs.LibcontainerdError) -> str:
     return getattr(exc.code, "name", "")
 
 
-def _abort(conn: Connection, ref: str, lease_id: Optional[str]) -> None:
+def _abort(conn: Connection, ref: str, lease_id: str | None) -> None:
     try:
         conn.call(conn.content.Abort, content_pb2.AbortRequest(ref=ref), f"content ingest {ref}", timeout=30.0,
                   lease=lease_id)
@@ -154,9 +154,9 @@ def _abort(conn: Connection, ref: str, lease_id: Optional[str]) -> None:
         log.warning("failed to abort content ingest %s: %s", ref, exc)
 
 
-def write(conn: Connection, desc: Descriptor, ref: str, opener: Opener, *, lease_id: Optional[str],
-          labels: Mapping[str, str], what: str, report: Optional[Reporter] = None,
-          cancel: Optional[threading.Event] = None) -> bool:
+def write(conn: Connection, desc: Descriptor, ref: str, opener: Opener, *, lease_id: str | None,
+          labels: Mapping[str, str], what: str, report: Reporter | None = None,
+          cancel: threading.Event | None = None) -> bool:
     """Make sure the blob ``desc`` is in the content store, fetching it through ``opener`` if needed.
 
     The bytes are hashed as they stream and checked against ``desc`` before the commit (and
@@ -191,10 +191,10 @@ def write(conn: Connection, desc: Descriptor, ref: str, opener: Opener, *, lease
         return fetched
 
 
-def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, lease_id: Optional[str],
-                labels: Mapping[str, str], what: str, report: Optional[Reporter],
-                cancel: Optional[threading.Event]) -> bool:
-    requests: queue.SimpleQueue[Optional[content_pb2.WriteContentRequest]] = queue.SimpleQueue()
+def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, lease_id: str | None,
+                labels: Mapping[str, str], what: str, report: Reporter | None,
+                cancel: threading.Event | None) -> bool:
+    requests: queue.SimpleQueue[content_pb2.WriteContentRequest | None] = queue.SimpleQueue()
 
     def feed() -> Iterator[content_pb2.WriteContentRequest]:
         while True:
@@ -276,8 +276,8 @@ def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, le
             _abort(conn, ref, lease_id)
 
 
-def write_bytes(conn: Connection, desc: Descriptor, ref: str, data: bytes, *, lease_id: Optional[str],
-                labels: Mapping[str, str], what: str, report: Optional[Reporter] = None) -> bool:
+def write_bytes(conn: Connection, desc: Descriptor, ref: str, data: bytes, *, lease_id: str | None,
+                labels: Mapping[str, str], what: str, report: Reporter | None = None) -> bool:
     """:func:`write` for a document already in memory (a manifest, an index, a config)."""
     return write(conn, desc, ref, lambda offset: (0, iter((data,))), lease_id=lease_id, labels=labels, what=what,
                  report=report)
@@ -290,14 +290,14 @@ def descriptor_message(desc: Descriptor) -> Any:
     return descriptor_pb2.Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
 
 
-def write_unknown(conn: Connection, ref: str, size: int, chunks: Iterator[bytes], *, lease_id: Optional[str],
-                  what: str, labels: Optional[Mapping[str, str]] = None) -> str:
+def write_unknown(conn: Connection, ref: str, size: int, chunks: Iterator[bytes], *, lease_id: str | None,
+                  what: str, labels: Mapping[str, str] | None = None) -> str:
     """Store a blob whose digest is learnt while it streams (a ``docker save`` file); return the digest.
 
     Raises:
         errdefs.DataLoss: the stream is not ``size`` bytes long.
     """
-    requests: queue.SimpleQueue[Optional[content_pb2.WriteContentRequest]] = queue.SimpleQueue()
+    requests: queue.SimpleQueue[content_pb2.WriteContentRequest | None] = queue.SimpleQueue()
 
     def feed() -> Iterator[content_pb2.WriteContentRequest]:
         while True:

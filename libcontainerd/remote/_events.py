@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import tenacity
@@ -66,7 +66,7 @@ _SYNC_EVENT = any_pb2.Any(type_url=empty_pb2.Empty.DESCRIPTOR.full_name)
 RECONCILE_GRACE = 5.0
 
 
-def timestamp_to_datetime(ts: Any) -> Optional[datetime.datetime]:
+def timestamp_to_datetime(ts: Any) -> datetime.datetime | None:
     """An aware UTC datetime from a protobuf Timestamp, ``None`` for the zero value."""
     if ts is None or (ts.seconds <= 0 and ts.nanos == 0):
         return None
@@ -75,7 +75,7 @@ def timestamp_to_datetime(ts: Any) -> Optional[datetime.datetime]:
     )
 
 
-def translate(type_url: str, event: Any) -> Optional[tuple[EventType, EventInfo]]:
+def translate(type_url: str, event: Any) -> tuple[EventType, EventInfo] | None:
     """Map a decoded containerd task event to the backend's (type, info), as moby does.
 
     Returns ``None`` for events the backend does not get (TaskDelete, TaskIO, ...).
@@ -117,14 +117,14 @@ class ProcessTracker:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._running: dict[tuple[str, str], int] = {}
-        self._exited: collections.OrderedDict[tuple[str, str, int], Optional[EventInfo]] = collections.OrderedDict()
+        self._exited: collections.OrderedDict[tuple[str, str, int], EventInfo | None] = collections.OrderedDict()
 
     def started(self, container_id: str, process_id: str, pid: int) -> None:
         with self._lock:
             if (container_id, process_id, pid) not in self._exited:
                 self._running[(container_id, process_id)] = pid
 
-    def forget(self, container_id: str, process_id: Optional[str] = None) -> None:
+    def forget(self, container_id: str, process_id: str | None = None) -> None:
         """Stop tracking a process (deleted), or every process of a container."""
         with self._lock:
             if process_id is not None:
@@ -133,7 +133,7 @@ class ProcessTracker:
                 for key in [k for k in self._running if k[0] == container_id]:
                     del self._running[key]
 
-    def first_exit(self, container_id: str, process_id: str, pid: int, info: Optional[EventInfo] = None) -> bool:
+    def first_exit(self, container_id: str, process_id: str, pid: int, info: EventInfo | None = None) -> bool:
         """Record an exit; True if it was not delivered before.
 
         An exit without a pid (containerd's TaskExit for a task whose shim died says pid 0) is the
@@ -153,7 +153,7 @@ class ProcessTracker:
             self._lock.notify_all()
             return True
 
-    def exit_of(self, container_id: str, process_id: str, pid: int, timeout: float) -> Optional[EventInfo]:
+    def exit_of(self, container_id: str, process_id: str, pid: int, timeout: float) -> EventInfo | None:
         """The recorded exit of a process; waits up to ``timeout`` s if it is believed running, else None."""
         key = (container_id, process_id, pid)
         with self._lock:
@@ -187,7 +187,7 @@ class EventStream:
 
     _rpc: Connection = attrs.field(repr=False)
     _namespace: str
-    _backend: Optional[Backend] = attrs.field(repr=False)
+    _backend: Backend | None = attrs.field(repr=False)
     _executor: KeyedSerialExecutor = attrs.field(repr=False)
     _tracker: ProcessTracker = attrs.field(repr=False)
     _retry_max_wait: float = attrs.field(default=2.0, kw_only=True, repr=False)
@@ -207,7 +207,7 @@ class EventStream:
     _reconcile_pending: bool = attrs.field(init=False, default=False, repr=False)
     _resync_timeout: float = attrs.field(init=False, default=10.0, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
-    _call: Optional[Stream] = attrs.field(init=False, default=None, repr=False)
+    _call: Stream | None = attrs.field(init=False, default=None, repr=False)
     _thread: threading.Thread = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -239,7 +239,7 @@ class EventStream:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Cancel the stream call and join the reader; never waits for a next event."""
         self._closing.set()
         with self._lock:
@@ -412,7 +412,7 @@ class EventStream:
         return True
 
     def settled(self, container_id: str, process_id: str, pid: int, code: int,
-                exited_at: Optional[datetime.datetime]) -> EventInfo:
+                exited_at: datetime.datetime | None) -> EventInfo:
         """A call (Wait, Delete) learned a process's exit: deliver it if the stream may have missed it.
 
         Between a break of the stream and the end of the reconciliation after the next

@@ -20,7 +20,7 @@ import posixpath
 import tarfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .. import errdefs
 from .._api.containerd.api.services.images.v1 import images_pb2
@@ -92,7 +92,7 @@ class Image:
     def _what(self) -> str:
         return f"image {self.name}"
 
-    def _manifest(self, platform: Optional[str] = None) -> tuple[Descriptor, dict[str, Any]]:
+    def _manifest(self, platform: str | None = None) -> tuple[Descriptor, dict[str, Any]]:
         """The manifest for ``platform`` (default: this machine's), read from the content store."""
         what = self._what()
         desc = self.target
@@ -111,14 +111,14 @@ class Image:
             doc = parse_json(_content.read(self._rpc, desc.digest, what), f"{what}: manifest {desc.digest}")
         return desc, doc
 
-    def _first_present(self, index: dict[str, Any]) -> Optional[dict[str, Any]]:
+    def _first_present(self, index: dict[str, Any]) -> dict[str, Any] | None:
         for entry in index.get("manifests") or []:
             if (isinstance(entry, dict) and entry.get("mediaType") in MANIFEST_TYPES
                     and isinstance(entry.get("digest"), str) and _content.exists(self._rpc, entry["digest"])):
                 return entry
         return None
 
-    def _parts(self, platform: Optional[str] = None) -> tuple[Descriptor, Descriptor, list[Descriptor], list[str]]:
+    def _parts(self, platform: str | None = None) -> tuple[Descriptor, Descriptor, list[Descriptor], list[str]]:
         """(manifest, config, layers, diff ids) for ``platform``."""
         what = self._what()
         manifest, doc = self._manifest(platform)
@@ -146,7 +146,7 @@ class Image:
         total = manifest.size + config.size + sum(layer.size for layer in layers)
         return total + (self.target.size if self.target != manifest else 0)
 
-    def read_file(self, path: str) -> Optional[bytes]:
+    def read_file(self, path: str) -> bytes | None:
         """A small file of the image's root filesystem (e.g. ``/etc/passwd``), or ``None``.
 
         Read from the layers in the content store, top layer first (a whiteout hides it), so
@@ -191,7 +191,7 @@ class Image:
             raise errdefs.InvalidParameter(f"{self._what()} has no layers")
         return top
 
-    def is_unpacked(self, snapshotter: Optional[str] = None) -> bool:
+    def is_unpacked(self, snapshotter: str | None = None) -> bool:
         """True when its layers are unpacked in ``snapshotter`` (default ``overlayfs``).
 
         >>> img.is_unpacked()  # doctest: +SKIP
@@ -199,7 +199,7 @@ class Image:
         """
         return _unpack.snapshot_exists(self._rpc, _unpack.check_snapshotter(snapshotter), self.rootfs_chain_id())
 
-    def unpack(self, snapshotter: Optional[str] = None) -> None:
+    def unpack(self, snapshotter: str | None = None) -> None:
         """Apply its layers into ``snapshotter`` (default ``overlayfs``); what is there is skipped.
 
         Raises:
@@ -286,7 +286,7 @@ def remove_image(conn: Connection, name: object, sync: bool = False) -> None:
 
 
 def put_record(conn: Connection, name: str, target: Descriptor, lease_id: str,
-               labels: Optional[Mapping[str, str]] = None) -> Image:
+               labels: Mapping[str, str] | None = None) -> Image:
     """Create the image record, or point an existing one of that name at ``target``."""
     record = images_pb2.Image(name=name, target=_content.descriptor_message(target), labels=dict(labels or {}))
     try:
@@ -303,7 +303,7 @@ class _Progress:
     """Delivers ``PullProgress`` values to the user's callback one at a time; a failing callback is
     logged once and ignored (the pull goes on)."""
 
-    def __init__(self, ref: str, callback: Optional[ProgressCallback]) -> None:
+    def __init__(self, ref: str, callback: ProgressCallback | None) -> None:
         if callback is not None and not callable(callback):
             raise errdefs.InvalidParameter(f"progress must be a callable taking a PullProgress, not {callback!r}")
         self._ref = ref
@@ -311,7 +311,7 @@ class _Progress:
         self._lock = threading.Lock()
         self._failed = False
 
-    def reporter(self, desc: Descriptor) -> Optional[_content.Reporter]:
+    def reporter(self, desc: Descriptor) -> _content.Reporter | None:
         if self._callback is None:
             return None
 
@@ -367,9 +367,9 @@ def fetch_all(conn: Connection, blobs: Iterable[tuple[Descriptor, _content.Opene
 # -- pull ---------------------------------------------------------------------------------
 
 
-def pull(conn: Connection, ref: str, *, platform: Optional[str] = None, unpack: bool = True,
-         snapshotter: Optional[str] = None, plain_http: bool = False, auth: Optional[tuple[str, str]] = None,
-         ca_file: Optional[str] = None, progress: Optional[ProgressCallback] = None) -> Image:
+def pull(conn: Connection, ref: str, *, platform: str | None = None, unpack: bool = True,
+         snapshotter: str | None = None, plain_http: bool = False, auth: tuple[str, str] | None = None,
+         ca_file: str | None = None, progress: ProgressCallback | None = None) -> Image:
     """Pull ``ref`` from its registry into containerd (see :meth:`Client.pull`)."""
     from .._registry import Registry
 
@@ -387,7 +387,7 @@ def pull(conn: Connection, ref: str, *, platform: Optional[str] = None, unpack: 
         if not media_type:  # neither Content-Type nor mediaType: OCI documents may omit the field
             media_type = MEDIA_OCI_INDEX if "manifests" in doc else MEDIA_OCI_MANIFEST
         top = Descriptor(media_type, digest, len(data))
-        index_data: Optional[bytes] = None
+        index_data: bytes | None = None
         if media_type in INDEX_TYPES or (media_type not in MANIFEST_TYPES and "manifests" in doc):
             index_data = data
             entry = select_manifest(doc, platform, what)
@@ -445,8 +445,8 @@ def label_tree(conn: Connection, target: Descriptor, platform: str, lease_id: st
         _content.set_labels(conn, parent.digest, labels, lease_id)
 
 
-def import_archive(conn: Connection, archive: Any, *, unpack: bool = True, snapshotter: Optional[str] = None,
-                   progress: Optional[ProgressCallback] = None) -> list[Image]:
+def import_archive(conn: Connection, archive: Any, *, unpack: bool = True, snapshotter: str | None = None,
+                   progress: ProgressCallback | None = None) -> list[Image]:
     """Import a ``docker save`` or OCI layout archive (see :meth:`Client.import_images`)."""
     from .. import _archive
 
@@ -456,7 +456,7 @@ def import_archive(conn: Connection, archive: Any, *, unpack: bool = True, snaps
     what = f"image archive {label}"
 
     class Store:
-        def ingest(self, ref: str, size: int, chunks: Iterator[bytes], digest: Optional[str]) -> str:
+        def ingest(self, ref: str, size: int, chunks: Iterator[bytes], digest: str | None) -> str:
             if digest is None:
                 digest = _content.write_unknown(conn, ref, size, chunks, lease_id=lease_id, what=what)
                 reporter.emit(Descriptor("", digest, size), size, "done")
@@ -496,7 +496,7 @@ class ContainerSnapshot:
         self._lease = lease
 
     @classmethod
-    def prepare(cls, conn: Connection, key: str, image: object, snapshotter: Optional[str]) -> ContainerSnapshot:
+    def prepare(cls, conn: Connection, key: str, image: object, snapshotter: str | None) -> ContainerSnapshot:
         """Resolve the image (unpacking it if needed) and prepare the snapshot.
 
         Raises:

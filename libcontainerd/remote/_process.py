@@ -15,7 +15,7 @@ import signal as _signal
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
@@ -68,7 +68,7 @@ class Stdio:
     start (exec) call returned -- moby's ``stdinCloseSync``.
     """
 
-    def __init__(self, fifos: FifoSet, dio: DirectIO, rio: Any, log_extra: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(self, fifos: FifoSet, dio: DirectIO, rio: Any, log_extra: Mapping[str, str] | None = None) -> None:
         self.fifos = fifos
         self.dio = dio
         self.rio = rio
@@ -87,7 +87,7 @@ class Stdio:
         attach_stdio: StdioCallback,
         close_stdin: Callable[[], None],
         existing: bool = False,
-        log_extra: Optional[Mapping[str, str]] = None,
+        log_extra: Mapping[str, str] | None = None,
     ) -> Stdio:
         """Make (or, with ``existing``, find) the FIFOs, open them, and call the callback.
 
@@ -162,7 +162,7 @@ def stdin_closer(session: Session, container_id: str, exec_id: str) -> Callable[
 
 
 def start_task(session: Session, container: Container, request: tasks_pb2.CreateTaskRequest,
-               stdio: Optional[Stdio]) -> Task:
+               stdio: Stdio | None) -> Task:
     """Create and start the container's task; on a failure, delete it and release its stdio."""
     conn = session.conn
     what = f"task {container.id}"
@@ -198,9 +198,9 @@ class _ProcessBase:
     _session: Session
     _exec_id: str
     pid: int
-    _stdio: Optional[Stdio]
+    _stdio: Stdio | None
     # A Wait made before the process started (see Task.exec), for the first wait() to take.
-    _waiter: Optional[Pending]
+    _waiter: Pending | None
     _waiter_lock: threading.Lock
 
     @property
@@ -224,7 +224,7 @@ class _ProcessBase:
     def _tasks(self) -> Any:
         return self._session.conn.tasks
 
-    def kill(self, signal: Union[int, str, _signal.Signals] = _signal.SIGTERM) -> None:
+    def kill(self, signal: int | str | _signal.Signals = _signal.SIGTERM) -> None:
         """Send a signal (number, ``signal.Signals`` or name).
 
         >>> task = client.new_container("web", oci.default_spec(rootfs, ["sleep", "60"])).start()
@@ -241,7 +241,7 @@ class _ProcessBase:
         resp = self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container_id, exec_id=self._exec_id))
         return _STATUS.get(resp.process.status, Status.UNKNOWN)
 
-    def wait(self, timeout: Optional[float] = None) -> ExitStatus:
+    def wait(self, timeout: float | None = None) -> ExitStatus:
         """Block until the process exits and return its exit status.
 
         A containerd restart does not end the wait: while containerd is away the exit comes from
@@ -261,7 +261,7 @@ class _ProcessBase:
         0
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        vanished: Optional[float] = None  # since when containerd says it does not know the process
+        vanished: float | None = None  # since when containerd says it does not know the process
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -294,13 +294,13 @@ class _ProcessBase:
             if recorded is not None:
                 return recorded
 
-    def _take_waiter(self) -> Optional[Pending]:
+    def _take_waiter(self) -> Pending | None:
         """The Wait that exec() made before Start, once (the first wait() takes it), or None."""
         with self._waiter_lock:
             waiter, self._waiter = self._waiter, None
         return waiter
 
-    def _wait_once(self, left: Optional[float], timeout: Optional[float]) -> ExitStatus:
+    def _wait_once(self, left: float | None, timeout: float | None) -> ExitStatus:
         """One ``Wait`` call (the one exec() made before Start, if no wait() took it yet), awaited so that
         Ctrl-C gets through; mapped errors.
 
@@ -332,7 +332,7 @@ class _ProcessBase:
         info = exits.report_gone(cid, self._exec_id or cid, self.pid, reason)
         return ExitStatus(int(info.exit_code), info.exited_at)
 
-    def _recorded_exit(self, grace: float) -> Optional[ExitStatus]:
+    def _recorded_exit(self, grace: float) -> ExitStatus | None:
         """The exit the event stream delivered for this process (waiting up to ``grace`` s), or None."""
         if not self.pid:
             return None
@@ -431,8 +431,8 @@ class Process(_ProcessBase):
     task: Task
     _exec_id: str
     pid: int
-    _stdio: Optional[Stdio] = None
-    _waiter: Optional[Pending] = attrs.field(default=None, repr=False)
+    _stdio: Stdio | None = None
+    _waiter: Pending | None = attrs.field(default=None, repr=False)
     _waiter_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
     @property
@@ -482,8 +482,8 @@ class Task(_ProcessBase):
     _session: Session
     _container: Container
     pid: int
-    _stdio: Optional[Stdio] = None
-    _waiter: Optional[Pending] = attrs.field(default=None, repr=False)  # never set: a task's Wait follows Start
+    _stdio: Stdio | None = None
+    _waiter: Pending | None = attrs.field(default=None, repr=False)  # never set: a task's Wait follows Start
     _waiter_lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
     _exec_id: str = attrs.field(init=False, default="")
 
@@ -506,7 +506,7 @@ class Task(_ProcessBase):
         process_id: str,
         spec: Mapping[str, Any],
         with_stdin: bool = False,
-        attach_stdio: Optional[StdioCallback] = None,
+        attach_stdio: StdioCallback | None = None,
     ) -> Process:
         """Create *and* start a process in this task.
 
@@ -537,7 +537,7 @@ class Task(_ProcessBase):
         container = self._container
         conn = self._session.conn
         what = f"exec {process_id} of container {container.id}"
-        stdio: Optional[Stdio] = None
+        stdio: Stdio | None = None
         if attach_stdio is not None:
             try:
                 FifoSet.existing(container.bundle_dir, process_id)
@@ -568,7 +568,7 @@ class Task(_ProcessBase):
         # is known, often before Start returns, where a Wait sent after Start put one more round trip
         # on every exec-and-wait (wait() of an exited `true`: 2.0 to 2.9 ms before, 0.14 ms now, on
         # containerd 1.6, 1.7 and 2.x alike).
-        waiter: Optional[Pending] = None
+        waiter: Pending | None = None
         try:
             waiter = conn.future(conn.tasks.Wait, tasks_pb2.WaitRequest(container_id=container.id, exec_id=process_id),
                                  what, timeout=None)
@@ -732,7 +732,7 @@ class Task(_ProcessBase):
         resp = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=self._container_id))
         out = []
         for proc in resp.processes:
-            exec_id: Optional[str] = None
+            exec_id: str | None = None
             if proc.HasField("info") and proc.info.type_url:
                 try:
                     exec_id = getattr(unpack(proc.info), "exec_id", "") or None

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import attrs
 import grpc
@@ -137,7 +137,7 @@ class Pending:
     _closed: threading.Event = attrs.field(repr=False)
     what: str
 
-    def result(self, within: Optional[float] = None) -> Any:
+    def result(self, within: float | None = None) -> Any:
         """The answer; waits up to ``within`` seconds (``None``: until the call ends).
 
         Raises:
@@ -164,7 +164,7 @@ class Pending:
         self.cancel()
 
 
-def _channel(address: str, credentials: Optional[grpc.ChannelCredentials], private: bool) -> grpc.Channel:
+def _channel(address: str, credentials: grpc.ChannelCredentials | None, private: bool) -> grpc.Channel:
     target, _ = target_for(address)
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
@@ -192,8 +192,8 @@ class Connection:
 
     _channel: grpc.Channel
     _namespace: str
-    timeout: Optional[float] = None
-    _socket_path: Optional[str] = None  # the unix socket's path; None for a TCP address
+    timeout: float | None = None
+    _socket_path: str | None = None  # the unix socket's path; None for a TCP address
     _closed: threading.Event = attrs.field(init=False, factory=threading.Event)
     _stubs: dict[str, Any] = attrs.field(init=False, factory=dict)
 
@@ -203,8 +203,8 @@ class Connection:
         address: str,
         namespace: str,
         *,
-        timeout: Optional[float] = None,
-        credentials: Optional[grpc.ChannelCredentials] = None,
+        timeout: float | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         private: bool = False,
     ) -> Connection:
         """A connection to ``address`` (nothing needs to serve there yet) for ``namespace``.
@@ -220,7 +220,7 @@ class Connection:
                    target[len("unix://"):] if unix else None)
 
     @property
-    def socket_path(self) -> Optional[str]:
+    def socket_path(self) -> str | None:
         """The unix socket's path; None for a TCP address."""
         return self._socket_path
 
@@ -282,11 +282,11 @@ class Connection:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def _metadata(self, lease: Optional[str]) -> tuple[tuple[str, str], ...]:
+    def _metadata(self, lease: str | None) -> tuple[tuple[str, str], ...]:
         headers = ((NAMESPACE_HEADER, self._namespace),) if self._namespace else ()
         return (*headers, (LEASE_HEADER, lease)) if lease else headers
 
-    def _deadline(self, timeout: Any) -> Optional[float]:
+    def _deadline(self, timeout: Any) -> float | None:
         return self.timeout if timeout is DEFAULT else timeout
 
     def call(
@@ -296,8 +296,8 @@ class Connection:
         what: str = "",
         *,
         timeout: Any = DEFAULT,
-        lease: Optional[str] = None,
-        wait_for_ready: Optional[bool] = None,
+        lease: str | None = None,
+        wait_for_ready: bool | None = None,
     ) -> Any:
         """Make one unary call of a stub's ``method``.
 
@@ -324,7 +324,7 @@ class Connection:
 
     def stream(
         self, method: Callable[..., Any], request: Any, what: str = "", *, timeout: Any = DEFAULT,
-        lease: Optional[str] = None,
+        lease: str | None = None,
     ) -> Stream:
         """Start a streaming call: ``request`` is a message, or an iterator of them for a client stream."""
         with _mapped_errors(self._closed, what):

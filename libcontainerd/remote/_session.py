@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import ContextManager, Optional
 
 import attrs
 
@@ -30,14 +29,14 @@ class Session:
     #: serialize exec starts per task (containerd#8557: concurrent starts stall in the runc shim)
     serialize_exec_starts: bool = True
     #: runc's ``--root`` given to the runc containers this client creates (None: containerd's default)
-    runc_root: Optional[str] = attrs.field(default=None, kw_only=True)
+    runc_root: str | None = attrs.field(default=None, kw_only=True)
     tracker: ProcessTracker = attrs.field(factory=ProcessTracker, repr=False)
     #: delivers an exit that a call (Wait, Delete) learned and the stream may have missed, exactly once
-    exits: Optional[EventStream] = attrs.field(default=None, repr=False)
+    exits: EventStream | None = attrs.field(default=None, repr=False)
     _exec_locks: dict[str, threading.Lock] = attrs.field(init=False, factory=dict, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 
-    def exec_start_lock(self, container_id: str) -> ContextManager[object]:
+    def exec_start_lock(self, container_id: str) -> contextlib.AbstractContextManager[object]:
         """What an exec start of this container holds (nothing when starts are not serialized)."""
         if not self.serialize_exec_starts:
             return contextlib.nullcontext()

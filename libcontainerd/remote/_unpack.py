@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from .. import errdefs
 from .._api.containerd.api.services.diff.v1 import diff_pb2
@@ -151,7 +151,7 @@ def mounts(conn: Connection, snapshotter: str, key: str, what: str) -> list[Any]
     return list(resp.mounts)
 
 
-def top_chain_id(diff_ids: Sequence[str]) -> Optional[str]:
+def top_chain_id(diff_ids: Sequence[str]) -> str | None:
     """The chain id of all layers, ``None`` for none."""
     chain = chain_ids(diff_ids)
     return chain[-1] if chain else None

@@ -20,7 +20,7 @@ import termios
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 import pytest
 
@@ -45,8 +45,8 @@ def cli(containerd: Any, state_dir: str, namespace: str) -> Any:
     """Run ``python -m libcontainerd --address … --namespace … --state-dir … ARGS``; returns the CompletedProcess."""
     globals_ = ["--address", containerd.address, "--namespace", namespace, "--state-dir", state_dir]
 
-    def run(*args: str, input: Optional[str] = None, timeout: float = 60, where: str = "before",
-            env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, input: str | None = None, timeout: float = 60, where: str = "before",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         argv = [*globals_, *args] if where == "before" else list(args)
         return subprocess.run([sys.executable, "-m", "libcontainerd", *argv], input=input, capture_output=True,
                               text=True, timeout=timeout, env=env or _base_env())
@@ -59,7 +59,7 @@ class Lines:
     """Reads a pipe line by line on a thread, so that a test can wait for a line with a timeout."""
 
     def __init__(self, stream: IO[str], name: str) -> None:
-        self.q: queue.Queue[Optional[str]] = queue.Queue()
+        self.q: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         self._stream = stream
         self._thread = threading.Thread(target=self._pump, name=f"test-cli-{name}", daemon=True)
@@ -70,7 +70,7 @@ class Lines:
             self.q.put(line)
         self.q.put(None)
 
-    def wait_for(self, pattern: str, timeout: float = 20.0) -> Optional[str]:
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> str | None:
         """The first next line matching ``pattern``; None on EOF or timeout."""
         deadline = time.monotonic() + timeout
         while True:

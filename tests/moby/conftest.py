@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 
@@ -137,7 +137,7 @@ class Dockerd:
         self.socket = os.path.join(root, "docker.sock")
         self.log_path = os.path.join(root, "dockerd.log")
         self.cgroup_parent = "lcd-moby-" + uuid.uuid4().hex[:8]
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.proc: subprocess.Popen[bytes] | None = None
         # The CLI must reach this dockerd only: no DOCKER_HOST, DOCKER_CONTEXT, ... of the caller.
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER")}
 
@@ -182,7 +182,7 @@ class Dockerd:
                 raise DockerError(f"dockerd does not answer after {timeout} s:\n{self.log_tail()}")
             time.sleep(0.1)
 
-    def run(self, *args: str, stdin: Optional[bytes] = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def run(self, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         """Run the docker CLI against this dockerd (only); with ``check``, a failure raises :class:`DockerError`."""
         env = dict(self._env, DOCKER_CONFIG=os.path.join(self.root, "cli"))
         result = subprocess.run([DOCKER, "--host", "unix://" + self.socket, *args], input=stdin,
@@ -192,7 +192,7 @@ class Dockerd:
                               f"{result.stderr.decode(errors='replace').strip()}\n{self.log_tail()}")
         return result
 
-    def docker(self, *args: str, stdin: Optional[bytes] = None) -> str:
+    def docker(self, *args: str, stdin: bytes | None = None) -> str:
         """Run the docker CLI against this dockerd; its stdout, stripped."""
         return self.run(*args, stdin=stdin).stdout.decode().strip()
 

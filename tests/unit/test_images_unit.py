@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -126,7 +126,7 @@ class _Server(http.server.ThreadingHTTPServer):
     def __init__(self, host: str, answer: Any) -> None:
         super().__init__((host, 0), _Handler)
         self.answer = answer
-        self.seen: list[tuple[str, Optional[str]]] = []
+        self.seen: list[tuple[str, str | None]] = []
         self.thread = threading.Thread(target=self.serve_forever, name="fake-registry")
         self.thread.start()
 
@@ -218,7 +218,7 @@ class _MemoryStore:
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
 
-    def ingest(self, ref: str, size: int, chunks: Iterator[bytes], digest: Optional[str]) -> str:
+    def ingest(self, ref: str, size: int, chunks: Iterator[bytes], digest: str | None) -> str:
         data = b"".join(chunks)
         actual = sha256_digest(data)
         if digest is not None and digest != actual:
