@@ -43,6 +43,7 @@ from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message
 from ..types import Status
 from ._container import Container, uses_runc_options
+from ._content import ChunkReader
 
 if TYPE_CHECKING:
     from ._process import Task
@@ -191,28 +192,6 @@ def delete_content(session: Session, digest: str, *, ref: str = "", container_id
     except errdefs.LibcontainerdError as exc:
         log.warning("failed to delete content %s (ref %s) of container %s: %s", digest, ref or "-",
                     container_id or "-", exc, extra=session.log_extra(container_id))
-
-
-class _IterReader(io.RawIOBase):
-    """A file object over an iterator of byte chunks (for tarfile's stream mode)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
 
 
 # -- upload for restore ---------------------------------------------------------------
@@ -410,7 +389,7 @@ def extract_checkpoint(session: Session, index_digest: str, target: str, *, what
         raise errdefs.System(f"{what}: invalid checkpoint: no {CHECKPOINT_MEDIA_TYPE} in the index")
     try:
         os.makedirs(target, exist_ok=True)
-        return safe_extract(_IterReader(read_content(session, found["digest"], lease)), target)
+        return safe_extract(ChunkReader(read_content(session, found["digest"], lease)), target)
     except errdefs.LibcontainerdError:
         raise
     except (tarfile.TarError, zlib.error, lzma.LZMAError, EOFError) as exc:

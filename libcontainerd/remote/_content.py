@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import logging
 import queue
 import threading
@@ -32,7 +33,7 @@ from .. import errdefs
 from .._api.containerd.api.services.content.v1 import content_pb2
 from .._api.containerd.api.services.leases.v1 import leases_pb2
 from ..types import Descriptor
-from ._rpc import Connection
+from ._rpc import Connection, Stream
 
 log = logging.getLogger("libcontainerd")
 
@@ -191,9 +192,12 @@ def write(conn: Connection, desc: Descriptor, ref: str, opener: Opener, *, lease
         return fetched
 
 
-def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, lease_id: str | None,
-                labels: Mapping[str, str], what: str, report: Reporter | None,
-                cancel: threading.Event | None) -> bool:
+def _writer(conn: Connection, what: str, lease_id: str | None) -> tuple[
+        queue.SimpleQueue[content_pb2.WriteContentRequest | None], Stream, Iterator[Any]]:
+    """A ``Content.Write`` stream fed from a queue (``None`` ends it): the queue, the call, its answers.
+
+    Each request is put when the previous answer came back, so the writer can stop between any two.
+    """
     requests: queue.SimpleQueue[content_pb2.WriteContentRequest | None] = queue.SimpleQueue()
 
     def feed() -> Iterator[content_pb2.WriteContentRequest]:
@@ -203,9 +207,37 @@ def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, le
                 return
             yield item
 
+    call = conn.stream(conn.content.Write, feed(), what, timeout=None, lease=lease_id)
+    return requests, call, iter(call)
+
+
+class ChunkReader(io.RawIOBase):
+    """A binary file over an iterator of byte chunks (for tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, lease_id: str | None,
+                labels: Mapping[str, str], what: str, report: Reporter | None,
+                cancel: threading.Event | None) -> bool:
     blob = f"{what}: blob {desc.digest}"
-    call = conn.stream(conn.content.Write, feed(), blob, timeout=None, lease=lease_id)
-    answers = iter(call)
+    requests, call, answers = _writer(conn, blob, lease_id)
     # Until the STAT is answered the ingest is not ours: when another writer holds it ("locked"),
     # aborting it would break that writer's pull.
     committed = True
@@ -297,17 +329,7 @@ def write_unknown(conn: Connection, ref: str, size: int, chunks: Iterator[bytes]
     Raises:
         errdefs.DataLoss: the stream is not ``size`` bytes long.
     """
-    requests: queue.SimpleQueue[content_pb2.WriteContentRequest | None] = queue.SimpleQueue()
-
-    def feed() -> Iterator[content_pb2.WriteContentRequest]:
-        while True:
-            item = requests.get()
-            if item is None:
-                return
-            yield item
-
-    call = conn.stream(conn.content.Write, feed(), f"{what}: {ref}", timeout=None, lease=lease_id)
-    answers = iter(call)
+    requests, call, answers = _writer(conn, f"{what}: {ref}", lease_id)
     hasher = hashlib.sha256()
     committed = True  # see _write_once: not ours to abort before the STAT is answered
     try:

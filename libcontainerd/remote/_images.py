@@ -13,7 +13,6 @@ through the registry client. Progress callbacks run on the pull's threads, one a
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import logging
 import os
 import posixpath
@@ -167,7 +166,7 @@ class Image:
             walk = up
         _, _, layers, _ = self._parts()
         for layer in reversed(layers):
-            reader = _ChunkReader(_content.stream(self._rpc, layer.digest, self._what()))
+            reader = _content.ChunkReader(_content.stream(self._rpc, layer.digest, self._what()))
             try:
                 with tarfile.open(fileobj=reader, mode="r|*") as tar:
                     for member in tar:
@@ -211,28 +210,6 @@ class Image:
         _, config, layers, ids = self._parts()
         with _content.lease(self._rpc, "unpack") as lease_id:
             _unpack.unpack(self._rpc, layers, ids, config.digest, name, lease_id, self._what())
-
-
-class _ChunkReader(io.RawIOBase):
-    """A binary file over an iterator of chunks (for tarfile's stream mode)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
 
 
 # -- image records ------------------------------------------------------------------------
