@@ -24,6 +24,7 @@ import logging
 import lzma
 import os
 import posixpath
+import re
 import tarfile
 import threading
 import uuid
@@ -409,7 +410,9 @@ def _checkpoint_image(session: Session, container: Container, lease: str,
         resp = conn.call(conn.tasks.Checkpoint, request, f"checkpoint of task {cid}", lease=lease)
     except errdefs.LibcontainerdError as exc:
         if type(exc) in (errdefs.Unknown, errdefs.System):
-            raise errdefs.System(f"checkpoint of task {cid} failed: {exc.explanation}",
+            why = criu_log_errors(exc.explanation or "")
+            raise errdefs.System(f"checkpoint of task {cid} failed: {exc.explanation}"
+                                 + (f" (CRIU says: {why})" if why else ""),
                                  explanation=exc.explanation, code=exc.code) from exc.__cause__
         raise
     manifests = []
@@ -429,6 +432,30 @@ def _checkpoint_image(session: Session, container: Container, lease: str,
     image = images_pb2.Image(name=name, labels={CHECKPOINT_LABEL: "true"}, target=desc)
     conn.call(conn.images.Create, images_pb2.CreateImageRequest(image=image), f"checkpoint image {name}", lease=lease)
     return name, desc
+
+
+_CRIU_LOG = re.compile(r"path= ?(/\S+\.log)")
+_CRIU_ERROR = re.compile(r"^\([0-9.]+\) Error \([^)]*\): (.*)$", re.M)
+
+
+def criu_log_errors(message: str, most: int = 3) -> str:
+    """CRIU's own reason for a failure: the last ``Error`` lines of the log a runc error names.
+
+    runc says only ``criu failed: type DUMP errno 0 path=<bundle>/criu-dump.log``, and that log goes
+    with the task: read it now, while it is there. "" when there is no such log or no error in it.
+
+    >>> criu_log_errors("criu failed: type NOTIFY errno 0 path= /nonexistent/criu-dump.log: unknown")
+    ''
+    """
+    match = _CRIU_LOG.search(message)
+    if match is None:
+        return ""
+    try:
+        with open(match.group(1), encoding="utf-8", errors="replace") as f:
+            errors = _CRIU_ERROR.findall(f.read())
+    except OSError:
+        return ""
+    return "; ".join(e.strip() for e in errors[-most:])
 
 
 def _goarch() -> str:

@@ -480,6 +480,8 @@ def test_criu_failure_is_typed_mentions_criu_and_leaves_nothing(client, rootfs, 
                 task.create_checkpoint(str(tmp_path / "out"))
             assert "criu" in str(err.value).lower()
             assert str(err.value).startswith("checkpoint of task tcp")
+            # CRIU's own words from its log, which goes with the task: what a user can act on
+            assert "CRIU says: inet: Connected TCP socket" in str(err.value), str(err.value)
             assert not (tmp_path / "out").exists()
             nothing_left(client)
             assert task.status() is Status.RUNNING  # resumed after the failed dump
