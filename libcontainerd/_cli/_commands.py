@@ -249,19 +249,6 @@ def cmd_top(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _kill_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-s", "--signal", default="TERM", metavar="SIGNAL", help="name or number (default TERM)")
-    _one_container(p)
-
-
-@command("kill", "send a signal to a container's main process",
-         f"examples:\n  {PROG} kill web\n  {PROG} kill --signal KILL web", arguments=_kill_arguments)
-def cmd_kill(args: argparse.Namespace, ctx: Context) -> int:
-    with ctx.client() as client:
-        client.load_container(args.id).task().kill(args.signal)
-    return 0
-
-
 def _each(ids: Sequence[str], ctx: Context, action: Callable[[libcontainerd.Client, str], None]) -> int:
     """Apply ``action`` to each id; report failures one line each and go on (exit 1 if any failed)."""
     failed = 0
@@ -279,6 +266,84 @@ def _each(ids: Sequence[str], ctx: Context, action: Callable[[libcontainerd.Clie
 
 def _containers(p: argparse.ArgumentParser) -> None:
     p.add_argument("ids", metavar="ID", nargs="+", help="the containers")
+
+
+def _kill_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--signal", default="TERM", metavar="SIGNAL", help="name or number (default TERM)")
+    p.add_argument("-a", "--all", action="store_true", help="every container of the namespace with a live task")
+    p.add_argument("ids", metavar="ID", nargs="*", help="the containers")
+
+
+def _live_ids(client: libcontainerd.Client) -> list[str]:
+    """The containers whose task has a process to signal (created, running, paused or pausing)."""
+    ids = []
+    for ctr in sorted(client.list_containers(), key=lambda c: c.id):
+        task = _task_or_none(ctr)
+        if task is None:
+            continue
+        try:
+            if task.status() in (Status.CREATED, Status.RUNNING, Status.PAUSED, Status.PAUSING):
+                ids.append(ctr.id)
+        except errdefs.NotFound:
+            pass  # the task went between the listing and the status: nothing to signal
+    return ids
+
+
+@command("kill", "send a signal to the main process of containers",
+         f"examples:\n  {PROG} kill web\n  {PROG} kill --signal KILL web db\n  {PROG} kill --all",
+         arguments=_kill_arguments)
+def cmd_kill(args: argparse.Namespace, ctx: Context) -> int:
+    if bool(args.ids) == args.all:
+        raise UsageError("name the containers to signal, or --all (not both)")
+    ids = args.ids
+    if args.all:
+        with ctx.client() as client:
+            ids = _live_ids(client)
+    return _each(ids, ctx, lambda client, cid: client.load_container(cid).task().kill(args.signal))
+
+
+@command("wait", "wait until containers' tasks exit; print each exit code, exit with the first one's",
+         f"examples:\n  {PROG} wait web\n  {PROG} run -d --busybox job sh -c 'exit 3' && {PROG} wait job",
+         arguments=_containers)
+def cmd_wait(args: argparse.Namespace, ctx: Context) -> int:
+    codes: list[int] = []
+
+    def wait(client: libcontainerd.Client, cid: str) -> None:
+        # containerd answers a Wait for an already stopped task at once, with its exit status.
+        code = client.load_container(cid).task().wait().code
+        out(str(code))
+        codes.append(code)
+
+    failed = _each(args.ids, ctx, wait)
+    return failed if failed or not codes else codes[0]
+
+
+def _stop_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--time", metavar="SECONDS", type=float, default=10.0,
+                   help="how long to wait after SIGTERM before SIGKILL (default 10)")
+    _containers(p)
+
+
+@command("stop", "stop containers: SIGTERM, then SIGKILL if still running after -t seconds",
+         f"examples:\n  {PROG} stop web\n  {PROG} stop -t 0 web db", arguments=_stop_arguments)
+def cmd_stop(args: argparse.Namespace, ctx: Context) -> int:
+    if args.time < 0:
+        raise UsageError(f"-t/--time {args.time:g}: a number of seconds, 0 or more")
+
+    def stop(client: libcontainerd.Client, cid: str) -> None:
+        task = client.load_container(cid).task()
+        if task.status() is not Status.STOPPED:
+            if task.status() is Status.PAUSED:
+                task.resume()  # a frozen process cannot act on SIGTERM
+            task.kill(signal.SIGTERM)
+            try:
+                task.wait(timeout=args.time)
+            except TimeoutError:
+                task.kill(signal.SIGKILL)
+                task.wait()
+        out(cid)
+
+    return _each(args.ids, ctx, stop)
 
 
 @command("pause", "freeze every process of containers", f"example:\n  {PROG} pause web", arguments=_containers)

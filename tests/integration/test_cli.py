@@ -28,8 +28,8 @@ from libcontainerd import _procfs, errdefs, oci, testing
 
 from ..helpers import run_once, wait_until
 
-SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "pause", "resume", "stats",
-               "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
+SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "wait", "stop", "pause", "resume",
+               "stats", "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
 DEMO_STEPS = [f"[{i}/10]" for i in range(1, 11)]
 
 
@@ -444,6 +444,67 @@ def test_a_detached_container_through_every_command(cli, client):
     res = cli("rm", "-f", "db")
     assert (res.returncode, res.stdout) == (0, "db\n"), res.stderr
     assert client.list_containers() == []
+
+
+def test_wait_prints_exit_codes_and_exits_with_the_first(cli, client):
+    assert cli("run", "-d", "--busybox", "three", "sh", "-c", "exit 3").returncode == 0
+    assert cli("run", "-d", "--busybox", "five", "sleep", "300").returncode == 0
+    five = client.load_container("five").task()
+    five.kill(signal.SIGKILL)  # so wait ends; the code it prints is the kill's
+    res = cli("wait", "three", "five")
+    assert (res.returncode, res.stdout) == (3, "3\n137\n"), res.stderr
+    res = cli("wait", "five", "nosuch")  # one missing: the others still reported, exit 1
+    assert (res.returncode, res.stdout) == (1, "137\n"), res.stderr
+    assert "nosuch" in _one_error_line(res.stderr)
+    assert cli("rm", "three", "five").returncode == 0
+
+
+def test_wait_blocks_until_the_running_task_exits(cli, client, procs):
+    assert cli("run", "-d", "--busybox", "later", "sleep", "300").returncode == 0
+    proc = procs.start(*cli.globals, "wait", "later")
+    task = client.load_container("later").task()
+    assert proc.poll() is None
+    task.kill(signal.SIGKILL)
+    assert proc.wait(timeout=30) == 137
+    assert proc.stdout is not None and proc.stdout.read() == "137\n"
+    assert cli("rm", "later").returncode == 0
+
+
+def test_stop_terms_then_kills_after_the_grace_time(cli, client):
+    # As pid 1 of its namespace, a process without a TERM handler would not die of TERM: both trap it.
+    scripts = {"polite": "trap 'exit 0' TERM; touch /tmp/ready; sleep 300 & wait",
+               "stubborn": "trap '' TERM; touch /tmp/ready; while true; do sleep 1; done"}
+    for cid, script in scripts.items():
+        assert cli("run", "-d", "--busybox", cid, "sh", "-c", script).returncode == 0
+        assert wait_until(lambda cid=cid: cli("exec", cid, "test", "-e", "/tmp/ready").returncode == 0)
+    res = cli("stop", "-t", "60", "polite")  # ends as soon as the process does, long before 60 s
+    assert (res.returncode, res.stdout) == (0, "polite\n"), res.stderr
+    assert client.load_container("polite").task().wait(timeout=30).code == 0
+    res = cli("stop", "-t", "1", "stubborn", "polite")  # polite is stopped already: nothing to do, still 0
+    assert (res.returncode, res.stdout) == (0, "stubborn\npolite\n"), res.stderr
+    assert client.load_container("stubborn").task().wait(timeout=30).code == 128 + signal.SIGKILL
+    res = cli("stop", "-t", "-1", "polite")
+    assert res.returncode == 2
+    assert cli("rm", "polite", "stubborn").returncode == 0
+
+
+def test_kill_several_ids_and_all(cli, client):
+    for cid in ("k1", "k2", "k3"):
+        assert cli("run", "-d", "--busybox", cid, "sleep", "300").returncode == 0
+    res = cli("kill", "-s", "KILL", "k1", "k2")
+    assert res.returncode == 0, res.stderr
+    assert [client.load_container(c).task().wait(timeout=30).code for c in ("k1", "k2")] == [137, 137]
+    res = cli("kill", "-s", "9", "k1", "k3")  # k1's task is stopped: an error line for it, k3 still signalled
+    assert res.returncode == 1
+    assert "k1" in _one_error_line(res.stderr)
+    assert client.load_container("k3").task().wait(timeout=30).code == 137
+    assert cli("run", "-d", "--busybox", "k4", "sleep", "300").returncode == 0
+    res = cli("kill", "--all", "-s", "KILL")  # only the live one: the stopped ones are not errors
+    assert res.returncode == 0, res.stderr
+    assert client.load_container("k4").task().wait(timeout=30).code == 137
+    assert cli("kill").returncode == 2
+    assert cli("kill", "--all", "k4").returncode == 2
+    assert cli("rm", "k1", "k2", "k3", "k4").returncode == 0
 
 
 def test_checkpoint_writes_criu_files_and_a_bad_dir_gets_one_line(cli, client, tmp_path, criu):
