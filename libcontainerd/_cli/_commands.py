@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import libcontainerd
 from libcontainerd import _procfs, errdefs
-from libcontainerd.types import EventInfo, EventType, Status
+from libcontainerd.types import EventInfo, EventType, ExitStatus, Status
 
 from ._attached import Attached, check_terminal, exec_spec, image_run_spec, run_spec
 from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Context, UsageError
@@ -202,11 +202,23 @@ def _task_or_none(ctr: libcontainerd.Container) -> libcontainerd.Task | None:
         return None
 
 
+def _task_state(task: libcontainerd.Task | None) -> tuple[Status | None, int, ExitStatus | None]:
+    """A task's status, pid and, once it stopped, exit status; ``(None, 0, None)`` without a task."""
+    if task is None:
+        return None, 0, None
+    try:
+        status = task.status()
+        # containerd answers a Wait for a stopped task at once, with the exit status it keeps.
+        return status, task.pid, task.wait() if status is Status.STOPPED else None
+    except errdefs.NotFound:
+        return None, 0, None  # deleted between the lookup and the question
+
+
 def _ps_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print the container ids only")
 
 
-@command("ps", "list the containers of the namespace with their task status and pid",
+@command("ps", "list the containers of the namespace with their task status, pid and exit code",
          f"example:\n  {PROG} ps\n  {PROG} ps -q | xargs {PROG} rm -f",
          arguments=_ps_arguments, aliases=("list", "ls"))
 def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
@@ -218,22 +230,49 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
             return 0
         rows = []
         for ctr in containers:
-            task = _task_or_none(ctr)
-            status, pid = "stopped", "-"
-            if task is not None:
-                try:
-                    status = task.status().value
-                    pid = str(task.pid) if task.pid else "-"
-                except errdefs.NotFound:
-                    pass
+            status, pid, exited = _task_state(_task_or_none(ctr))
             args_ = (ctr.spec.get("process") or {}).get("args") or []
-            rows.append([ctr.id, status, pid, shlex.join(str(a) for a in args_)])
-    out(table(["CONTAINER", "STATUS", "PID", "COMMAND"], rows, right=(2,)))
+            rows.append([ctr.id, "stopped" if status is None else status.value, str(pid) if pid else "-",
+                         "-" if exited is None else str(exited.code), shlex.join(str(a) for a in args_)])
+    out(table(["CONTAINER", "STATUS", "PID", "EXIT", "COMMAND"], rows, right=(2, 3)))
     return 0
 
 
 def _one_container(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", metavar="ID", help="the container")
+
+
+@command("inspect", "print a container as JSON: spec, labels, bundle, image, task status, pid and exit code",
+         f"examples:\n  {PROG} inspect web\n  {PROG} inspect web | jq .task.exit_code",
+         arguments=_one_container)
+def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        ctr = client.load_container(args.id)
+        status, pid, exited = _task_state(_task_or_none(ctr))
+    snapshot = ctr.snapshot
+    try:
+        bundle: str | None = ctr.bundle_dir
+    except errdefs.InvalidParameter:
+        bundle = None  # a container another client made (`ctr run`) has no bundle label
+    doc: dict[str, Any] = {
+        "id": ctr.id,
+        "runtime": ctr.runtime,
+        "labels": dict(ctr.labels),
+        "bundle": bundle,
+        "image": snapshot.image if snapshot else None,
+        "snapshotter": snapshot.snapshotter if snapshot else None,
+        "snapshot_key": snapshot.key if snapshot else None,
+        # No task at all (never started, or deleted) is told apart from a stopped one: null, not "stopped".
+        "task": None if status is None else {
+            "status": status.value,
+            "pid": pid or None,
+            "exit_code": exited.code if exited else None,
+            "exited_at": iso(exited.exited_at) if exited else None,
+        },
+        "spec": ctr.spec,
+    }
+    out(json.dumps(doc, indent=2))
+    return 0
 
 
 @command("top", "list the processes running in a container", f"example:\n  {PROG} top web",

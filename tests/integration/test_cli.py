@@ -28,8 +28,8 @@ from libcontainerd import _procfs, errdefs, oci, testing
 
 from ..helpers import run_once, wait_until
 
-SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "kill", "wait", "stop", "pause", "resume",
-               "stats", "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
+SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "inspect", "kill", "wait", "stop", "pause",
+               "resume", "stats", "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
 DEMO_STEPS = [f"[{i}/10]" for i in range(1, 11)]
 
 
@@ -379,7 +379,7 @@ def test_global_options_after_the_subcommand_and_from_the_environment(cli, conta
     assert (res.returncode, res.stdout) == (0, "from-env\n"), res.stderr
 
 
-def test_a_detached_container_through_every_command(cli, client):
+def test_a_detached_container_through_every_command(cli, client, state_dir):
     res = cli("run", "-d", "--busybox", "--memory", "64m", "web", "sleep", "300")
     assert (res.returncode, res.stdout) == (0, "web\n"), res.stderr
     task = client.load_container("web").task()
@@ -388,8 +388,8 @@ def test_a_detached_container_through_every_command(cli, client):
         res = cli(name)
         assert res.returncode == 0, res.stderr
         header, row = res.stdout.splitlines()
-        assert header.split() == ["CONTAINER", "STATUS", "PID", "COMMAND"]
-        assert row.split() == ["web", "running", str(task.pid), "sleep", "300"]
+        assert header.split() == ["CONTAINER", "STATUS", "PID", "EXIT", "COMMAND"]
+        assert row.split() == ["web", "running", str(task.pid), "-", "sleep", "300"]
         # Aligned columns: each value starts under (or, right-aligned, ends under) its header.
         assert row.index("running") == header.index("STATUS")
         assert row.index(str(task.pid)) + len(str(task.pid)) == header.index("PID") + len("PID")
@@ -430,13 +430,29 @@ def test_a_detached_container_through_every_command(cli, client):
     assert cli("resume", "web").returncode == 0
     assert cli("ps").stdout.splitlines()[1].split()[1] == "running"
 
+    res = cli("inspect", "web")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["task"] == {"status": "running", "pid": task.pid, "exit_code": None, "exited_at": None}
+    assert doc["id"] == "web" and doc["runtime"] == "io.containerd.runc.v2"
+    assert doc["bundle"] == os.path.join(state_dir, "web") == doc["labels"]["com.docker/engine.bundle.path"]
+    assert doc["spec"]["process"]["args"] == ["sleep", "300"]
+    assert doc["spec"]["linux"]["resources"]["memory"]["limit"] == 64 << 20
+    assert (doc["image"], doc["snapshotter"], doc["snapshot_key"]) == (None, None, None)  # a rootfs dir, no image
+    res = cli("inspect", "nosuch")
+    assert res.returncode != 0 and "nosuch" in _one_error_line(res.stderr)
+
     res = cli("rm", "web")  # running: refused without -f
     assert res.returncode == 1
     assert "running" in _one_error_line(res.stderr)
     res = cli("kill", "--signal", "KILL", "web")
     assert res.returncode == 0, res.stderr
     assert task.wait(timeout=30).code == 137
-    assert cli("ps").stdout.splitlines()[1].split()[:2] == ["web", "stopped"]
+    row = cli("ps").stdout.splitlines()[1].split()
+    assert row[:2] == ["web", "stopped"] and row[3] == "137", row
+    doc = json.loads(cli("inspect", "web").stdout)
+    assert doc["task"]["status"] == "stopped" and doc["task"]["exit_code"] == 137, doc["task"]
+    assert doc["task"]["exited_at"].endswith("Z")
     res = cli("rm", "web")  # stopped: removed with its task
     assert (res.returncode, res.stdout) == (0, "web\n"), res.stderr
 
