@@ -163,14 +163,35 @@ def test_a_symlink_planted_in_the_state_dir_is_not_followed(client, rootfs):
         shutil.rmtree(outside)
 
 
+@pytest.fixture
+def nested_client(containerd, namespace, tmp_path_factory) -> Iterator[libcontainerd.Client]:
+    """A client whose state dir sits two private levels deep, so that nothing else writes beside it
+    (the shared /tmp, where other test runs come and go, cannot tell an escaping id's writes apart)."""
+    top = tmp_path_factory.mktemp("escape")
+    state = top / "parent" / "state"
+    state.mkdir(parents=True)
+    c = libcontainerd.new_client(containerd.address, str(state), namespace, None, timeout=60)
+    try:
+        yield c
+    finally:
+        testing.remove_containers(c)
+        c.close()
+
+
+def _around(state_dir: str) -> tuple[list[str], list[str]]:
+    """What is beside the state dir and beside its parent (the places an id like '../x' would write to)."""
+    parent = os.path.dirname(state_dir)
+    return sorted(os.listdir(parent)), sorted(os.listdir(os.path.dirname(parent)))
+
+
 @given(st.one_of(
     st.sampled_from(["..", "../x", "../../tmp/x", "x/../..", "/tmp/x", "./x", "x/y", "~", "x\x00", "..\\x"]),
     st.text(alphabet=st.sampled_from("./\\x\x00~"), min_size=1, max_size=12),
 ))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_no_id_writes_outside_the_state_dir(client, rootfs, evil):
-    parent = os.path.dirname(client.state_dir)
-    before = os.listdir(parent)
+def test_no_id_writes_outside_the_state_dir(nested_client, rootfs, evil):
+    client = nested_client
+    before = _around(client.state_dir)
     try:
         client.new_container(evil, spec(rootfs, "true"))
     except errdefs.InvalidParameter:
@@ -179,21 +200,21 @@ def test_no_id_writes_outside_the_state_dir(client, rootfs, evil):
         ctr = client.load_container(evil)
         assert os.path.dirname(ctr.bundle_dir) == client.state_dir
         ctr.delete()
-    assert os.listdir(parent) == before
+    assert _around(client.state_dir) == before
     assert listing(client.state_dir) == []
 
 
-def test_no_exec_id_writes_outside_the_bundle(client, rootfs):
+def test_no_exec_id_writes_outside_the_bundle(nested_client, rootfs):
+    client = nested_client
     ctr = client.new_container("exec-host", spec(rootfs, "sleep", "300"))
     task = ctr.start()
-    parent = os.path.dirname(client.state_dir)
-    before = os.listdir(parent)
+    before = _around(client.state_dir)
     try:
         for evil in ["../x", "../../x", "/tmp/x", "..", ".", "x/y", "x\x00y", "a" * 200]:
             with pytest.raises(errdefs.InvalidParameter):
                 task.exec(evil, oci.process_spec(["true"]), attach_stdio=stdio.capture())
         assert os.listdir(ctr.bundle_dir) == []
-        assert os.listdir(parent) == before
+        assert _around(client.state_dir) == before
         assert sorted(os.listdir(client.state_dir)) == ["exec-host"]
     finally:
         task.force_delete()
