@@ -100,7 +100,7 @@ def _sdk(env: Env, n: int, probes: int) -> _Run:
     clock = ExitClock()
     ns = env.namespace("scale-stdio")
     client = libcontainerd.new_client(env.address, os.path.join(env.work, "state-" + ns), ns, clock, timeout=120)
-    held: list[tuple[libcontainerd.Task, stdio.Capture]] = []
+    held: list[tuple[libcontainerd.Container, libcontainerd.Task, stdio.Capture]] = []
     lock = threading.Lock()
     s = spec(env, *HELD)
     true = spec(env, "true")
@@ -110,12 +110,13 @@ def _sdk(env: Env, n: int, probes: int) -> _Run:
 
         def start(i: int) -> None:
             out = stdio.capture()
-            task = client.new_container(f"c{i}", s).start(attach_stdio=out)
+            ctr = client.new_container(f"c{i}", s)
+            task = ctr.start(attach_stdio=out)
             with lock:
-                held.append((task, out))
+                held.append((ctr, task, out))
 
         run.times["start"] = _each(n, start)
-        _until("'up' from every container", lambda: all(out.stdout == b"up\n" for _, out in held))
+        _until("'up' from every container", lambda: all(out.stdout == b"up\n" for _, _, out in held))
         now = _usage()
         run.threads_total = now[0]
         run.per = ((now[0] - base[0]) / n, (now[1] - base[1]) / n, (now[2] - base[2]) / n)
@@ -131,19 +132,19 @@ def _sdk(env: Env, n: int, probes: int) -> _Run:
         pspec = oci.process_spec(["true"])
 
         def exec_one(i: int) -> None:
-            p = held[i][0].exec("x", pspec)
+            p = held[i][1].exec("x", pspec)
             p.wait()
             p.delete()
 
         run.times["exec"] = _each(n, exec_one)
 
         def stop(i: int) -> None:
-            task, out = held[i]
+            ctr, task, out = held[i]
             task.kill("SIGKILL")
             task.wait()
             task.delete()
             out.wait(30)
-            client.load_container(task.id).delete()
+            ctr.delete()
 
         run.times["stop"] = _each(n, stop)
     finally:
