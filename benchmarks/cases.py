@@ -71,6 +71,7 @@ class Env:
     quick: bool
     criu: str | None = None  # a CRIU that passes `criu check`, first on the daemon's PATH
     gobench: str | None = None
+    scale_sizes: tuple[int, ...] = ()  # container counts of scale_stdio; () = its defaults
 
     def namespace(self, name: str) -> str:
         return f"bench-{name}-{uuid.uuid4().hex[:6]}"

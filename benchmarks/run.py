@@ -32,11 +32,12 @@ from cases import BENCHMARKS as CASES
 from cases import Env, Result
 from refs import find_gobench
 from restarts import bench_restarts
+from scale_stdio import bench_scale_stdio
 
 import libcontainerd
 from libcontainerd import testing
 
-BENCHMARKS = {**CASES, "restarts": bench_restarts}
+BENCHMARKS = {**CASES, "restarts": bench_restarts, "scale_stdio": bench_scale_stdio}
 
 
 def machine(address: str) -> dict[str, Any]:
@@ -127,6 +128,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="run once on each of these containerd binaries (repeatable) and print a column per version")
     p.add_argument("--matrix", action="store_true",
                    help="run once on each containerd that scripts/bootstrap fetched into .cache/containerd")
+    p.add_argument("--scale-sizes", default="", metavar="N,N",
+                   help="container counts for scale_stdio (default 100,500; --quick: 10,30)")
     p.add_argument("-v", "--verbose", action="store_true", help="log libcontainerd warnings")
     args = p.parse_args(argv)
     only = [n for group in args.only for n in group.split(",") if n]
@@ -135,6 +138,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     args.selected = [n for n in (only or list(BENCHMARKS)) if n not in skip]
+    try:
+        args.scale_sizes = tuple(int(n) for n in args.scale_sizes.split(",") if n)
+    except ValueError:
+        p.error(f"--scale-sizes: not a list of numbers: {args.scale_sizes!r}")
+    if any(n < 1 for n in args.scale_sizes):
+        p.error("--scale-sizes: counts must be >= 1")
     return args
 
 
@@ -162,6 +171,7 @@ def matrix(args: argparse.Namespace, binaries: list[str]) -> int:
             out = os.path.join(tmp, f"{k}.json")
             argv = [sys.executable, os.path.abspath(__file__), "--json", out, "--only", ",".join(args.selected)]
             argv += ["--quick"] * args.quick + ["--gobench", args.gobench_path or ""] + ["-v"] * args.verbose
+            argv += ["--scale-sizes", ",".join(map(str, args.scale_sizes))] if args.scale_sizes else []
             print(f"== {binary}", flush=True)
             child = subprocess.run(argv, env={**os.environ, "LIBCONTAINERD_CONTAINERD": binary}, check=False)
             rc = rc or child.returncode
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon = testing.start_daemon(tmp, health_failures=0, env=testing.daemon_env(criu, runtime_dir))
         rootfs = testing.busybox_rootfs(os.path.join(tmp, "rootfs"))
         env = Env(address=daemon.address, rootfs=rootfs, work=tmp, quick=args.quick, criu=criu,
-                  gobench=args.gobench_path)
+                  gobench=args.gobench_path, scale_sizes=args.scale_sizes)
         info = machine(daemon.address)
         info["gobench"] = args.gobench_path
         print(f"machine: {info['nproc']} x {info['cpu']}, kernel {info['kernel']}, containerd {info['containerd']}, "

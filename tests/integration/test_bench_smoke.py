@@ -99,3 +99,33 @@ def test_quick_checkpoint_benchmark_prints_ratios(tmp_path, criu):
     rows = [line for line in result.stdout.splitlines() if line.startswith("checkpoint")]
     assert len(rows) == 2 and all(re.search(r"\s\d+\.\d\dx\s", row) for row in rows), result.stdout
     assert "ctr c checkpoint --task" in rows[0] and "ctr c restore --live" in rows[1]
+
+
+def test_scale_stdio_benchmark_reports_per_container_rows(tmp_path):
+    """Three and four held containers: every per-container row is there for the SDK and the raw stubs,
+    the growth row compares the two sizes, and a missed target is a MISS row, not a failed run."""
+    testing.require_containerd()
+    testing.require_tools("ctr")
+    out_json = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, RUN, "--quick", "--only", "scale_stdio", "--scale-sizes", "3,4", "--gobench", "",
+         "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out_json.read_text())
+    assert data["failed"] == []
+    rows = {r["metric"]: r for r in data["results"] if r["bench"] == "scale-stdio"}
+    for n in (3, 4):
+        for metric in ("threads per running container", "fds per running container (stdout+stderr)",
+                       "RSS per running container", "exit -> backend, p99"):
+            assert f"{n} held: {metric}" in rows, sorted(rows)
+        for phase in ("start", "exec", "stop"):
+            for what in ("wall", "client CPU"):
+                row = rows[f"{n}: {phase}, {what} per container"]
+                assert row["reference"] == "raw stubs, same" and row["ratio"] > 0, row
+        # each held container has its stdout and stderr FIFOs open in the client today
+        assert rows[f"{n} held: fds per running container (stdout+stderr)"]["sdk"] >= 2
+        assert rows[f"{n} held: client threads in total"]["verdict"] in (True, False)
+    growth = rows["cost per container, 4 vs 3: start+exec+stop wall"]
+    assert growth["sdk"] > 0 and "threads" in growth["note"], growth
