@@ -43,17 +43,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def _doctest_containerd() -> Iterator[supervisor.Daemon]:
     testing.require_containerd()
-    tmp = tempfile.mkdtemp(prefix="lcd-doc-")  # short: the socket path must fit in 104 bytes
-    try:
-        daemon = testing.start_daemon(tmp, health_failures=0)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
+    with testing.PrivateContainerd("lcd-doc-", health_failures=0) as daemon:
         yield daemon
-    finally:
-        testing.cleanup_root(daemon)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CountingSink",
     "Leftovers",
+    "PrivateContainerd",
     "RecordingBackend",
     "busybox_image_archive",
     "busybox_rootfs",
@@ -271,6 +272,50 @@ def start_daemon(tmpdir: str | os.PathLike[str], **opts: Any) -> supervisor.Daem
         if made:
             shutil.rmtree(made, ignore_errors=True)
         raise
+
+
+class PrivateContainerd:
+    """A private containerd in a fresh short temporary directory, as a context manager.
+
+    ``with`` starts it (:func:`start_daemon` with ``opts``) and gives the
+    :class:`~libcontainerd.supervisor.Daemon`; leaving stops it, removes everything it ran with
+    :func:`cleanup_root` and deletes the directory, also when starting failed. Afterwards
+    :attr:`leftovers` says what the clean-up had to remove and :attr:`remaining` which of its
+    processes survived (both empty when the test cleaned up after itself).
+
+    >>> owner = PrivateContainerd("lcd-doc-", health_failures=0)  # doctest: +SKIP
+    >>> with owner as daemon:  # doctest: +SKIP
+    ...     client = libcontainerd.new_client(daemon.address, "/tmp/lcd-doc-state", "doc", None)
+    >>> owner.leftovers, owner.remaining  # doctest: +SKIP
+    (Leftovers(processes=(), mounts=()), {})
+    """
+
+    def __init__(self, prefix: str = "lcd-", **opts: Any) -> None:
+        self.prefix = prefix
+        self.opts = opts
+        self.leftovers = Leftovers()
+        self.remaining: dict[int, list[str]] = {}
+        self._tmp = ""
+        self._daemon: supervisor.Daemon | None = None
+
+    def __enter__(self) -> supervisor.Daemon:
+        self._tmp = tempfile.mkdtemp(prefix=self.prefix)  # short: the socket path must fit in 104 bytes
+        try:
+            self._daemon = start_daemon(self._tmp, **self.opts)
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+        return self._daemon
+
+    def __exit__(self, *exc: object) -> None:
+        daemon, self._daemon = self._daemon, None
+        if daemon is None:
+            return
+        try:
+            self.leftovers = cleanup_root(daemon)
+            self.remaining = daemon_processes(daemon.root_dir)
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 @functools.cache

@@ -224,18 +224,10 @@ def test_no_exec_id_writes_outside_the_bundle(nested_client, rootfs):
 @pytest.fixture
 def second_daemon() -> Iterator[supervisor.Daemon]:
     """A private containerd beside the session's, with a root of its own."""
-    tmp = tempfile.mkdtemp(prefix="lcd-2nd-")
-    try:
-        daemon = testing.start_daemon(tmp, health_failures=0)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
+    owner = testing.PrivateContainerd("lcd-2nd-", health_failures=0)
+    with owner as daemon:
         yield daemon
-    finally:
-        leftovers = testing.cleanup_root(daemon)
-        shutil.rmtree(tmp, ignore_errors=True)
-        assert not leftovers
+    assert not owner.leftovers and not owner.remaining
 
 
 def test_two_private_daemons_keep_apart_the_same_namespace_and_id(containerd, second_daemon, namespace, rootfs):

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -31,13 +29,8 @@ RESTARTS = 20
 
 @pytest.fixture
 def own_daemon() -> Iterator[supervisor.Daemon]:
-    tmp = tempfile.mkdtemp(prefix="lcd-storm-")
-    daemon = testing.start_daemon(tmp, health_failures=0)
-    try:
+    with testing.PrivateContainerd("lcd-storm-", health_failures=0) as daemon:
         yield daemon
-    finally:
-        testing.cleanup_root(daemon)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _restart(daemon: supervisor.Daemon) -> None:
