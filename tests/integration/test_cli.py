@@ -214,6 +214,25 @@ def test_run_with_a_terminal_user_env_and_cwd(cli, client):
     assert client.list_containers() == []
 
 
+def _read_pty_until_exit(master: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> bytes:
+    """All a pty's master end gives until the process on it ended (and its output ran dry), or EIO."""
+    output = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every holder of the terminal is gone
+                break
+            if not chunk:
+                break
+            output += chunk
+        if proc.poll() is not None and not ready:
+            break
+    return output
+
+
 def test_run_interactive_terminal_in_raw_mode_with_its_size(cli, client):
     """-it on a real terminal: keystrokes reach the container's shell, its size is forwarded, exit code comes back."""
     master, slave = pty.openpty()
@@ -226,20 +245,7 @@ def test_run_interactive_terminal_in_raw_mode_with_its_size(cli, client):
         slave = -1
         # Typed ahead, before the CLI switched the terminal to raw mode: it must not be lost.
         os.write(master, b"stty size; echo $((6*7)); exit 5\r")
-        output = b""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: every holder of the terminal is gone
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            if proc.poll() is not None and not ready:
-                break
+        output = _read_pty_until_exit(master, proc)
         try:
             code = proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -274,20 +280,7 @@ def test_run_it_sets_raw_mode_before_the_process_starts(cli, client):
                           timeout=60, interval=0.005)
         lflag = termios.tcgetattr(master)[3]
         os.write(master, b"\x1b[6;5R\r")  # what a terminal answers, then Enter
-        output = b""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: every holder of the terminal is gone
-                    break
-                if not chunk:
-                    break
-                output += chunk
-            if proc.poll() is not None and not ready:
-                break
+        output = _read_pty_until_exit(master, proc)
         assert proc.wait(timeout=30) == 3, output
         assert not lflag & (termios.ECHO | termios.ICANON), "the terminal was cooked when the container existed"
         # (No assertion on echoes: answered this early, the container's own terminal, not yet
