@@ -44,7 +44,7 @@ from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message
 from ..types import Status
 from ._container import Container, uses_runc_options
-from ._content import ChunkReader
+from ._content import ChunkReader, abort
 
 if TYPE_CHECKING:
     from ._process import Task
@@ -164,15 +164,7 @@ def write_content(
 
 
 def _abort(session: Session, ref: str, lease: str | None, container_id: str) -> None:
-    conn = session.conn
-    try:
-        conn.call(conn.content.Abort, content_pb2.AbortRequest(ref=ref), f"content ingest {ref}", timeout=30.0,
-                  lease=lease)
-    except errdefs.NotFound:
-        pass
-    except errdefs.LibcontainerdError as exc:
-        log.warning("failed to abort content ingest %s of container %s: %s", ref, container_id or "-",
-                    exc.explanation, extra=session.log_extra(container_id))
+    abort(session.conn, ref, lease, container_id=container_id, log_extra=session.log_extra(container_id))
 
 
 def read_content(session: Session, digest: str, lease: str | None = None) -> Iterator[bytes]:

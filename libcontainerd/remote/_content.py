@@ -145,14 +145,17 @@ def _status(exc: errdefs.LibcontainerdError) -> str:
     return getattr(exc.code, "name", "")
 
 
-def _abort(conn: Connection, ref: str, lease_id: str | None) -> None:
+def abort(conn: Connection, ref: str, lease_id: str | None, *, container_id: str = "",
+          log_extra: Mapping[str, str] | None = None) -> None:
+    """Abort an ingest (gone already is fine); a failure is logged with its ref and container, never raised."""
     try:
         conn.call(conn.content.Abort, content_pb2.AbortRequest(ref=ref), f"content ingest {ref}", timeout=30.0,
                   lease=lease_id)
     except errdefs.NotFound:
         pass
     except errdefs.LibcontainerdError as exc:
-        log.warning("failed to abort content ingest %s: %s", ref, exc)
+        log.warning("failed to abort content ingest %s of container %s: %s", ref, container_id or "-", exc,
+                    extra=log_extra)
 
 
 def write(conn: Connection, desc: Descriptor, ref: str, opener: Opener, *, lease_id: str | None,
@@ -305,7 +308,7 @@ def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, le
         requests.put(None)
         if not committed:
             call.cancel()  # ends the stream, which releases the ingest's lock
-            _abort(conn, ref, lease_id)
+            abort(conn, ref, lease_id)
 
 
 def write_bytes(conn: Connection, desc: Descriptor, ref: str, data: bytes, *, lease_id: str | None,
@@ -358,4 +361,4 @@ def write_unknown(conn: Connection, ref: str, size: int, chunks: Iterator[bytes]
         requests.put(None)
         if not committed:
             call.cancel()  # ends the stream, which releases the ingest's lock
-            _abort(conn, ref, lease_id)
+            abort(conn, ref, lease_id)
