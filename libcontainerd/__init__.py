@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from typing import TYPE_CHECKING, Any
+
+# grpcio >= 1.80 re-creates its poller thread in a child it forks (its fork support is on by default),
+# and a subprocess closing its inherited fds before exec then makes that poller abort the child
+# (grpc/grpc#43055). Python 3.9 forks for every subprocess, later versions for some (preexec_fn,
+# user/group), so a live client would now and then kill the containerd the supervisor restarts, or any
+# command the caller runs. This SDK never uses gRPC across a fork, so it turns that support off unless the
+# caller chose otherwise; grpc reads the setting when it loads, so it works when grpc is not loaded yet.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from . import errdefs
 from .types import Backend, Descriptor, EventInfo, EventType, ExitStatus, PullProgress, Stats, Status, Summary, Version
