@@ -44,6 +44,8 @@ from libcontainerd import errdefs
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
+    from libcontainerd._ioloop import LoopOwner
+
 
 __all__ = [
     "CHUNK_SIZE",
@@ -233,10 +235,12 @@ def _unlink_quietly(path: str) -> None:
 
 
 class Canceller:
-    """A one-shot cancel signal that ``poll()`` can wait on (a self-pipe).
+    """A one-shot cancel signal that ``poll()`` can wait on (a self-pipe, made on first use).
 
     Once :meth:`cancel` is called the read end stays readable for good, so every
-    thread polling it wakes, now and later.
+    thread polling it wakes, now and later. The pipe exists only once somebody asks
+    for :meth:`fileno` (a blocking reader or writer): streams moved by the I/O loop
+    of :mod:`libcontainerd.stdio` never poll it, so they cost no descriptors.
 
     >>> c = Canceller(); c.is_set()
     False
@@ -249,11 +253,22 @@ class Canceller:
         self._lock = threading.Lock()
         self._set = False
         self._closed = False
-        self._r, self._w = os.pipe()  # non-inheritable (O_CLOEXEC) by Python's default
+        self._r = self._w = -1
 
     def fileno(self) -> int:
-        """The read end, to register for ``POLLIN``."""
-        return self._r
+        """The read end, to register for ``POLLIN`` (made now if it does not exist yet).
+
+        Raises:
+            ValueError: the canceller is closed.
+        """
+        with self._lock:
+            if self._closed:
+                raise ValueError("the canceller is closed")
+            if self._r < 0:
+                self._r, self._w = os.pipe()  # non-inheritable (O_CLOEXEC) by Python's default
+                if self._set:
+                    os.write(self._w, b"x")
+            return self._r
 
     def is_set(self) -> bool:
         """Whether :meth:`cancel` (or :meth:`close`) was called."""
@@ -265,7 +280,8 @@ class Canceller:
             if self._set or self._closed:
                 return
             self._set = True
-            os.write(self._w, b"x")
+            if self._w >= 0:
+                os.write(self._w, b"x")
 
     def close(self) -> None:
         """Cancel, then close both ends; callers must be done polling."""
@@ -274,8 +290,10 @@ class Canceller:
                 return
             self._set = True
             self._closed = True
-            os.close(self._r)
-            os.close(self._w)
+            if self._r >= 0:
+                os.close(self._r)
+                os.close(self._w)
+                self._r = self._w = -1
 
     def __repr__(self) -> str:
         return f"<Canceller {'closed' if self._closed else 'cancelled' if self._set else 'open'}>"
@@ -307,9 +325,7 @@ class FifoReader(io.RawIOBase):
         self._canceller = canceller
         self._fd = -1  # close() and __del__ run on an object whose open failed, too
         self._fd = _open_fifo(path, os.O_RDONLY)
-        self._poll = select.poll()
-        self._poll.register(self._fd, select.POLLIN)
-        self._poll.register(canceller.fileno(), select.POLLIN)
+        self._poll: select.poll | None = None  # made by the first blocking read (it needs the canceller's pipe)
 
     def readable(self) -> bool:
         return True
@@ -324,6 +340,10 @@ class FifoReader(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if not len(view):
             return 0
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
+            self._poll.register(self._canceller.fileno(), select.POLLIN)
         while True:
             if self._canceller.is_set():
                 return 0
@@ -340,6 +360,16 @@ class FifoReader(io.RawIOBase):
         if not self.closed and self._fd >= 0:
             os.close(self._fd)
         super().close()
+
+    def detach(self) -> int:
+        """Hand the descriptor (non-blocking) to the caller, who closes it; this reader is closed.
+
+        The I/O loop of :mod:`libcontainerd.stdio` takes the FIFOs over this way.
+        """
+        self._checkClosed()
+        fd, self._fd = self._fd, -1
+        super().close()
+        return fd
 
     def __repr__(self) -> str:
         return f"<FifoReader {self.name} {'closed' if self.closed else 'open'}>"
@@ -372,6 +402,8 @@ class FifoWriter(io.RawIOBase):
         self._connected = False
         self._close_pending = False
         self._aborted = Canceller()
+        # Set by the I/O loop while it writes our descriptor: called before we close it, outside our locks.
+        self._on_release: Callable[[], None] | None = None
         # See the module docstring: O_RDWR is the placeholder reader that makes the O_WRONLY open possible.
         self._hold: int | None = _open_fifo(path, os.O_RDWR)
         try:
@@ -380,10 +412,7 @@ class FifoWriter(io.RawIOBase):
             os.close(self._hold)
             self._aborted.close()
             raise
-        self._poll = select.poll()
-        self._poll.register(self._fd, select.POLLOUT)
-        self._poll.register(canceller.fileno(), select.POLLIN)
-        self._poll.register(self._aborted.fileno(), select.POLLIN)
+        self._poll: select.poll | None = None  # made by the first write that must wait
 
     def writable(self) -> bool:
         return True
@@ -411,6 +440,11 @@ class FifoWriter(io.RawIOBase):
                     continue
                 except BlockingIOError:
                     pass
+                if self._poll is None:
+                    self._poll = select.poll()
+                    self._poll.register(self._fd, select.POLLOUT)
+                    self._poll.register(self._canceller.fileno(), select.POLLIN)
+                    self._poll.register(self._aborted.fileno(), select.POLLIN)
                 # POLLOUT (room again) and POLLERR (no reader: the next write raises EPIPE) both mean "try again".
                 self._poll.poll()
         return done
@@ -435,6 +469,7 @@ class FifoWriter(io.RawIOBase):
 
     def close(self) -> None:
         """Close our end; with the shim connected, also run the ``on_close`` hook (its errors propagate)."""
+        self._let_go()
         with self._io_lock, self._lock:
             if self.closed:
                 return
@@ -453,6 +488,7 @@ class FifoWriter(io.RawIOBase):
 
         Waits for a write in progress: cancel first (as :meth:`DirectIO.close` does) so it ends at once.
         """
+        self._let_go()
         with self._io_lock, self._lock:
             self._on_close = None
             self._close_hold()
@@ -468,6 +504,11 @@ class FifoWriter(io.RawIOBase):
         # Being collected is not a decision to end the process's input: no CloseIO from a finalizer.
         if hasattr(self, "_fd"):
             self.release()
+
+    def _let_go(self) -> None:
+        hook = self._on_release
+        if hook is not None:
+            hook()
 
     def _take_hook(self) -> Callable[[], None] | None:
         hook, self._on_close = self._on_close, None
@@ -533,8 +574,12 @@ class DirectIO:
         stdin: FifoWriter | None,
         stdout: io.BufferedIOBase | None,
         stderr: io.BufferedIOBase | None,
+        io_loop: LoopOwner | None = None,
     ) -> None:
         self.fifos = fifos
+        #: the I/O loop that :mod:`libcontainerd.stdio`'s callbacks move this process's data on
+        #: (the client's); None: the process-wide one
+        self.io_loop = io_loop
         self.stdin: StdinStream | None = stdin
         self.stdout: io.BufferedIOBase | None = stdout
         self.stderr: io.BufferedIOBase | None = stderr
@@ -544,13 +589,21 @@ class DirectIO:
         self._closed = False
 
     @classmethod
-    def open(cls, fifos: FifoSet, *, on_stdin_close: Callable[[], None] | None = None) -> DirectIO:
+    def open(
+        cls,
+        fifos: FifoSet,
+        *,
+        on_stdin_close: Callable[[], None] | None = None,
+        io_loop: LoopOwner | None = None,
+    ) -> DirectIO:
         """Open our ends of the FIFOs without waiting for the shim.
 
         Args:
             fifos: the FIFOs, made by :meth:`FifoSet.create` or found by :meth:`FifoSet.existing`.
             on_stdin_close: called once when the user closes ``stdin`` and the shim is
                 connected (the client's ``CloseIO``, so that the process sees EOF).
+            io_loop: the I/O loop owner that ready-made callbacks use (a client passes its
+                own); None: the process-wide one.
 
         Returns:
             The DirectIO; on failure nothing stays open.
@@ -580,7 +633,24 @@ class DirectIO:
             for fn in reversed(undo):
                 fn()
             raise
-        return cls(fifos, canceller, stdin, readers[0], readers[1])
+        return cls(fifos, canceller, stdin, readers[0], readers[1], io_loop)
+
+    def take_output(self, stream: str) -> int | None:
+        """Hand the descriptor of ``stdout`` or ``stderr`` over to the caller, who then owns it.
+
+        Only a stream that is still this DirectIO's own open FIFO reader can be taken (None
+        otherwise: absent, replaced or closed). The stream object is closed; :meth:`close`
+        no longer touches the descriptor. This is how the I/O loop takes a FIFO over.
+        """
+        f = getattr(self, stream)
+        if f is None or f not in self._own or f.closed or not isinstance(f, io.BufferedReader):
+            return None
+        raw = f.raw
+        if not isinstance(raw, FifoReader) or raw.closed:
+            return None
+        fd = raw.detach()
+        f.close()
+        return fd
 
     @property
     def canceller(self) -> Canceller:

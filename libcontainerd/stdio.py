@@ -4,11 +4,17 @@ A stdio callback (``attach_stdio``) receives the opened FIFOs as a
 :class:`~libcontainerd.cio.DirectIO` and returns the object the client manages
 (:class:`~libcontainerd.cio.ProcessIO`): :func:`capture` collects stdout and stderr
 as bytes and can feed stdin from bytes; :func:`attach` copies between the FIFOs and
-the caller's binary file objects. Both move data on their own named threads
-(``libcontainerd-stdio-<process id>-<stream>``) that end on EOF or ``cancel()`` and
-are joined by ``close()``; once the output streams are at EOF, writing stdin stops
-(see :meth:`~libcontainerd.cio.FifoWriter.abort`). This module must not talk to containerd: closing stdin
-towards the process (``CloseIO``) is the client's hook behind ``DirectIO.stdin``.
+the caller's binary file objects. Neither starts a thread of its own: the FIFOs of every
+process of a client are read and written on that client's one I/O loop thread
+(``libcontainerd-stdio-loop``, see :mod:`libcontainerd._ioloop`), and what may block -- a
+caller's file's ``write`` or ``read``, ``CloseIO`` -- runs on its bounded delivery pool
+(``libcontainerd-stdio-io-<n>``). Order within a stream is kept; a caller's file that does
+not keep up makes the loop stop reading that one FIFO (above a high-water mark) until it has
+caught up, so the process's own writes block as with any full pipe, and nothing else waits.
+Once the output streams are at EOF, writing stdin stops. ``close()`` stops the pumps and
+releases the loop, which stops when its last user is gone (or when the client closes). This
+module must not talk to containerd: closing stdin towards the process (``CloseIO``) is the
+client's hook behind ``DirectIO.stdin``.
 
 The client's side of the contract: it calls ``wait(timeout)`` (returns once the output
 streams reached EOF, raises ``TimeoutError`` otherwise), then ``cancel()`` and
@@ -24,93 +30,354 @@ import threading
 import time
 from typing import IO, Callable
 
-from libcontainerd import errdefs
-from libcontainerd.cio import CHUNK_SIZE, Canceller, DirectIO, StdinStream
+from libcontainerd import _ioloop, errdefs
+from libcontainerd.cio import CHUNK_SIZE, Canceller, DirectIO, FifoWriter, StdinStream
+from libcontainerd.queue import KeyedSerialExecutor
 
 __all__ = ["Attached", "Capture", "attach", "capture"]
 
 log = logging.getLogger(__name__)
 
-#: How long ``close()`` waits for the pump threads after cancelling them.
+#: How long ``close()`` waits for writes in flight to the caller's files after cancelling.
 CLOSE_JOIN_TIMEOUT = 5.0
-# Joins happen in slices so that Ctrl-C reaches a main thread that waits.
-_JOIN_SLICE = 0.2
+# Waits happen in slices so that Ctrl-C reaches a main thread that waits.
+_WAIT_SLICE = 0.2
+
+# Which _Streams a pool worker is running a job of (so that close() from inside one does not wait for itself).
+_current = threading.local()
 
 
-class _Pumps:
-    """The threads of one stdio object: started, waited for, cancelled and joined together."""
+class _Collect:
+    """An output sink that appends to a bytearray (or drops the data, without one), on the loop."""
+
+    def __init__(self, out: bytearray | None, on_done: Callable[[], None]) -> None:
+        self._out = out
+        self._on_done = on_done
+
+    def push(self, data: bytes) -> bool:
+        if self._out is not None:
+            self._out += data
+        return True
+
+    def end(self, cancelled: bool) -> None:
+        self._on_done()
+
+
+class _Streams:
+    """The pumps of one stdio object: set up, started on the loop, waited for, cancelled and closed together."""
 
     def __init__(self, dio: DirectIO) -> None:
         self.dio = dio
-        self._outputs: list[threading.Thread] = []
-        self._others: list[threading.Thread] = []
+        self.pid = dio.fifos.process_id
+        self._owner = dio.io_loop if dio.io_loop is not None else _ioloop.default_owner()
+        self._loop: _ioloop.IOLoop | None = None
+        self._pool: KeyedSerialExecutor | None = None
+        self._key = f"{self.pid}@{id(self):x}"
         self._lock = threading.Lock()
-        self._running_outputs = 0
+        self._outputs: list[tuple[str, bytearray | None, IO[bytes] | None]] = []
+        self._stdin_bytes: bytes | None = None
+        self._stdin_file: IO[bytes] | None = None
+        self._outputs_left = 0
+        self._stdin_left = 0
+        self._outputs_done = threading.Event()
+        self._all_done = threading.Event()
+        self._pumps: list[_ioloop.OutputPump] = []
+        self._input: _ioloop.InputPump | None = None
+        self._feeder: _Feeder | None = None
         self._closed = False
 
-    def add(self, stream: str, target: Callable[[], None], *, output: bool) -> None:
-        name = f"libcontainerd-stdio-{self.dio.fifos.process_id}-{stream}"
-        thread = threading.Thread(target=self._run, args=(name, target, output), name=name, daemon=True)
-        (self._outputs if output else self._others).append(thread)
+    # -- set-up ------------------------------------------------------------------------
+
+    def collect(self, stream: str, out: bytearray) -> None:
+        self._outputs.append((stream, out, None))
+
+    def copy_out(self, stream: str, sink: IO[bytes] | None) -> None:
+        self._outputs.append((stream, None, sink))
+
+    def feed_bytes(self, data: bytes) -> None:
+        self._stdin_bytes = data
+
+    def feed_file(self, src: IO[bytes]) -> None:
+        self._stdin_file = src
 
     def start(self) -> None:
-        # Counted before any starts, so that one output's early EOF is not taken for all of them.
-        self._running_outputs = len(self._outputs)
-        for thread in self._outputs + self._others:
-            thread.start()
+        """Take the FIFOs over and start moving data on the loop."""
+        loop, pool = self._owner.acquire()
+        self._loop, self._pool = loop, pool
+        self._outputs_left = len(self._outputs)
+        has_stdin = self._stdin_bytes is not None or self._stdin_file is not None
+        self._stdin_left = 1 if has_stdin else 0
+        starts: list[Callable[[], None]] = []
+        for stream, out, sink in self._outputs:
+            fd = self.dio.take_output(stream)
+            if fd is None:  # not our FIFO reader (the callback's caller replaced it): a blocking pump on the pool
+                self._fallback_output(stream, out, sink)
+                continue
+            if out is not None or sink is None:  # an output nobody wants is drained anyway: a full pipe blocks
+                pump = _ioloop.OutputPump(loop, fd, _Collect(out, self._output_done))
+            else:
+                name = f"{stream} of process {self.pid}"
+                delivery = _ioloop.Delivery(loop, pool, f"{self._key}/{stream}", _Writer(sink, name),
+                                            self._output_done, job=self._job)
+                pump = _ioloop.OutputPump(loop, fd, delivery)
+                delivery.pump = pump
+            self._pumps.append(pump)
+            starts.append(pump.start)
+        if has_stdin:
+            writer = self.dio.stdin
+            if isinstance(writer, FifoWriter) and not writer.closed:
+                self._input = _ioloop.InputPump(loop, writer, self._stdin_ended)
+                starts.append(self._input.start)
+                if self._stdin_file is not None:
+                    self._feeder = _Feeder(self, self._stdin_file, self._input)
+                    starts.append(self._feeder.start)
+                else:
+                    data, self._stdin_bytes = self._stdin_bytes or b"", None  # need not live as long as we do
+                    starts.append(lambda: self._start_bytes(data))
+            else:
+                self._fallback_stdin(writer)
+        self._check_done()
+        if not loop.call_soon(self._run_all, starts):
+            self._cancel_on_loop()
 
-    def _run(self, name: str, target: Callable[[], None], output: bool) -> None:
+    @staticmethod
+    def _run_all(starts: list[Callable[[], None]]) -> None:
+        for fn in starts:
+            fn()
+
+    def _start_bytes(self, data: bytes) -> None:
+        assert self._input is not None
+        self._input.write(data)
+        self._input.close()
+
+    def _fallback_output(self, stream: str, out: bytearray | None, sink: IO[bytes] | None) -> None:
+        src = getattr(self.dio, stream)
+        name = f"{stream} of process {self.pid}"
+        if out is not None:
+            self._submit(stream, lambda: _collect(src, out), self._output_done)
+        else:
+            self._submit(stream, lambda: _copy_out(src, sink, name), self._output_done)
+
+    def _fallback_stdin(self, writer: StdinStream | None) -> None:
+        if writer is None:
+            self._stdin_done()
+            return
+        src = self._stdin_file
+        if src is not None:
+            canceller = self.dio.canceller
+            self._submit("stdin", lambda: _feed(src, writer, canceller, self.pid), self._stdin_done)
+        else:
+            data, self._stdin_bytes = self._stdin_bytes or b"", None
+            self._submit("stdin", lambda: _write_stdin(writer, data, self.pid), self._stdin_done)
+
+    def _submit(self, stream: str, fn: Callable[[], None], then: Callable[[], None]) -> None:
+        assert self._pool is not None
+
+        def job() -> None:
+            try:
+                self._job(fn)
+            finally:
+                then()
+
         try:
-            target()
-        except Exception:
-            log.exception("%s failed", name)
-        finally:
-            if output:
-                self._output_ended()
+            self._pool.submit(f"{self._key}/{stream}", job)
+        except errdefs.LibcontainerdError:
+            then()
 
-    def _output_ended(self) -> None:
+    def _job(self, fn: Callable[[], None]) -> None:
+        _current.streams = self
+        try:
+            fn()
+        except Exception:
+            log.exception("stdio of process %s failed", self.pid)
+        finally:
+            _current.streams = None
+
+    # -- progress ------------------------------------------------------------------------
+
+    def _output_done(self) -> None:
         with self._lock:
-            self._running_outputs -= 1
-            last = self._running_outputs == 0
+            self._outputs_left -= 1
+            last = self._outputs_left == 0
         if last:
             # The process closed all its output, so it exited (or means to write nothing more). The real shim
             # keeps reading the stdin FIFO after the process exited (its copy blocks on the process's pipe),
-            # so a stdin writer blocked on a full FIFO would never learn; give up writing instead.
+            # so a stdin writer waiting for room would never learn; give up writing instead.
+            self._abort_stdin()
+        self._check_done()
+
+    def _abort_stdin(self) -> None:
+        pump, loop = self._input, self._loop
+        if pump is not None and loop is not None:
+            loop.call_soon(pump.abort)
+        else:
             self.dio.abort_stdin()
 
-    def wait(self, timeout: float | None, *, all_threads: bool) -> bool:
-        threads = self._outputs + (self._others if all_threads else [])
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in threads:
-            if thread is threading.current_thread():
-                continue  # close() from inside a pump (e.g. the caller's sink): it ends when it returns
-            while thread.is_alive():
-                if deadline is None:
-                    thread.join(_JOIN_SLICE)
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                thread.join(min(_JOIN_SLICE, remaining))
-        return True
+    def _stdin_ended(self, how: str) -> None:
+        """(loop) The input pump ended; "closed" means all was written and the FIFO is to be closed."""
+        if self._feeder is not None:
+            self._feeder.stop()
+        writer = self.dio.stdin
+        if how == "closed" and writer is not None:
+            self._submit("stdin", lambda: _close_stdin(writer, self.pid), self._stdin_done)
+        else:
+            if how == "broken":
+                log.debug("process %s stopped reading its stdin", self.pid)
+            self._stdin_done()
 
-    def done(self, *, all_threads: bool) -> bool:
-        threads = self._outputs + (self._others if all_threads else [])
-        return not any(t.is_alive() for t in threads)
+    def _stdin_done(self) -> None:
+        with self._lock:
+            self._stdin_left -= 1
+        self._check_done()
+
+    def _check_done(self) -> None:
+        with self._lock:
+            outputs, others = self._outputs_left, self._stdin_left
+        if outputs <= 0:
+            self._outputs_done.set()
+            if others <= 0:
+                self._all_done.set()
+
+    def wait(self, timeout: float | None, *, all_streams: bool) -> bool:
+        event = self._all_done if all_streams else self._outputs_done
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                return event.is_set()
+            if event.wait(left):
+                return True
+
+    def done(self, *, all_streams: bool) -> bool:
+        return (self._all_done if all_streams else self._outputs_done).is_set()
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def _cancel_on_loop(self) -> None:
+        if self._feeder is not None:
+            self._feeder.stop()
+        for pump in self._pumps:
+            pump.cancel()
+        if self._input is not None:
+            self._input.cancel()
 
     def cancel(self) -> None:
         self.dio.cancel()
+        loop = self._loop
+        if loop is not None and not loop.call_soon(self._cancel_on_loop):
+            self._cancel_on_loop()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self.dio.cancel()
-        if not self.wait(CLOSE_JOIN_TIMEOUT, all_threads=True):
-            stuck = [t.name for t in self._outputs + self._others if t.is_alive()]
-            # Only a pump blocked in the caller's own file can be stuck; it ends when that file does.
-            log.warning("stdio threads still blocked in the caller's files after close: %s", ", ".join(stuck))
+        loop = self._loop
+        if loop is not None:
+            loop.call(self._cancel_on_loop)  # from here on no pump touches our descriptors
+            # Not from inside our own job (a caller's sink that closes us): that one ends when it returns.
+            inside = getattr(_current, "streams", None) is self
+            if not inside and not self.wait(CLOSE_JOIN_TIMEOUT, all_streams=True):
+                # Only a write blocked in the caller's own file can be stuck; it ends when that file does.
+                log.warning("stdio of process %s still blocked in the caller's files after close", self.pid)
+            self._owner.release(loop)
         self.dio.close()
+
+
+class _Writer:
+    """Writes chunks to a caller's file (on the pool); after a failure it drops the rest, so the FIFO drains."""
+
+    def __init__(self, sink: IO[bytes], name: str) -> None:
+        self._sink: IO[bytes] | None = sink
+        self._name = name
+
+    def __call__(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        try:
+            _write_all(sink, data)
+        except (OSError, ValueError) as exc:
+            # Keep draining: a process whose output pipe fills up would block forever.
+            log.warning("cannot write %s to the caller's file any more, dropping the rest: %s", self._name, exc)
+            self._sink = None
+
+
+class _Feeder:
+    """Copies a caller's stdin into an :class:`~libcontainerd._ioloop.InputPump`.
+
+    Reads run on the pool, one chunk at a time and only once the pump has written the last
+    one out; a source that can be polled (pipe, terminal, socket) is read only after the loop
+    saw it readable, so no worker waits in it. The caller's EOF becomes the process's EOF.
+    """
+
+    def __init__(self, streams: _Streams, src: IO[bytes], pump: _ioloop.InputPump) -> None:
+        self._streams = streams
+        self._read = getattr(src, "read1", None) or src.read
+        try:
+            self._fd: int | None = src.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # e.g. io.BytesIO: reads never block
+        self._pump = pump
+        self._armed = False
+        self._stopped = False
+        pump.on_room = self._next
+
+    def start(self) -> None:
+        self._next()
+
+    def _next(self) -> None:
+        """(loop) Ask for the next chunk."""
+        if self._stopped or self._pump.ended:
+            return
+        loop = self._streams._loop
+        assert loop is not None
+        if self._fd is not None:
+            try:
+                loop.watch(self._fd, select.EPOLLIN, self._readable)
+                self._armed = True
+                return
+            except OSError:  # a regular file (EPERM), or this loop watches the descriptor already
+                self._fd = None
+        self._streams._submit("stdin-read", self._read_one, lambda: None)
+
+    def _readable(self, mask: int) -> None:
+        self._disarm()
+        self._streams._submit("stdin-read", self._read_one, lambda: None)
+
+    def _disarm(self) -> None:
+        if self._armed and self._fd is not None:
+            self._armed = False
+            loop = self._streams._loop
+            assert loop is not None
+            loop.unwatch(self._fd)
+
+    def _read_one(self) -> None:
+        """(pool) One read of the caller's stdin."""
+        if self._stopped:
+            return
+        loop = self._streams._loop
+        assert loop is not None
+        try:
+            chunk = self._read(CHUNK_SIZE)
+        except (OSError, ValueError) as exc:  # the caller closed their stdin file, or it failed
+            log.debug("reading the caller's stdin for process %s ended: %s", self._streams.pid, exc)
+            loop.call_soon(self._pump.abort)
+            return
+        if not chunk:
+            loop.call_soon(self._pump.close)
+        else:
+            loop.call_soon(self._got, chunk)
+
+    def _got(self, chunk: bytes) -> None:
+        if not self._stopped:
+            self._pump.write(chunk)
+
+    def stop(self) -> None:
+        """(loop)"""
+        self._stopped = True
+        self._disarm()
 
 
 def _collect(src: io.BufferedIOBase, out: bytearray) -> None:
@@ -185,6 +452,16 @@ def _feed(src: IO[bytes], dst: StdinStream, canceller: Canceller, process_id: st
     _close_stdin(dst, process_id)
 
 
+def _write_stdin(stdin: StdinStream, data: bytes, process_id: str) -> None:
+    try:
+        stdin.write(data)
+        stdin.flush()
+    except BrokenPipeError:
+        log.debug("process %s stopped reading its stdin", process_id)
+        return
+    _close_stdin(stdin, process_id)
+
+
 def _close_stdin(dst: StdinStream, process_id: str) -> None:
     try:
         dst.close()
@@ -196,11 +473,10 @@ class Capture:
     """Collects a process's stdout and stderr as bytes; optionally feeds its stdin from bytes.
 
     The capture is the stdio callback (call it with a DirectIO; it returns itself),
-    then the handle to wait on. Stdin is written on its own thread while the output
-    is read, so large payloads do not deadlock; then stdin is closed so that a
-    process like ``cat`` ends. Writing stdin stops once stdout and stderr reached
-    EOF: a process that exits before reading all of its stdin is fine (the rest is
-    dropped).
+    then the handle to wait on. Stdin is written on the I/O loop while the output is
+    read, so large payloads do not deadlock; then stdin is closed so that a process
+    like ``cat`` ends. Writing stdin stops once stdout and stderr reached EOF: a
+    process that exits before reading all of its stdin is fine (the rest is dropped).
 
     Attributes:
         stdout: what the process wrote to stdout so far (b"" when absent).
@@ -215,7 +491,7 @@ class Capture:
     def __init__(self, stdin: bytes | None = None) -> None:
         self._stdin = stdin
         self._lock = threading.Lock()
-        self._pumps: _Pumps | None = None
+        self._streams: _Streams | None = None
         self._out = bytearray()
         self._err = bytearray()
 
@@ -225,39 +501,35 @@ class Capture:
         Raises:
             errdefs.InvalidParameter: stdin bytes were given but the process has no stdin FIFO.
             errdefs.Conflict: the capture is attached to a process already.
+            errdefs.Cancelled: the client of ``dio`` is closed.
         """
         pid = dio.fifos.process_id
         if self._stdin is not None and dio.stdin is None:
             raise errdefs.InvalidParameter(f"capture(stdin=...) of process {pid} needs with_stdin=True")
         with self._lock:
-            if self._pumps is not None:
-                other = self._pumps.dio.fifos.process_id
+            if self._streams is not None:
+                other = self._streams.dio.fifos.process_id
                 raise errdefs.Conflict(f"this capture is attached to process {other} already")
-            pumps = self._pumps = _Pumps(dio)
-        out, err = dio.stdout, dio.stderr
-        if out is not None:
-            pumps.add("stdout", lambda: _collect(out, self._out), output=True)
-        if err is not None:
-            pumps.add("stderr", lambda: _collect(err, self._err), output=True)
+            streams = self._streams = _Streams(dio)
+        if dio.stdout is not None:
+            streams.collect("stdout", self._out)
+        if dio.stderr is not None:
+            streams.collect("stderr", self._err)
         stdin = dio.stdin
         if stdin is not None:
             if self._stdin:
-                pumps.add("stdin", lambda: self._write_stdin(stdin, pid), output=False)
+                streams.feed_bytes(self._stdin)
+                self._stdin = None  # the payload need not live as long as the capture
             else:
                 # Nothing to send: EOF right away, so that a process reading stdin does not wait forever.
                 _close_stdin(stdin, pid)
-        pumps.start()
-        return self
-
-    def _write_stdin(self, stdin: StdinStream, process_id: str) -> None:
-        data, self._stdin = self._stdin or b"", None  # the payload need not live as long as the capture
         try:
-            stdin.write(data)
-            stdin.flush()
-        except BrokenPipeError:
-            log.debug("process %s stopped reading its stdin", process_id)
-            return
-        _close_stdin(stdin, process_id)
+            streams.start()
+        except BaseException:
+            with self._lock:
+                self._streams = None
+            raise
+        return self
 
     @property
     def stdout(self) -> bytes:
@@ -272,8 +544,8 @@ class Capture:
     @property
     def done(self) -> bool:
         """Whether the output reached EOF and the stdin payload was written."""
-        pumps = self._pumps
-        return pumps is not None and pumps.done(all_threads=True)
+        streams = self._streams
+        return streams is not None and streams.done(all_streams=True)
 
     def wait(self, timeout: float | None = None) -> Capture:
         """Block until stdout and stderr reached EOF and stdin was written; returns the capture.
@@ -285,11 +557,11 @@ class Capture:
         >>> out.wait(timeout=10).stdout  # doctest: +SKIP
         b'hello\\n'
         """
-        pumps = self._pumps
-        if pumps is None:
+        streams = self._streams
+        if streams is None:
             raise errdefs.Conflict("this capture was never attached to a process (was it passed as attach_stdio?)")
-        if not pumps.wait(timeout, all_threads=True):
-            raise TimeoutError(f"output of process {pumps.dio.fifos.process_id} still open after {timeout} s")
+        if not streams.wait(timeout, all_streams=True):
+            raise TimeoutError(f"output of process {streams.pid} still open after {timeout} s")
         return self
 
     def cancel(self) -> None:
@@ -297,20 +569,20 @@ class Capture:
 
         >>> out.cancel()  # doctest: +SKIP
         """
-        if self._pumps is not None:
-            self._pumps.cancel()
+        if self._streams is not None:
+            self._streams.cancel()
 
     def close(self) -> None:
-        """Cancel, join the threads and close the FIFOs; idempotent.
+        """Cancel, wait for what is in flight, release the I/O loop and close the FIFOs; idempotent.
 
         >>> out.close()  # doctest: +SKIP
         """
-        if self._pumps is not None:
-            self._pumps.close()
+        if self._streams is not None:
+            self._streams.close()
 
     def __repr__(self) -> str:
-        pumps = self._pumps
-        state = "not attached" if pumps is None else ("done" if self.done else "running")
+        streams = self._streams
+        state = "not attached" if streams is None else ("done" if self.done else "running")
         return f"<Capture stdout={len(self._out)}B stderr={len(self._err)}B {state}>"
 
 
@@ -335,11 +607,14 @@ class Attached:
     """Pumps between the FIFOs of one process and the caller's binary file objects.
 
     The caller's files are never closed here; the caller's stdin reaching EOF closes
-    the process's stdin instead. ``wait()`` waits for the output pumps only (a
-    caller's stdin such as a terminal may never end), and once they are at EOF the
-    stdin pump gives up at its next write; ``cancel()``/``close()`` also
-    stop the stdin pump when the caller's stdin has a ``fileno()`` (file, pipe, tty,
-    socket). A pump blocked inside the caller's own ``write`` cannot be interrupted.
+    the process's stdin instead. ``wait()`` waits for the output only (a caller's
+    stdin such as a terminal may never end), and once it is at EOF writing stdin
+    stops. Writes to the caller's files and reads of the caller's stdin run on the
+    client's bounded delivery pool; a source with a ``fileno()`` that can be polled
+    (pipe, terminal, socket) is read only once it is readable, so ``cancel()`` and
+    ``close()`` never wait for it. A write blocked inside the caller's own file cannot
+    be interrupted: ``close()`` waits for it a bounded time, and that FIFO alone stops
+    being read meanwhile.
 
     >>> attached = attach(stdout=sys.stdout.buffer)(dio)  # doctest: +SKIP
     """
@@ -355,27 +630,25 @@ class Attached:
         if stdin is not None and dio.stdin is None:
             raise errdefs.InvalidParameter(f"attach(stdin=...) of process {pid} needs with_stdin=True")
         ours = (("stdin", dio.stdin), ("stdout", dio.stdout), ("stderr", dio.stderr))
-        self._streams = [name for name, stream in ours if stream is not None]
-        self._pumps = _Pumps(dio)
+        self._names = [name for name, stream in ours if stream is not None]
+        self._streams = streams = _Streams(dio)
         # An output FIFO nobody wants is drained anyway: a full pipe would block the process.
-        out, err = dio.stdout, dio.stderr
-        if out is not None:
-            self._pumps.add("stdout", lambda: _copy_out(out, stdout, f"stdout of process {pid}"), output=True)
-        if err is not None:
-            self._pumps.add("stderr", lambda: _copy_out(err, stderr, f"stderr of process {pid}"), output=True)
+        if dio.stdout is not None:
+            streams.copy_out("stdout", stdout)
+        if dio.stderr is not None:
+            streams.copy_out("stderr", stderr)
         fifo_stdin = dio.stdin
         if fifo_stdin is not None:
             if stdin is not None:
-                src = stdin
-                self._pumps.add("stdin", lambda: _feed(src, fifo_stdin, dio.canceller, pid), output=False)
+                streams.feed_file(stdin)
             else:
                 _close_stdin(fifo_stdin, pid)
-        self._pumps.start()
+        streams.start()
 
     @property
     def done(self) -> bool:
-        """Whether the output streams reached EOF."""
-        return self._pumps.done(all_threads=False)
+        """Whether the output streams reached EOF (and all of it was written to the caller's files)."""
+        return self._streams.done(all_streams=False)
 
     def wait(self, timeout: float | None = None) -> Attached:
         """Block until stdout and stderr reached EOF (all copied and flushed); returns self.
@@ -385,8 +658,8 @@ class Attached:
 
         >>> attached.wait(timeout=10)  # doctest: +SKIP
         """
-        if not self._pumps.wait(timeout, all_threads=False):
-            raise TimeoutError(f"output of process {self._pumps.dio.fifos.process_id} still open after {timeout} s")
+        if not self._streams.wait(timeout, all_streams=False):
+            raise TimeoutError(f"output of process {self._streams.pid} still open after {timeout} s")
         return self
 
     def cancel(self) -> None:
@@ -394,18 +667,18 @@ class Attached:
 
         >>> attached.cancel()  # doctest: +SKIP
         """
-        self._pumps.cancel()
+        self._streams.cancel()
 
     def close(self) -> None:
-        """Cancel, join the pump threads (bounded) and close the FIFOs; idempotent.
+        """Cancel, wait (bounded) for writes in flight, release the I/O loop and close the FIFOs; idempotent.
 
         >>> attached.close()  # doctest: +SKIP
         """
-        self._pumps.close()
+        self._streams.close()
 
     def __repr__(self) -> str:
         state = "done" if self.done else "running"
-        return f"<Attached process={self._pumps.dio.fifos.process_id} {','.join(self._streams) or '-'} {state}>"
+        return f"<Attached process={self._streams.pid} {','.join(self._names) or '-'} {state}>"
 
 
 def attach(

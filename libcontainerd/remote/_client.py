@@ -1,7 +1,8 @@
 """The client: connection, namespace, state dir, containers, and the event machinery it owns.
 
-``Client`` owns three things that need stopping: the gRPC channel, the event reader thread
-and the event executor's workers. ``close()`` stops all three, is idempotent, may be called
+``Client`` owns four things that need stopping: the gRPC channel, the event reader thread,
+the event executor's workers, and the stdio I/O loop (with its delivery pool) that the
+ready-made stdio callbacks of its processes run on. ``close()`` stops all four, is idempotent, may be called
 from any thread (a backend callback included), and is also run at interpreter exit for
 clients still open.
 """
@@ -473,10 +474,12 @@ class Client:
         return self._closed
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the event reader and the event workers and close the channel. Idempotent.
+        """Stop the event reader, the event workers and the stdio I/O loop, and close the channel. Idempotent.
 
         Running tasks and their FIFOs are left alone: another client on the same state dir
-        can :meth:`Container.attach_task` them. Safe to call from a backend callback.
+        can :meth:`Container.attach_task` them. Stdio objects of this client still running
+        (``stdio.capture()``, ``stdio.attach()``) end as if cancelled: what they read stays
+        readable and their ``wait()`` returns. Safe to call from a backend callback.
 
         Args:
             timeout: seconds to wait for the event workers (``None``: as long as they run);
@@ -492,6 +495,9 @@ class Client:
             self._closed = True
         _live_clients.discard(self)
         self._events.close(timeout=1.0 if timeout is None else timeout)
+        # Stdio pumps still running are cancelled (what they read stays in their captures); the FIFOs
+        # stay, so another client can attach_task the running tasks.
+        self._session.io_loop.close(timeout=2.0 if timeout is None else timeout)
         self._executor.close(timeout=timeout)
         self._session.conn.close()
 

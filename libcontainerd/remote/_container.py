@@ -150,7 +150,7 @@ class Container:
         if attach_stdio is not None:
             stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=with_stdin, terminal=terminal,
                                attach_stdio=attach_stdio, close_stdin=stdin_closer(self._session, self.id, ""),
-                               log_extra=self._log_extra())
+                               log_extra=self._log_extra(), io_loop=self._session.io_loop)
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         request = tasks_pb2.CreateTaskRequest(
             container_id=self.id, stdin=stdin, stdout=stdout, stderr=stderr, terminal=terminal,
@@ -191,7 +191,7 @@ class Container:
         terminal = bool((self.spec.get("process") or {}).get("terminal", False))
         stdio = Stdio.open(self.bundle_dir, self.id, with_stdin=False, terminal=terminal, attach_stdio=attach_stdio,
                            close_stdin=stdin_closer(self._session, self.id, ""), existing=True,
-                           log_extra=self._log_extra())
+                           log_extra=self._log_extra(), io_loop=self._session.io_loop)
         stdio.connected()
         self._track(proc)
         return Task(self._session, self, int(proc.pid), stdio)

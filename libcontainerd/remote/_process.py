@@ -23,6 +23,7 @@ from .. import _validation as valid
 from .. import errdefs
 from .._api.containerd.api.services.tasks.v1 import tasks_pb2
 from .._api.containerd.api.types.task import task_pb2 as task_types
+from .._ioloop import LoopOwner
 from .._typeurl import PROCESS_URL, RESOURCES_URL, pack_json, unpack
 from ..cio import DirectIO, FifoSet
 from ..types import ExitStatus, Stats, Status, Summary
@@ -88,6 +89,7 @@ class Stdio:
         close_stdin: Callable[[], None],
         existing: bool = False,
         log_extra: Mapping[str, str] | None = None,
+        io_loop: LoopOwner | None = None,
     ) -> Stdio:
         """Make (or, with ``existing``, find) the FIFOs, open them, and call the callback.
 
@@ -98,7 +100,7 @@ class Stdio:
         else:
             fifos = FifoSet.create(directory, process_id, with_stdin=with_stdin, terminal=terminal)
         try:
-            dio = DirectIO.open(fifos, on_stdin_close=close_stdin)
+            dio = DirectIO.open(fifos, on_stdin_close=close_stdin, io_loop=io_loop)
             try:
                 rio = attach_stdio(dio)
             except BaseException:
@@ -547,7 +549,8 @@ class Task(_ProcessBase):
                 self._refuse_duplicate_exec(process_id)
             closer = stdin_closer(self._session, container.id, process_id)
             stdio = Stdio.open(container.bundle_dir, process_id, with_stdin=with_stdin, terminal=terminal,
-                               attach_stdio=attach_stdio, close_stdin=closer, log_extra=self._log_extra())
+                               attach_stdio=attach_stdio, close_stdin=closer, log_extra=self._log_extra(),
+                               io_loop=self._session.io_loop)
         stdin, stdout, stderr = stdio.paths() if stdio else ("", "", "")
         try:
             conn.call(conn.tasks.Exec, tasks_pb2.ExecProcessRequest(

@@ -4,8 +4,9 @@ A :class:`Session` is made by :func:`~libcontainerd.new_client` and owned by the
 :class:`~libcontainerd.Client`; every :class:`~libcontainerd.Container`, :class:`~libcontainerd.Task`
 and :class:`~libcontainerd.Process` (and the checkpoint code) holds it instead of the client.
 It holds the connection (the gRPC boundary), the namespace and state dir, the tracker of
-running processes that the event stream shares, and the per-task exec-start locks. It must
-not know containers or tasks beyond their ids, start threads, or call the backend.
+running processes that the event stream shares, the per-task exec-start locks, and the owner of
+the client's stdio I/O loop (started by the stdio callbacks, closed by the client). It must not
+know containers or tasks beyond their ids, start threads itself, or call the backend.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 
 import attrs
 
+from .._ioloop import LoopOwner
 from ._events import EventStream, ProcessTracker
 from ._rpc import Connection
 
@@ -33,6 +35,8 @@ class Session:
     tracker: ProcessTracker = attrs.field(factory=ProcessTracker, repr=False)
     #: delivers an exit that a call (Wait, Delete) learned and the stream may have missed, exactly once
     exits: EventStream | None = attrs.field(default=None, repr=False)
+    #: the I/O loop that moves the FIFO data of this client's ready-made stdio
+    io_loop: LoopOwner = attrs.field(factory=LoopOwner, repr=False, kw_only=True)
     _exec_locks: dict[str, threading.Lock] = attrs.field(init=False, factory=dict, repr=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock, repr=False)
 

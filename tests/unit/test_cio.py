@@ -307,6 +307,13 @@ def test_no_fds_left_and_repr(fifos: FifoSet) -> None:
     with DirectIO.open(fifos) as dio:
         assert repr(dio) == "<DirectIO process=ctr stdin stdout stderr open>"
         assert dio.wait() is True
-        assert len(_fds()) == len(before) + 8  # cancel pipe, stdin (two + abort pipe), stdout, stderr
+        # stdin (ours and the placeholder reader), stdout, stderr: the cancel pipes are made only when a
+        # blocking read or write needs them, and the I/O loop of stdio never does
+        assert len(_fds()) == len(before) + 4
+        dio.connected()
+        assert len(_fds()) == len(before) + 3  # the placeholder is gone
+        dio.cancel()
+        assert dio.stdout is not None and dio.stdout.read() == b""  # a blocking read polls the cancel pipe
+        assert len(_fds()) == len(before) + 5
     assert repr(dio) == "<DirectIO process=ctr stdin stdout stderr closed>"
     assert _fds() == before

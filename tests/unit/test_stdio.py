@@ -171,7 +171,7 @@ def test_capture_is_attached_once_and_must_be_attached(tmp_path: Path, clean: No
     fifos = _fifo_set(tmp_path, with_stdin=False)
     dio = DirectIO.open(fifos)
     out(dio)
-    assert sorted(_stdio_threads()) == ["libcontainerd-stdio-p1-stderr", "libcontainerd-stdio-p1-stdout"]
+    assert _stdio_threads() == ["libcontainerd-stdio-loop"]  # one loop thread, not a thread per stream
     with pytest.raises(errdefs.Conflict, match="already"):
         out(dio)
     assert repr(out) == "<Capture stdout=0B stderr=0B running>"
@@ -271,7 +271,7 @@ def test_attach_close_wakes_a_stdin_pump_blocked_on_the_callers_pipe(tmp_path: P
     with os.fdopen(r, "rb", buffering=0) as user_stdin:
         dio = DirectIO.open(fifos, on_stdin_close=lambda: closes.append("CloseIO"))
         attached = stdio.attach(stdin=user_stdin)(dio)
-        assert "libcontainerd-stdio-p1-stdin" in _stdio_threads()
+        assert _stdio_threads() == ["libcontainerd-stdio-loop"]  # nobody waits in the pipe's read
         attached.cancel()
         attached.close()  # joins the stdin pump although nothing was ever written to the pipe
         assert closes == []  # cancelling is not the caller's EOF

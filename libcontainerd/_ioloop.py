@@ -1,0 +1,603 @@
+"""The stdio I/O loop: one thread that moves the FIFO data of every process of a client.
+
+This module owns the loop thread (``libcontainerd-stdio-loop``), which waits in ``epoll`` on
+non-blocking FIFO descriptors, and the pumps that run on it: :class:`OutputPump` reads an
+output FIFO and hands each chunk to a sink, :class:`InputPump` writes a stdin FIFO from a
+buffer and waits for ``EPOLLOUT`` while the pipe is full, :class:`Delivery` passes chunks in
+order to a caller's file on the bounded delivery pool (a :class:`~libcontainerd.queue.KeyedSerialExecutor`,
+threads ``libcontainerd-stdio-io-<n>``). :class:`LoopOwner` starts loop and pool on first use
+and stops and joins them when the last user leaves or when its client closes. Nothing here
+may block on the loop thread or run a caller's code on it: what can block (a caller's
+``write``/``read``, ``CloseIO``) goes to the pool. The ready-made callbacks of
+:mod:`libcontainerd.stdio` are built from these parts; this module knows no containerd.
+
+Linux facts it is built on (besides those of :mod:`libcontainerd.cio`, checked by
+``tests/unit/test_ioloop.py``): ``epoll`` reports a FIFO's read side as it reports ``poll()``
+(``EPOLLHUP`` only once a writer connected and left), and its write side ``EPOLLERR`` once no
+reader is left; a descriptor that is closed leaves the epoll set by itself, so pumps always
+unregister before they close. The runc shim keeps a read end of each output FIFO open itself
+(containerd's ``pkg/process/io.go``), so a FIFO we stop reading only fills up: the process
+then blocks in its write, which is the backpressure the pumps rely on.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import select
+import threading
+from typing import Any, Callable, Protocol
+
+from libcontainerd import errdefs
+from libcontainerd.cio import CHUNK_SIZE, FifoWriter
+from libcontainerd.queue import KeyedSerialExecutor
+
+__all__ = ["HIGH_WATER", "LOW_WATER", "Delivery", "IOLoop", "InputPump", "LoopOwner", "OutputPump", "default_owner"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes queued for one caller's file above which its FIFO is no longer read.
+HIGH_WATER = 4 * CHUNK_SIZE
+#: ... and below which reading goes on.
+LOW_WATER = CHUNK_SIZE
+#: Threads that write to callers' files (and call CloseIO) for one loop.
+POOL_WORKERS = 4
+#: How long pool workers wait for work before they exit.
+POOL_IDLE = 2.0
+
+_Call = tuple[Callable[..., object], tuple[Any, ...]]
+
+
+class Stoppable(Protocol):
+    """A pump the loop abandons when it stops (its descriptors closed, its sink told)."""
+
+    def cancel(self) -> None: ...
+
+
+class IOLoop:
+    """One thread waiting in ``epoll``; runs handlers for ready descriptors and calls queued from other threads.
+
+    Handlers and calls run on the loop thread, one at a time, and must never block.
+    :meth:`watch`, :meth:`unwatch` and the pump methods are for the loop thread only;
+    :meth:`call_soon` and :meth:`call` are for any thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._calls: collections.deque[_Call] = collections.deque()
+        self._wake_pending = False
+        self._stopping = False
+        self._finished = False
+        self._handlers: dict[int, Callable[[int], None]] = {}
+        self._pumps: dict[Stoppable, None] = {}
+        self._epoll = select.epoll()
+        try:
+            self._wake_r, self._wake_w = os.pipe()
+        except BaseException:
+            self._epoll.close()
+            raise
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        try:
+            self._thread.start()
+        except BaseException:
+            self._close_fds()
+            raise
+
+    def in_loop(self) -> bool:
+        """Whether the caller runs on the loop thread."""
+        return threading.current_thread() is self._thread
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Run ``fn(*args)`` on the loop thread; False (and nothing runs) once the loop has finished."""
+        with self._lock:
+            if self._finished:
+                return False
+            self._calls.append((fn, args))
+            if self._wake_pending:
+                return True
+            self._wake_pending = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:  # the pipe is full of wake-ups: the loop wakes anyway
+            pass
+        return True
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` on the loop thread and wait for it (inline on the loop, or once the loop is gone)."""
+        if self.in_loop():
+            fn()
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+
+        if not self.call_soon(run):
+            fn()  # the loop thread is gone: nothing else touches the pumps any more
+            return
+        while not done.wait(0.2):  # in slices, so that Ctrl-C reaches a main thread that waits
+            pass
+
+    # -- loop thread only --------------------------------------------------------------
+
+    def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        """Call ``handler(mask)`` whenever ``fd`` is ready for ``events`` (level-triggered)."""
+        if fd in self._handlers:
+            self._epoll.modify(fd, events)
+        else:
+            self._epoll.register(fd, events)
+        self._handlers[fd] = handler
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd``; a no-op when it is not watched."""
+        if self._handlers.pop(fd, None) is None:
+            return
+        try:
+            self._epoll.unregister(fd)
+        except OSError as exc:  # closed under us (a caller's file): it left the set by itself
+            if exc.errno not in (errno.EBADF, errno.ENOENT):
+                raise
+
+    def add_pump(self, pump: Stoppable) -> None:
+        """Remember a pump to cancel if the loop stops before it ends."""
+        self._pumps[pump] = None
+
+    def remove_pump(self, pump: Stoppable) -> None:
+        self._pumps.pop(pump, None)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Cancel every pump still running, end the thread and join it (unless called on it).
+
+        Returns:
+            False if the thread was still running after ``timeout``.
+        """
+        with self._lock:
+            if not self._finished:
+                self._stopping = True
+        self.call_soon(lambda: None)
+        if self.in_loop():
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                for fd, mask in self._epoll.poll():
+                    if fd == self._wake_r:
+                        self._drain_wake()
+                        continue
+                    handler = self._handlers.get(fd)
+                    if handler is None:
+                        continue
+                    try:
+                        handler(mask)
+                    except Exception:
+                        log.exception("%s: handler of fd %d failed", self.name, fd)
+                self._run_calls()
+        finally:
+            for pump in list(self._pumps):
+                try:
+                    pump.cancel()
+                except Exception:
+                    log.exception("%s: cancelling %r failed", self.name, pump)
+            with self._lock:
+                self._finished = True
+            self._run_calls()
+            self._close_fds()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, collections.deque()
+            self._wake_pending = False
+        for fn, args in calls:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("%s: call %r failed", self.name, fn)
+
+    def _close_fds(self) -> None:
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __repr__(self) -> str:
+        return f"<IOLoop {self.name} {'finished' if self._finished else 'running'} fds={len(self._handlers)}>"
+
+
+class LoopOwner:
+    """Starts an :class:`IOLoop` and its delivery pool on first use; stops and joins both when the
+    last user leaves (:meth:`release`) or on :meth:`close`.
+
+    A client owns one (its ``close()`` closes it); :func:`default_owner` serves DirectIOs
+    opened without a client. After :meth:`close`, :meth:`acquire` raises ``errdefs.Cancelled``.
+
+    >>> owner = LoopOwner("libcontainerd-doc")
+    >>> loop, pool = owner.acquire()
+    >>> owner.release(loop)
+    >>> owner.running
+    False
+    """
+
+    def __init__(self, name: str = "libcontainerd-stdio", *, pool_workers: int = POOL_WORKERS,
+                 closable: bool = True) -> None:
+        self._name = name
+        self._pool_workers = pool_workers
+        self._closable = closable
+        self._lock = threading.Lock()
+        self._users = 0
+        self._loop: IOLoop | None = None
+        self._pool: KeyedSerialExecutor | None = None
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop thread runs now."""
+        return self._loop is not None
+
+    @property
+    def users(self) -> int:
+        """Stdio objects that hold the loop now."""
+        return self._users
+
+    def acquire(self) -> tuple[IOLoop, KeyedSerialExecutor]:
+        """Become a user: the loop and pool, started if none runs.
+
+        Raises:
+            errdefs.Cancelled: the owner (its client) is closed.
+        """
+        with self._lock:
+            if self._closed:
+                raise errdefs.Cancelled("stdio cannot start: the client is closed")
+            if self._loop is None or self._pool is None:
+                loop = IOLoop(f"{self._name}-loop")
+                self._pool = KeyedSerialExecutor(self._pool_workers, name=f"{self._name}-io", idle_timeout=POOL_IDLE)
+                self._loop = loop
+            self._users += 1
+            return self._loop, self._pool
+
+    def release(self, loop: IOLoop) -> None:
+        """A user is done with ``loop``; the last one stops and joins loop and pool."""
+        with self._lock:
+            if loop is not self._loop:
+                return  # stopped already (by close())
+            self._users -= 1
+            if self._users > 0:
+                return
+            pool = self._pool
+            self._loop = self._pool = None
+        self._shutdown(loop, pool)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Cancel every pump, stop and join the loop and the pool; idempotent. Later users are refused."""
+        with self._lock:
+            self._closed = self._closable
+            loop, pool = self._loop, self._pool
+            self._loop = self._pool = None
+            self._users = 0
+        if loop is not None:
+            self._shutdown(loop, pool, timeout)
+
+    def _shutdown(self, loop: IOLoop, pool: KeyedSerialExecutor | None, timeout: float = 5.0) -> None:
+        if not loop.stop(timeout):
+            log.warning("%s did not stop within %s s", loop.name, timeout)
+        if pool is not None:
+            try:
+                pool.close(timeout=timeout, drain=False)
+            except errdefs.Deadline as exc:
+                # Only a write blocked in a caller's own file can be stuck; it ends when that file does.
+                log.warning("stdio delivery still blocked in the caller's files: %s", exc)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._loop is not None else "idle")
+        return f"<LoopOwner {self._name} {state} users={self._users}>"
+
+
+_default = LoopOwner(closable=False)
+
+
+def default_owner() -> LoopOwner:
+    """The process-wide owner, for DirectIOs opened without a client; it stops when its last user leaves."""
+    return _default
+
+
+class OutputSink(Protocol):
+    """Where an :class:`OutputPump` puts what it read (called on the loop thread; must not block)."""
+
+    def push(self, data: bytes) -> bool:
+        """Take a chunk; False asks the pump to stop reading until :meth:`OutputPump.resume`."""
+        ...
+
+    def end(self, cancelled: bool) -> None:
+        """No more chunks: EOF (``cancelled`` False) or cancel."""
+        ...
+
+
+class OutputPump:
+    """Reads one output FIFO (a descriptor it owns) on the loop and hands the chunks to its sink, in order.
+
+    EOF is a read of ``b""`` after the loop reported the FIFO ready, i.e. after a writer
+    connected and left; the descriptor is closed then, or on :meth:`cancel`.
+    """
+
+    def __init__(self, loop: IOLoop, fd: int, sink: OutputSink) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._sink = sink
+        self._paused = False
+        self._ended = False
+
+    def start(self) -> None:
+        """(loop) Begin reading."""
+        if self._ended:
+            return
+        self._loop.add_pump(self)
+        self._loop.watch(self._fd, select.EPOLLIN, self._ready)
+
+    def _ready(self, mask: int) -> None:
+        try:
+            data = os.read(self._fd, CHUNK_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("reading FIFO fd %d failed, ending the stream: %s", self._fd, exc)
+            self._end(False)
+            return
+        if not data:
+            self._end(False)
+            return
+        if not self._sink.push(data) and not self._ended:
+            self._paused = True
+            self._loop.unwatch(self._fd)
+
+    def resume(self) -> None:
+        """(loop) Read again after the sink drained."""
+        if self._paused and not self._ended:
+            self._paused = False
+            self._loop.watch(self._fd, select.EPOLLIN, self._ready)
+
+    def cancel(self) -> None:
+        """(loop) Stop now; what was read stays delivered."""
+        self._end(True)
+
+    def _end(self, cancelled: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._loop.unwatch(self._fd)
+        os.close(self._fd)
+        self._loop.remove_pump(self)
+        self._sink.end(cancelled)
+
+
+class InputPump:
+    """Writes a stdin FIFO (a :class:`~libcontainerd.cio.FifoWriter`'s descriptor) from a buffer on the loop.
+
+    Never blocks: what the pipe does not take waits for ``EPOLLOUT``. It ends ``"closed"``
+    once :meth:`close` was asked and the buffer is written (the caller then closes the
+    writer, which sends ``CloseIO``, off the loop), ``"broken"`` when the process's side is
+    gone, ``"aborted"`` on :meth:`abort`, ``"cancelled"`` on :meth:`cancel`, and
+    ``"released"`` when somebody closed the writer under it. ``on_end(how)`` is called
+    once, on the loop; ``on_room()`` whenever the buffer has been written out.
+    """
+
+    def __init__(self, loop: IOLoop, writer: FifoWriter, on_end: Callable[[str], None],
+                 on_room: Callable[[], None] | None = None) -> None:
+        self._loop = loop
+        self._writer = writer
+        self._fd = writer.fileno()
+        self.on_end = on_end
+        self.on_room = on_room
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self.queued = 0
+        self._closing = False
+        self._watching = False
+        self._ended = False
+        # A user closing the writer (close_stdin()) must find the loop off its descriptor first.
+        writer._on_release = lambda: loop.call(self._released)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def start(self) -> None:
+        """(loop)"""
+        if not self._ended:
+            self._loop.add_pump(self)
+
+    def write(self, data: bytes) -> None:
+        """(loop) Queue ``data`` and write what the pipe takes now."""
+        if self._ended or self._closing or not data:
+            return
+        self._chunks.append(memoryview(data).cast("B"))
+        self.queued += len(data)
+        self._flush()
+
+    def close(self) -> None:
+        """(loop) End once the buffer is written."""
+        if self._ended:
+            return
+        self._closing = True
+        self._flush()
+
+    def abort(self) -> None:
+        """(loop) Give up: drop what is buffered."""
+        self._end("aborted")
+
+    def cancel(self) -> None:
+        self._end("cancelled")
+
+    def _released(self) -> None:
+        self._end("released")
+
+    def _ready(self, mask: int) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._ended:
+            return
+        writer = self._writer
+        while self._chunks:
+            if writer._aborted.is_set() or writer._canceller.is_set():
+                self._end("aborted")
+                return
+            chunk = self._chunks[0]
+            with writer._io_lock:
+                if writer.closed:
+                    n = -1
+                else:
+                    try:
+                        n = os.write(self._fd, chunk)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError:  # EPIPE: the process's side is gone
+                        n = -2
+            if n == -1:
+                self._end("released")
+                return
+            if n == -2:
+                self._end("broken")
+                return
+            if n == 0:
+                if not self._watching:
+                    self._watching = True
+                    # EPOLLOUT: room again; EPOLLERR: no reader left (the next write fails with EPIPE).
+                    self._loop.watch(self._fd, select.EPOLLOUT, self._ready)
+                return
+            self.queued -= n
+            if n < len(chunk):
+                self._chunks[0] = chunk[n:]
+            else:
+                self._chunks.popleft()
+        if self._watching:
+            self._watching = False
+            self._loop.unwatch(self._fd)
+        if self._closing:
+            self._end("closed")
+        elif self.on_room is not None:
+            self.on_room()
+
+    def _end(self, how: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._chunks.clear()
+        self.queued = 0
+        if self._watching:
+            self._watching = False
+            self._loop.unwatch(self._fd)
+        self._writer._on_release = None
+        self._loop.remove_pump(self)
+        self.on_end(how)
+
+
+class Delivery:
+    """An :class:`OutputSink` that writes the chunks to a caller's file on the pool, in order.
+
+    At most one pool job per delivery runs at a time (under its own key), so order is kept
+    and one blocked file holds one worker. Above :data:`HIGH_WATER` queued bytes the pump
+    stops reading that FIFO, and reads again below :data:`LOW_WATER`. ``on_done()`` is called
+    once, after the last chunk was written (EOF) or after a cancel once no write is in flight.
+    """
+
+    def __init__(self, loop: IOLoop, pool: KeyedSerialExecutor, key: str, write: Callable[[bytes], None],
+                 on_done: Callable[[], None], *, job: Callable[[Callable[[], None]], None] | None = None) -> None:
+        self._loop = loop
+        self._pool = pool
+        self._key = key
+        self._write = write
+        self._on_done = on_done
+        self._job = job
+        self.pump: OutputPump | None = None
+        self._lock = threading.Lock()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._scheduled = False
+        self._paused = False
+        self._ended = False
+        self._cancelled = False
+        self._done = False
+
+    def push(self, data: bytes) -> bool:
+        with self._lock:
+            if self._cancelled:
+                return True
+            self._chunks.append(data)
+            self._queued += len(data)
+            schedule = not self._scheduled
+            self._scheduled = True
+            if self._queued >= HIGH_WATER:
+                self._paused = True
+            keep_reading = not self._paused
+        if schedule:
+            self._submit()
+        return keep_reading
+
+    def end(self, cancelled: bool) -> None:
+        with self._lock:
+            self._ended = True
+            if cancelled:
+                self._cancelled = True
+                self._chunks.clear()
+                self._queued = 0
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self._submit()
+
+    def _submit(self) -> None:
+        try:
+            self._pool.submit(self._key, self._drain_job)
+        except errdefs.LibcontainerdError:  # the pool closed: the client is closing, nothing more is delivered
+            self._finish()
+
+    def _drain_job(self) -> None:
+        if self._job is None:
+            self._drain()
+        else:
+            self._job(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            resume = False
+            with self._lock:
+                if not self._chunks:
+                    self._scheduled = False
+                    finished = self._ended
+                    break
+                chunk = self._chunks.popleft()
+            self._write(chunk)
+            with self._lock:
+                self._queued -= len(chunk)
+                if self._paused and self._queued <= LOW_WATER:
+                    self._paused = False
+                    resume = True
+            if resume and self.pump is not None:
+                self._loop.call_soon(self.pump.resume)
+        if finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._on_done()
