@@ -5,7 +5,9 @@ For each N (100 and 500; ``--quick``: 10 and 30; ``--scale-sizes`` overrides): N
 threads and held until every one has printed ``up``; then the client's threads, fds and RSS above
 its idle baseline are divided by N; with all of them running, short ``true`` containers measure
 exit -> backend latency (the SDK's backend and a raw Subscribe on the same namespace, as in the
-``events`` case); then one exec into each, and all are stopped (SIGKILL, wait, delete). The raw
+``events`` case); then one exec into each; then a second client re-attaches (``attach_task`` with
+``stdio.capture()``) to all N and is closed, timed, with what it left behind counted; and all are
+stopped (SIGKILL, wait, delete). The raw
 stubs (``refs.RawClient``) do the same phases in a namespace of their own, without stdio (a bare
 stub has no FIFO copying; that difference is part of what the SDK costs). Wall time and this
 process's CPU per phase are reported per container. Targets are issue 12's; they are checked,
@@ -91,14 +93,16 @@ class _Run:
         self.n = n
         self.times: dict[str, tuple[float, float]] = {}
         self.per: tuple[float, float, float] = (0.0, 0.0, 0.0)  # threads, fds, RSS KiB per container
-        self.threads_total = 0
+        self.threads_total = 0  # threads the client (or raw stubs) started, without this harness's own
         self.latency: tuple[list[float], list[float]] = ([], [])
+        self.close: tuple[float, int, int] = (0.0, 0, 0)  # close() with N attached: wall s, fds and threads left
 
 
 def _sdk(env: Env, n: int, probes: int) -> _Run:
     run = _Run(n)
     clock = ExitClock()
     ns = env.namespace("scale-stdio")
+    harness = threading.active_count()  # main, and the supervisor's threads of the daemon this run started
     client = libcontainerd.new_client(env.address, os.path.join(env.work, "state-" + ns), ns, clock, timeout=120)
     held: list[tuple[libcontainerd.Container, libcontainerd.Task, stdio.Capture]] = []
     lock = threading.Lock()
@@ -118,7 +122,7 @@ def _sdk(env: Env, n: int, probes: int) -> _Run:
         run.times["start"] = _each(n, start)
         _until("'up' from every container", lambda: all(out.stdout == b"up\n" for _, _, out in held))
         now = _usage()
-        run.threads_total = now[0]
+        run.threads_total = now[0] - harness
         run.per = ((now[0] - base[0]) / n, (now[1] - base[1]) / n, (now[2] - base[2]) / n)
 
         def probe(cid: str) -> None:
@@ -137,6 +141,7 @@ def _sdk(env: Env, n: int, probes: int) -> _Run:
             p.delete()
 
         run.times["exec"] = _each(n, exec_one)
+        run.close = _close_attached(env, client, n)
 
         def stop(i: int) -> None:
             ctr, task, out = held[i]
@@ -153,9 +158,24 @@ def _sdk(env: Env, n: int, probes: int) -> _Run:
     return run
 
 
+def _close_attached(env: Env, client: libcontainerd.Client, n: int) -> tuple[float, int, int]:
+    """A second client attaches to all N running tasks with stdio; its close() is timed (wall s), and what
+    it leaves behind is counted (fds, threads)."""
+    fds, threads = testing.open_fds(), threading.active_count()
+    other = libcontainerd.new_client(env.address, client.state_dir, client.namespace, NullBackend(), timeout=120)
+    try:
+        _each(n, lambda i: other.load_container(f"c{i}").attach_task(stdio.capture()))
+    finally:
+        t0 = time.perf_counter()
+        other.close()
+        wall = time.perf_counter() - t0
+    return wall, testing.open_fds() - fds, threading.active_count() - threads
+
+
 def _raw(env: Env, n: int) -> _Run:
     run = _Run(n)
     ns = env.namespace("scale-raw")
+    harness = threading.active_count()
     raw = RawClient(env.address, ns, os.path.join(env.work, "raw-" + ns))
     s = spec(env, *HELD)
     try:
@@ -167,7 +187,7 @@ def _raw(env: Env, n: int) -> _Run:
 
         run.times["start"] = _each(n, start)
         now = _usage()
-        run.threads_total = now[0]
+        run.threads_total = now[0] - harness
         run.per = ((now[0] - base[0]) / n, (now[1] - base[1]) / n, (now[2] - base[2]) / n)
         pspec = oci.process_spec(["true"])
         run.times["exec"] = _each(n, lambda i: raw.exec(f"c{i}", "x", pspec))
@@ -192,7 +212,7 @@ def bench_scale_stdio(env: Env) -> list[Result]:
     b = "scale-stdio"
     for sdk, raw in runs:
         n = sdk.n
-        rows.append(Result(b, f"{n} held: client threads in total", "threads", float(sdk.threads_total),
+        rows.append(Result(b, f"{n} held: threads the client started", "threads", float(sdk.threads_total),
                            "raw stubs, no stdio", float(raw.threads_total), "<= 8, same at every N",
                            sdk.threads_total <= 8, n=n))
         for k, (metric, unit, target, limit) in enumerate((
@@ -212,6 +232,10 @@ def bench_scale_stdio(env: Env) -> list[Result]:
                 verdict, target = None, ""
             rows.append(Result(b, f"{n}: {phase}, client CPU per container", "ms", cpu / n * 1e3, "raw stubs, same",
                                rcpu / n * 1e3, target, verdict, n=n))
+        wall, fds_left, threads_left = sdk.close
+        rows.append(Result(b, f"{n} held: close() of a client with {n} attached", "s", wall, target="<= 2 s",
+                           verdict=wall <= 2.0 and not fds_left and not threads_left, n=n,
+                           note=f"left behind: {fds_left} fds, {threads_left} threads"))
         sdk_lat, raw_lat = sdk.latency
         p50, p99 = percentile(sdk_lat, 0.5) * 1e3, percentile(sdk_lat, 0.99) * 1e3
         r50, r99 = percentile(raw_lat, 0.5) * 1e3, percentile(raw_lat, 0.99) * 1e3

@@ -50,7 +50,8 @@ Held = tuple[libcontainerd.Container, libcontainerd.Task, stdio.Capture]
 def _hold(client: libcontainerd.Client, rootfs: str, first: int, n: int) -> list[Held]:
     def start(i: int) -> Held:
         i += first
-        ctr = client.new_container(f"held-{i}", spec(rootfs, "sh", "-c", f"echo up-{i}; echo err-{i} >&2; exec sleep 1000"))
+        script = f"echo up-{i}; echo err-{i} >&2; exec sleep 1000"
+        ctr = client.new_container(f"held-{i}", spec(rootfs, "sh", "-c", script))
         out = stdio.capture()
         return ctr, ctr.start(attach_stdio=out), out
 
