@@ -2,14 +2,15 @@
 
 This module owns the loop thread (``libcontainerd-stdio-loop``), which waits in ``epoll`` on
 non-blocking FIFO descriptors, and the pumps that run on it: :class:`OutputPump` reads an
-output FIFO and hands each chunk to a sink, :class:`InputPump` writes a stdin FIFO from a
-buffer and waits for ``EPOLLOUT`` while the pipe is full, :class:`Delivery` passes chunks in
-order to a caller's file on the bounded delivery pool (a :class:`~libcontainerd.queue.KeyedSerialExecutor`,
-threads ``libcontainerd-stdio-io-<n>``). :class:`LoopOwner` starts loop and pool on first use
-and stops and joins them when the last user leaves or when its client closes. Nothing here
-may block on the loop thread or run a caller's code on it: what can block (a caller's
-``write``/``read``, ``CloseIO``) goes to the pool. The ready-made callbacks of
-:mod:`libcontainerd.stdio` are built from these parts; this module knows no containerd.
+output FIFO and hands each chunk to a sink on the loop (capture), :class:`InputPump` writes a
+stdin FIFO from a buffer and waits for ``EPOLLOUT`` while the pipe is full, :class:`CopyPump`
+copies an output FIFO to a caller's file on the bounded delivery pool (a
+:class:`~libcontainerd.queue.KeyedSerialExecutor`, threads ``libcontainerd-stdio-io-<n>``)
+while data flows and leaves it to the loop while it is idle. :class:`LoopOwner` starts loop
+and pool on first use and stops and joins them when the last user leaves or when its client
+closes. Nothing here may block on the loop thread or run a caller's code on it: what can
+block (a caller's ``write``/``read``, ``CloseIO``) goes to the pool. The ready-made callbacks
+of :mod:`libcontainerd.stdio` are built from these parts; this module knows no containerd.
 
 Linux facts it is built on (besides those of :mod:`libcontainerd.cio`, checked by
 ``tests/unit/test_ioloop.py``): ``epoll`` reports a FIFO's read side as it reports ``poll()``
@@ -34,14 +35,14 @@ from libcontainerd import errdefs
 from libcontainerd.cio import CHUNK_SIZE, FifoWriter
 from libcontainerd.queue import KeyedSerialExecutor
 
-__all__ = ["HIGH_WATER", "LOW_WATER", "Delivery", "IOLoop", "InputPump", "LoopOwner", "OutputPump", "default_owner"]
+__all__ = ["LINGER", "CopyPump", "IOLoop", "InputPump", "LoopOwner", "OutputPump", "default_owner"]
 
 log = logging.getLogger(__name__)
 
-#: Bytes queued for one caller's file above which its FIFO is no longer read.
-HIGH_WATER = 4 * CHUNK_SIZE
-#: ... and below which reading goes on.
-LOW_WATER = CHUNK_SIZE
+#: How long a pool worker that just read a bulk chunk waits for more before it hands the FIFO back.
+LINGER = 0.02
+# A read at least this big (the shim copies in 4 KiB writes) says "bulk": the worker lingers after it.
+_BULK = 4096
 #: Threads that write to callers' files (and call CloseIO) for one loop.
 POOL_WORKERS = 4
 #: How long pool workers wait for work before they exit.
@@ -509,95 +510,104 @@ class InputPump:
         self.on_end(how)
 
 
-class Delivery:
-    """An :class:`OutputSink` that writes the chunks to a caller's file on the pool, in order.
+class CopyPump:
+    """Copies one output FIFO (a descriptor it owns) to a caller's file: the loop waits, a pool worker copies.
 
-    At most one pool job per delivery runs at a time (under its own key), so order is kept
-    and one blocked file holds one worker. Above :data:`HIGH_WATER` queued bytes the pump
-    stops reading that FIFO, and reads again below :data:`LOW_WATER`. ``on_done()`` is called
-    once, after the last chunk was written (EOF) or after a cancel once no write is in flight.
+    While the FIFO is idle the loop watches it; once it is readable the loop lets go of it and
+    one pool job (under the pump's own key) reads and writes until the FIFO runs dry, then hands
+    it back. So chunks reach the file in order, a stream costs a worker only while data flows,
+    and a file whose ``write`` blocks holds that one FIFO unread (at most one chunk in flight:
+    the high-water mark), which makes the process block in its own write as with any full pipe,
+    while the loop serves everybody else. After a chunk of 4 KiB or more the worker lingers up to
+    :data:`LINGER` s for more, so that a bulk stream is not handed back and forth per chunk.
+    ``write(chunk)`` must not raise; ``on_done()`` is called once, after EOF or a cancel.
     """
 
-    def __init__(self, loop: IOLoop, pool: KeyedSerialExecutor, key: str, write: Callable[[bytes], None],
-                 on_done: Callable[[], None], *, job: Callable[[Callable[[], None]], None] | None = None) -> None:
+    def __init__(self, loop: IOLoop, fd: int, pool: KeyedSerialExecutor, key: str,
+                 write: Callable[[bytes], None], on_done: Callable[[], None],
+                 job: Callable[[Callable[[], None]], None]) -> None:
         self._loop = loop
+        self._fd = fd
         self._pool = pool
         self._key = key
         self._write = write
         self._on_done = on_done
         self._job = job
-        self.pump: OutputPump | None = None
-        self._lock = threading.Lock()
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._queued = 0
-        self._scheduled = False
-        self._paused = False
-        self._ended = False
+        self._served = False  # a pool job owns the descriptor (loop-side state)
         self._cancelled = False
-        self._done = False
+        self._ended = False
+        self._poll: select.poll | None = None
 
-    def push(self, data: bytes) -> bool:
-        with self._lock:
-            if self._cancelled:
-                return True
-            self._chunks.append(data)
-            self._queued += len(data)
-            schedule = not self._scheduled
-            self._scheduled = True
-            if self._queued >= HIGH_WATER:
-                self._paused = True
-            keep_reading = not self._paused
-        if schedule:
-            self._submit()
-        return keep_reading
+    def start(self) -> None:
+        """(loop) Begin watching."""
+        if self._ended:
+            return
+        self._loop.add_pump(self)
+        self._loop.watch(self._fd, select.EPOLLIN, self._ready)
 
-    def end(self, cancelled: bool) -> None:
-        with self._lock:
-            self._ended = True
-            if cancelled:
-                self._cancelled = True
-                self._chunks.clear()
-                self._queued = 0
-            schedule = not self._scheduled
-            self._scheduled = True
-        if schedule:
-            self._submit()
-
-    def _submit(self) -> None:
+    def _ready(self, mask: int) -> None:
+        self._loop.unwatch(self._fd)
+        self._served = True
         try:
-            self._pool.submit(self._key, self._drain_job)
-        except errdefs.LibcontainerdError:  # the pool closed: the client is closing, nothing more is delivered
-            self._finish()
+            self._pool.submit(self._key, self._job, self._serve)
+        except errdefs.LibcontainerdError:  # the pool is closed: the client is closing
+            self._served = False
+            self._end(True)
 
-    def _drain_job(self) -> None:
-        if self._job is None:
-            self._drain()
-        else:
-            self._job(self._drain)
+    def _serve(self) -> None:
+        """(pool) Copy until the FIFO runs dry, then hand it back to the loop."""
+        eof = True  # unless the loop below says otherwise: a failing write ends the stream
+        try:
+            eof = self._copy()
+        finally:
+            if not self._loop.call_soon(self._returned, eof):
+                self._returned(eof)  # the loop is gone: nobody else holds the descriptor
 
-    def _drain(self) -> None:
-        while True:
-            resume = False
-            with self._lock:
-                if not self._chunks:
-                    self._scheduled = False
-                    finished = self._ended
-                    break
-                chunk = self._chunks.popleft()
-            self._write(chunk)
-            with self._lock:
-                self._queued -= len(chunk)
-                if self._paused and self._queued <= LOW_WATER:
-                    self._paused = False
-                    resume = True
-            if resume and self.pump is not None:
-                self._loop.call_soon(self.pump.resume)
-        if finished:
-            self._finish()
+    def _copy(self) -> bool:
+        """(pool) Read and write until the FIFO is dry (False), at EOF (True), or cancelled (False)."""
+        bulk = False
+        while not self._cancelled:
+            try:
+                data = os.read(self._fd, CHUNK_SIZE)
+            except BlockingIOError:
+                if bulk and self._more_soon():
+                    bulk = False
+                    continue
+                return False
+            except OSError as exc:
+                log.warning("reading FIFO fd %d failed, ending the stream: %s", self._fd, exc)
+                return True
+            if not data:
+                return True
+            bulk = len(data) >= _BULK
+            self._write(data)
+        return False
 
-    def _finish(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
+    def _more_soon(self) -> bool:
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
+        return bool(self._poll.poll(LINGER * 1000))
+
+    def _returned(self, eof: bool) -> None:
+        """(loop, or anywhere once the loop is gone) The pool job let go of the descriptor."""
+        self._served = False
+        if eof or self._cancelled:
+            self._end(self._cancelled and not eof)
+        elif not self._ended:
+            self._loop.watch(self._fd, select.EPOLLIN, self._ready)
+
+    def cancel(self) -> None:
+        """(loop) Stop; a chunk being written finishes first."""
+        self._cancelled = True
+        if not self._served:
+            self._end(True)
+
+    def _end(self, cancelled: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._loop.unwatch(self._fd)
+        os.close(self._fd)
+        self._loop.remove_pump(self)
         self._on_done()

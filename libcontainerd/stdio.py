@@ -81,7 +81,7 @@ class _Streams:
         self._stdin_left = 0
         self._outputs_done = threading.Event()
         self._all_done = threading.Event()
-        self._pumps: list[_ioloop.OutputPump] = []
+        self._pumps: list[_ioloop.OutputPump | _ioloop.CopyPump] = []
         self._input: _ioloop.InputPump | None = None
         self._feeder: _Feeder | None = None
         self._closed = False
@@ -113,14 +113,13 @@ class _Streams:
             if fd is None:  # not our FIFO reader (the callback's caller replaced it): a blocking pump on the pool
                 self._fallback_output(stream, out, sink)
                 continue
+            pump: _ioloop.OutputPump | _ioloop.CopyPump
             if out is not None or sink is None:  # an output nobody wants is drained anyway: a full pipe blocks
                 pump = _ioloop.OutputPump(loop, fd, _Collect(out, self._output_done))
             else:
                 name = f"{stream} of process {self.pid}"
-                delivery = _ioloop.Delivery(loop, pool, f"{self._key}/{stream}", _Writer(sink, name),
-                                            self._output_done, job=self._job)
-                pump = _ioloop.OutputPump(loop, fd, delivery)
-                delivery.pump = pump
+                pump = _ioloop.CopyPump(loop, fd, pool, f"{self._key}/{stream}", _Writer(sink, name),
+                                        self._output_done, self._job)
             self._pumps.append(pump)
             starts.append(pump.start)
         if has_stdin:
