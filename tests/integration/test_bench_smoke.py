@@ -126,6 +126,8 @@ def test_scale_stdio_benchmark_reports_per_container_rows(tmp_path):
                 assert row["reference"] == "raw stubs, same" and row["ratio"] > 0, row
         # each held container has its stdout and stderr FIFOs open in the client today
         assert rows[f"{n} held: fds per running container (stdout+stderr)"]["sdk"] >= 2
-        assert rows[f"{n} held: client threads in total"]["verdict"] in (True, False)
+        assert rows[f"{n} held: threads the client started"]["verdict"] in (True, False)
+        close = rows[f"{n} held: close() of a client with {n} attached"]
+        assert close["unit"] == "s" and "left behind" in close["note"], close
     growth = rows["cost per container, 4 vs 3: start+exec+stop wall"]
     assert growth["sdk"] > 0 and "threads" in growth["note"], growth
