@@ -531,9 +531,9 @@ def bench_concurrent_exec(env: Env) -> list[Result]:
     med = {k: statistics.median(v) * 1e3 if v else float("nan") for k, v in results.items()}
     note_on = "; ".join(errors[True]) or "starts serialized per task (default)"
     note_off = "; ".join(errors[False]) or "concurrent starts (containerd/containerd#8557 before 1.6.22)"
-    rows.append(Result("conc-exec", f"{count} execs at once, serialized", "ms", med[True], "not serialized",
+    rows.append(Result("concurrent-exec", f"{count} execs at once, serialized", "ms", med[True], "not serialized",
                        med[False], n=reps, note=note_on))
-    rows.append(Result("conc-exec", f"{count} execs at once, not serialized", "ms", med[False], n=reps,
+    rows.append(Result("concurrent-exec", f"{count} execs at once, not serialized", "ms", med[False], n=reps,
                        note=note_off))
     return rows
 

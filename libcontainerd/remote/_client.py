@@ -13,6 +13,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
@@ -207,11 +208,21 @@ class Client:
         True
         """
         conn = self._session.conn
-        try:
-            conn.call(conn.version.Version, empty_pb2.Empty(), "containerd", timeout=timeout, wait_for_ready=True)
-            return True
-        except (errdefs.Deadline, errdefs.Unavailable, errdefs.Cancelled):
-            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                conn.call(conn.version.Version, empty_pb2.Empty(), "containerd", timeout=remaining,
+                          wait_for_ready=True)
+                return True
+            except (errdefs.Deadline, errdefs.Cancelled):
+                return False
+            except errdefs.Unavailable:
+                # wait_for_ready waits for a connection, but a call that went out on one that
+                # containerd's death was breaking fails at once ("Stream removed"): wait on.
+                if self._closed or (deadline is not None and time.monotonic() >= deadline):
+                    return False
+                time.sleep(0.05)
 
     # -- containers ------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The event stream: one reader thread per client, and what it hands to the backend.
 
-The reader subscribes to containerd's ``Events.Subscribe`` with the seed's filter
-(``namespace==<ns>,topic~=|^/tasks/|``), decodes every envelope and hands each task
-event to the client's keyed serial executor: one container's events in order, different
-containers in parallel. Backend callbacks never run on the reader thread.
+The reader subscribes to containerd's ``Events.Subscribe`` for the task topics a backend gets
+(``namespace==<ns>,topic=="/tasks/create"``, one filter per topic of :data:`BACKEND_TOPICS`; not
+``/tasks/delete`` and the others, whose every message would cost a gRPC receive for nothing),
+decodes every envelope and hands each task event to the client's keyed serial executor: one
+container's events in order, different containers in parallel. Backend callbacks never run on the reader thread.
 
 When the stream breaks for any reason but our own ``close()``, the reader waits until
 containerd serves again (tenacity, from 100 ms with bounded exponential backoff, cut short
@@ -73,6 +74,11 @@ def timestamp_to_datetime(ts: Any) -> datetime.datetime | None:
     return datetime.datetime.fromtimestamp(ts.seconds, tz=datetime.timezone.utc) + datetime.timedelta(
         microseconds=ts.nanos // 1000
     )
+
+
+#: The containerd topics of the events a backend gets (:class:`~libcontainerd.types.EventType`), the only
+#: task topics the reader subscribes to.
+BACKEND_TOPICS = tuple(f"/tasks/{t.value}" for t in EventType)
 
 
 def translate(type_url: str, event: Any) -> tuple[EventType, EventInfo] | None:
@@ -211,10 +217,7 @@ class EventStream:
     _thread: threading.Thread = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self.filters = [
-            f"namespace=={self._namespace},topic~=|^/tasks/|",
-            f"namespace=={self._namespace},topic~=|^{self._sync_topic}$|",
-        ]
+        self.filters = [f'namespace=={self._namespace},topic=="{t}"' for t in (*BACKEND_TOPICS, self._sync_topic)]
         self._thread = threading.Thread(target=self._run, name=READER_THREAD_NAME, daemon=True)
 
     def start(self, ready_timeout: float = 2.0) -> bool:

@@ -147,3 +147,20 @@ def test_a_call_while_containerd_is_down_still_fails_fast(own_daemon, rootfs):
             c.version()
         with pytest.raises(errdefs.Unavailable):
             c.load_container("nope")
+
+
+def test_is_serving_waits_for_a_containerd_that_was_just_killed(own_daemon):
+    """is_serving(timeout) right after containerd died waits for the restarted one, as its docstring says.
+
+    The first call goes out on the connection that containerd's death is just breaking and fails with
+    UNAVAILABLE ("Stream removed", "Connection reset"), which gRPC's wait_for_ready does not retry.
+    """
+    daemon = own_daemon
+    state = os.path.join(os.path.dirname(daemon.root_dir), "client-state")
+    with libcontainerd.new_client(daemon.address, state, f"srv-{uuid.uuid4().hex[:8]}", None, timeout=60) as c:
+        for _ in range(3):
+            assert c.version().version
+            count = daemon.restarts
+            daemon.kill(signal.SIGKILL)
+            assert c.is_serving(timeout=60), "is_serving gave up while containerd was being restarted"
+            assert daemon.wait_for_restarts(count + 1, timeout=60)

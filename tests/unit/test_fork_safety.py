@@ -8,6 +8,7 @@ so the race is reachable on all of them.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -40,15 +41,29 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def _run(mode: str, env_value: str | None) -> tuple[str, int]:
+def _run(mode: str, env_value: str | None, children: int = _CHILDREN, timeout: float = 300) -> tuple[str, int]:
+    """Run the script in its own session; a child that deadlocks before exec blocks its parent in Popen for
+    good, so on timeout the whole session is killed and the run counts as one casualty."""
     env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
     if env_value is not None:
         env["GRPC_ENABLE_FORK_SUPPORT"] = env_value
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, mode, str(_CHILDREN)], env=env, capture_output=True,
-                         text=True, timeout=300, check=True)
-    setting, killed = out.stdout.split()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, mode, str(children)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return env.get("GRPC_ENABLE_FORK_SUPPORT", ""), 1
+    assert proc.returncode == 0, out
+    setting, killed = out.split()
     return setting, int(killed)
 
 
@@ -59,7 +74,7 @@ def test_no_child_is_killed_by_grpc_while_a_client_is_open() -> None:
 
 
 def test_callers_own_fork_setting_is_kept() -> None:
-    setting, _ = _run("sdk-first", "true")
+    setting, _ = _run("sdk-first", "true", children=0)
     assert setting == "true"
 
 
@@ -70,5 +85,5 @@ def test_the_race_is_real_when_grpc_loads_first_with_fork_support() -> None:
     If a gRPC release fixes #43055 this control fails, and the default in ``libcontainerd/__init__.py``
     can go.
     """
-    _, killed = _run("grpc-first", "true")
+    _, killed = _run("grpc-first", "true", timeout=15)
     assert killed > 0
