@@ -101,9 +101,17 @@ class _Streams:
         self._stdin_file = src
 
     def start(self) -> None:
-        """Take the FIFOs over and start moving data on the loop."""
+        """Take the FIFOs over and start moving data on the loop; on a failure nothing stays taken."""
         loop, pool = self._owner.acquire()
         self._loop, self._pool = loop, pool
+        try:
+            self._start(loop, pool)
+        except BaseException:
+            self._cancel_on_loop()  # nothing was started on the loop yet: this closes what was taken
+            self._owner.release(loop)
+            raise
+
+    def _start(self, loop: _ioloop.IOLoop, pool: KeyedSerialExecutor) -> None:
         self._outputs_left = len(self._outputs)
         has_stdin = self._stdin_bytes is not None or self._stdin_file is not None
         self._stdin_left = 1 if has_stdin else 0

@@ -246,3 +246,34 @@ def test_many_processes_share_one_thread_and_two_fds_each(tmp_path: Path, clean:
         cap.close()
     for fs in sets:
         fs.remove()
+
+
+def test_stdio_of_a_closed_client_is_refused_and_takes_nothing(tmp_path: Path, clean: None) -> None:
+    owner = _ioloop.LoopOwner()
+    owner.close()
+    fifos = _fifos(tmp_path, "late")
+    dio = DirectIO.open(fifos, io_loop=owner)
+    out = stdio.capture()
+    with pytest.raises(errdefs.Cancelled, match="closed"):
+        out(dio)
+    with pytest.raises(errdefs.Conflict, match="never attached"):
+        out.wait()
+    assert dio.stdout is not None and not dio.stdout.closed  # still the caller's to use or close
+    dio.close()
+    fifos.remove()
+
+
+def test_client_close_ends_running_stdio_as_cancelled(tmp_path: Path, clean: None) -> None:
+    """What Client.close() does to stdio objects still running: they end, keeping what they read."""
+    owner = _ioloop.LoopOwner()
+    fifos = _fifos(tmp_path, "held")
+    out = stdio.capture()
+    out(DirectIO.open(fifos, io_loop=owner))
+    fd = os.open(fifos.stdout or "", os.O_WRONLY)
+    os.write(fd, b"kept")
+    _until(lambda: out.stdout == b"kept", "the output")
+    owner.close()
+    assert out.wait(timeout=WAIT).stdout == b"kept"
+    out.close()
+    os.close(fd)
+    fifos.remove()
