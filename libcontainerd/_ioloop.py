@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 LINGER = 0.02
 # A read at least this big (the shim copies in 4 KiB writes) says "bulk": the worker lingers after it.
 _BULK = 4096
+# Reads one pool job makes before it hands the FIFO back (up to 4 MiB), so that busy streams take turns.
+_SLICE_READS = 64
 #: Threads that write to callers' files (and call CloseIO) for one loop.
 POOL_WORKERS = 4
 #: How long pool workers wait for work before they exit.
@@ -564,9 +566,11 @@ class CopyPump:
                 self._returned(eof)  # the loop is gone: nobody else holds the descriptor
 
     def _copy(self) -> bool:
-        """(pool) Read and write until the FIFO is dry (False), at EOF (True), or cancelled (False)."""
+        """(pool) Read and write until the FIFO is dry, cancelled, or the slice is used up (False), or EOF (True)."""
         bulk = False
-        while not self._cancelled:
+        for _ in range(_SLICE_READS):
+            if self._cancelled:
+                return False
             try:
                 data = os.read(self._fd, CHUNK_SIZE)
             except BlockingIOError:
@@ -581,7 +585,7 @@ class CopyPump:
                 return True
             bulk = len(data) >= _BULK
             self._write(data)
-        return False
+        return False  # a stream that never runs dry goes to the back of the line: more streams than workers share
 
     def _more_soon(self) -> bool:
         if self._poll is None:

@@ -277,3 +277,32 @@ def test_client_close_ends_running_stdio_as_cancelled(tmp_path: Path, clean: Non
     out.close()
     os.close(fd)
     fifos.remove()
+
+
+def test_endless_streams_beyond_the_pool_size_all_flow(tmp_path: Path, clean: None) -> None:
+    """More never-ending outputs than stdio workers: each gets turns, none starves."""
+    import subprocess
+
+    from libcontainerd import testing
+
+    n = _ioloop.POOL_WORKERS + 2
+    sets = [_fifos(tmp_path, f"yes{i}") for i in range(n)]
+    sinks = [testing.CountingSink() for _ in range(n)]
+    attached = [stdio.attach(stdout=sink)(DirectIO.open(fs)) for fs, sink in zip(sets, sinks)]
+    procs = []
+    for fs in sets:
+        out = os.open(fs.stdout or "", os.O_WRONLY)
+        procs.append(subprocess.Popen(["yes"], stdout=out))
+        os.close(out)
+        os.close(os.open(fs.stderr or "", os.O_WRONLY))
+    try:
+        _until(lambda: all(s.count > (1 << 20) for s in sinks), "every stream to move a MiB")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    for a in attached:
+        a.wait(timeout=WAIT)
+        a.close()
+    for fs in sets:
+        fs.remove()
