@@ -27,6 +27,7 @@ from libcontainerd.types import EventInfo, EventType, ExitStatus, Status
 
 from ._attached import Attached, check_terminal, exec_spec, image_run_spec, run_spec
 from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Context, UsageError
+from ._detached import mark_detached_exec, reap_detached_execs
 from ._format import describe_event, error_line, human_bytes, human_duration, iso, json_message, note, out, table
 from ._registry import command
 from ._signals import no_interrupts
@@ -181,8 +182,10 @@ def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
         ctr = client.load_container(args.id)
         task = ctr.task()
         spec = exec_spec(args, ctr)
+        reap_detached_execs(task)  # so that the id of an `exec -d` process that exited is free again
         if args.detach:
             task.exec(exec_id, spec)
+            mark_detached_exec(ctr, exec_id)
             out(exec_id)
             return 0
 
@@ -280,6 +283,7 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_top(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.client() as client:
         task = client.load_container(args.id).task()
+        reap_detached_execs(task)
         procs = task.summary()
     rows = [[str(p.pid), p.exec_id or ("(main)" if p.pid == task.pid else "-"),
              shlex.join(_procfs.cmdline(p.pid)) or "?"]  # "?" too for a remote daemon's pids: not ours to read

@@ -352,6 +352,30 @@ def test_a_signal_to_an_attached_exec_reaches_its_process(cli, client, procs):
     assert cli("rm", "-f", "host").returncode == 0
 
 
+def test_an_exec_d_process_is_deleted_once_it_exited(cli, client):
+    """containerd keeps an exited exec until it is deleted, and `exec -d` returns at once: its id stayed
+    "already in use" for ever. The next command that touches the task deletes it (docker's daemon does on
+    the exit event)."""
+    assert cli("run", "-d", "--busybox", "host", "sleep", "300").returncode == 0
+    res = cli("exec", "-d", "--exec-id", "bg", "host", "sh", "-c", "exit 5")
+    assert (res.returncode, res.stdout) == (0, "bg\n"), res.stderr
+    task = client.load_container("host").task()
+    assert task.load_process("bg").wait(timeout=30).code == 5
+    res = cli("exec", "-d", "--exec-id", "bg", "host", "sleep", "300")  # the id is free again
+    assert (res.returncode, res.stdout) == (0, "bg\n"), res.stderr
+    res = cli("exec", "--exec-id", "bg", "host", "true")  # ... but not while its process runs
+    assert res.returncode == 1 and "already in use" in _one_error_line(res.stderr), res.stderr
+    res = cli("top", "host")
+    assert any(line.split()[1:3] == ["bg", "sleep"] for line in res.stdout.splitlines()), res.stdout
+    proc = task.load_process("bg")
+    proc.kill(signal.SIGKILL)
+    assert proc.wait(timeout=30).code == 137
+    assert cli("top", "host").returncode == 0  # reaps it
+    with pytest.raises(errdefs.NotFound):
+        task.load_process("bg")
+    assert cli("rm", "-f", "host").returncode == 0
+
+
 def test_global_options_after_the_subcommand_and_from_the_environment(cli, containerd, state_dir, namespace, client):
     # After the subcommand; whatever follows the id belongs to the container's command.
     res = cli("run", "--address", containerd.address, "--namespace", namespace, "--state-dir", state_dir,
