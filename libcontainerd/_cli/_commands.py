@@ -27,7 +27,7 @@ from libcontainerd.types import EventInfo, EventType, ExitStatus, Status
 
 from ._attached import Attached, check_terminal, exec_spec, image_run_spec, run_spec
 from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Context, UsageError
-from ._detached import mark_detached_exec, reap_detached_execs
+from ._detached import LogTail, log_path, mark_detached_exec, reap_detached_execs
 from ._format import describe_event, error_line, human_bytes, human_duration, iso, json_message, note, out, table
 from ._registry import command
 from ._signals import no_interrupts
@@ -99,7 +99,10 @@ def _stdio_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("-i", "--interactive", action="store_true", help="connect your stdin to the process")
     parser.add_argument("-t", "--tty", action="store_true",
                         help="give the process a terminal (your terminal goes into raw mode with -i)")
-    parser.add_argument("-d", "--detach", action="store_true", help=f"start the {what} and print its id, no stdio")
+    parser.add_argument("-d", "--detach", action="store_true",
+                        help=f"start the {what} and print its id" + (
+                            " (its output goes to its log: see `logs` and `attach`)" if what == "container"
+                            else ", no stdio"))
     parser.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user (number or name in the rootfs)")
     parser.add_argument("-e", "--env", metavar="KEY=VALUE", action="append", default=[],
                         help="set an environment variable (repeatable)")
@@ -132,9 +135,10 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
          "the command defaults to the image's Entrypoint and Cmd.",
          arguments=_run_arguments)
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
-    if args.detach and (args.rm or args.interactive):
-        raise UsageError("-d/--detach cannot be combined with --rm or -i: nothing would stay attached")
-    check_terminal(args)
+    if args.detach and args.rm:
+        raise UsageError("-d/--detach cannot be combined with --rm: nothing would stay to remove it")
+    if not args.detach:
+        check_terminal(args)  # a detached container's terminal is not ours: `attach` checks when it is used
     args.image = None
     if not args.busybox and not args.rootfs:
         # `run IMAGE ID [COMMAND...]`: what the rootfs forms take as the id is the image.
@@ -150,13 +154,15 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         def start(made: Attached) -> None:
             made.container = client.new_container(args.id, spec, image=image)
             if args.detach:
-                made.process = made.container.start()
+                # The shim writes the output into the log file itself: `logs` and `attach` read it later.
+                made.process = made.container.start(with_stdin=args.interactive, log_file=log_path(made.container))
             else:
                 made.process = made.container.start(with_stdin=args.interactive,
                                                     attach_stdio=stdio_callback(args.tty, args.interactive))
 
         attached = Attached(keep_container=not args.rm)
-        attached.start(start, forward_signals=not args.detach, raw_terminal=args.tty and args.interactive)
+        attached.start(start, forward_signals=not args.detach,
+                       raw_terminal=args.tty and args.interactive and not args.detach)
         if args.detach:
             out(args.id)
             return 0
@@ -196,6 +202,29 @@ def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
         attached = Attached(keep_container=True)
         attached.start(start, raw_terminal=args.tty and args.interactive)
         return attached.follow(args.tty)
+
+
+def _logs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="go on printing the output as it comes, until the container exits (or Ctrl-C)")
+    p.add_argument("id", metavar="ID", help="a container started with run -d")
+
+
+@command("logs", "print the output of a container started with run -d (kept in a file until rm)",
+         f"examples:\n  {PROG} logs web\n  {PROG} logs -f web",
+         arguments=_logs_arguments)
+def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        ctr = client.load_container(args.id)
+        with LogTail(ctr) as tail:
+            tail.copy()
+            task = _task_or_none(ctr) if args.follow else None
+            if task is not None:
+                try:
+                    tail.follow(task)
+                except errdefs.NotFound:
+                    tail.copy()  # the task was deleted meanwhile: what it wrote is all there is
+    return 0
 
 
 def _task_or_none(ctr: libcontainerd.Container) -> libcontainerd.Task | None:

@@ -1,13 +1,20 @@
-"""What outlives the command that started it: ``exec -d`` processes to reap later.
+"""What outlives the command that started it: a detached container's log, and ``exec -d`` processes to reap.
 
 This module owns the state a detached process leaves in its container's bundle directory
-for later commands: a marker per ``exec -d`` process (``<bundle>/.detached-execs/<exec id>``),
-so that the next command touching the task can delete the ones that exited. docker's daemon
-deletes an exec'd process on its exit event; this command line has no daemon, and containerd
-keeps an exited exec until someone deletes it (``ctr task exec -d`` leaks it for good), so the
-reaping is done by whoever comes next: ``exec`` (before it starts a process, so that an exec
-id is reusable once its process exited) and ``top``. The markers go with the bundle dir when
-the container is removed. It must not write to stdout.
+for later commands, and how later commands read it:
+
+* the log of ``run -d`` (``<bundle>/<id>.log``): the shim appends the container's output to it
+  itself (``Container.start(log_file=...)``), so the output is there whether or not a command
+  runs; :class:`LogTail` copies it to our stdout, and follows it while the task runs (``logs
+  -f``, ``attach``). It goes with the bundle dir when the container is removed.
+* a marker per ``exec -d`` process (``<bundle>/.detached-execs/<exec id>``), so that the next
+  command touching the task can delete the ones that exited. docker's daemon deletes an exec'd
+  process on its exit event; this command line has no daemon, and containerd keeps an exited
+  exec until someone deletes it (``ctr task exec -d`` leaks it for good), so the reaping is done
+  by whoever comes next: ``exec`` (before it starts a process, so that an exec id is reusable
+  once its process exited) and ``top``.
+
+It writes to stdout only the container's own output (:class:`LogTail`).
 """
 
 from __future__ import annotations
@@ -15,16 +22,84 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import time
+from typing import BinaryIO
 
 import libcontainerd
 from libcontainerd import errdefs
 from libcontainerd.types import Status
 
-__all__ = ["mark_detached_exec", "reap_detached_execs"]
+__all__ = ["LogTail", "log_path", "mark_detached_exec", "reap_detached_execs"]
 
 log = logging.getLogger(__name__)
 
 _DETACHED_EXECS = ".detached-execs"
+# While following: how long each wait for the task's exit lasts before the log is read again.
+_FOLLOW_SLICE = 0.1
+# After the exit the shim may still be copying the last output into the file (its exit event does
+# not wait for the copy): read on until the file stopped growing for this long, or at most _SETTLE_MAX.
+_SETTLE_QUIET, _SETTLE_MAX = 0.2, 3.0
+
+
+def log_path(ctr: libcontainerd.Container) -> str:
+    """Where ``run -d`` has the shim write the container's output: in its bundle dir, removed with it."""
+    return os.path.join(ctr.bundle_dir, f"{ctr.id}.log")
+
+
+class LogTail:
+    """A detached container's log file, copied to our stdout from where it is opened on."""
+
+    def __init__(self, ctr: libcontainerd.Container, *, from_end: bool = False) -> None:
+        try:
+            path = log_path(ctr)
+        except errdefs.InvalidParameter as exc:
+            raise errdefs.NotFound(f"container {ctr.id} has no log: it was not made by this command line") from exc
+        try:
+            self._file: BinaryIO = open(path, "rb")  # noqa: SIM115  (closed by close())
+        except FileNotFoundError:
+            raise errdefs.NotFound(f"container {ctr.id} has no log: only `run -d` keeps one") from None
+        if from_end:
+            self._file.seek(0, os.SEEK_END)
+
+    def copy(self) -> int:
+        """Copy what was written since the last call to stdout; returns how many bytes."""
+        copied = 0
+        while chunk := self._file.read(64 * 1024):
+            sys.stdout.buffer.write(chunk)
+            copied += len(chunk)
+        if copied:
+            sys.stdout.buffer.flush()
+        return copied
+
+    def follow(self, task: libcontainerd.Task) -> int:
+        """Copy the log as it grows until the task exits and its last output is in; returns its exit code.
+
+        Ctrl-C ends it (``KeyboardInterrupt``), leaving the task alone.
+        """
+        while True:
+            self.copy()
+            try:
+                code = task.wait(timeout=_FOLLOW_SLICE).code
+                break
+            except TimeoutError:
+                continue
+        deadline = quiet_since = time.monotonic()
+        deadline += _SETTLE_MAX
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < _SETTLE_QUIET:
+            if self.copy():
+                quiet_since = time.monotonic()
+            time.sleep(_SETTLE_QUIET / 4)
+        return code
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> LogTail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _markers_dir(ctr: libcontainerd.Container) -> str | None:

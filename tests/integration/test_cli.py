@@ -28,7 +28,7 @@ from libcontainerd import _procfs, errdefs, oci, testing
 
 from ..helpers import run_once, wait_until
 
-SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "inspect", "kill", "wait", "stop", "pause",
+SUBCOMMANDS = ["daemon", "version", "run", "exec", "logs", "ps", "list", "top", "inspect", "kill", "wait", "stop", "pause",
                "resume", "stats", "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
 DEMO_STEPS = [f"[{i}/10]" for i in range(1, 11)]
 
@@ -477,6 +477,45 @@ def test_a_detached_container_through_every_command(cli, client, state_dir):
     res = cli("rm", "-f", "db")
     assert (res.returncode, res.stdout) == (0, "db\n"), res.stderr
     assert client.list_containers() == []
+
+
+def test_logs_of_a_detached_container_and_follow_until_it_exits(cli, client, procs, state_dir):
+    """`run -d` has the shim write the output into a log file in the bundle dir (it survives the CLI):
+    `logs` prints it, `logs -f` goes on until the task exits, `rm` removes it."""
+    script = "trap 'echo second; exit 3' USR1; echo out; echo err >&2; while true; do sleep 0.1; done"
+    res = cli("run", "-d", "--busybox", "lg", "sh", "-c", script)
+    assert (res.returncode, res.stdout) == (0, "lg\n"), res.stderr
+    assert wait_until(lambda: sorted(cli("logs", "lg").stdout.splitlines()) == ["err", "out"])
+    proc = procs.start(*cli.globals, "logs", "-f", "lg")
+    out = procs.lines(proc.stdout, "logs-stdout")
+    assert out.wait_for("out|err", timeout=60) is not None
+    assert proc.poll() is None  # following
+    assert cli("kill", "-s", "USR1", "lg").returncode == 0
+    assert out.wait_for("second") is not None, out.rest()
+    assert proc.wait(timeout=30) == 0
+    assert client.load_container("lg").task().wait(timeout=30).code == 3
+    res = cli("logs", "-f", "lg")  # the task is stopped: prints everything and returns
+    assert (res.returncode, sorted(res.stdout.splitlines())) == (0, ["err", "out", "second"]), res.stderr
+    log = os.path.join(state_dir, "lg", "lg.log")
+    assert os.path.isfile(log)
+    assert cli("rm", "lg").returncode == 0
+    assert not os.path.exists(log)
+    assert cli("run", "--busybox", "nolog", "true").returncode == 0  # attached: no log
+    res = cli("logs", "nolog")
+    assert res.returncode == 1 and "no log" in _one_error_line(res.stderr), res.stderr
+    assert cli("rm", "nolog").returncode == 0
+
+
+def test_logs_f_ends_cleanly_on_ctrl_c(cli, client, procs):
+    assert cli("run", "-d", "--busybox", "lgc", "sh", "-c", "echo hi; sleep 300").returncode == 0
+    proc = procs.start(*cli.globals, "logs", "-f", "lgc")
+    out = procs.lines(proc.stdout, "logs-stdout")
+    assert out.wait_for("hi", timeout=60) is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    assert "Traceback" not in proc.stderr.read()
+    assert client.load_container("lgc").task().status().value == "running"  # left alone
+    assert cli("rm", "-f", "lgc").returncode == 0
 
 
 def test_wait_prints_exit_codes_and_exits_with_the_first(cli, client):
