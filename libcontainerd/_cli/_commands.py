@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import libcontainerd
-from libcontainerd import _procfs, errdefs
+from libcontainerd import _procfs, cio, errdefs
 from libcontainerd.types import EventInfo, EventType, ExitStatus, Status
 
 from ._attached import Attached, check_terminal, exec_spec, image_run_spec, run_spec
@@ -30,7 +30,7 @@ from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Contex
 from ._detached import LogTail, log_path, mark_detached_exec, reap_detached_execs
 from ._format import describe_event, error_line, human_bytes, human_duration, iso, json_message, note, out, table
 from ._registry import command
-from ._signals import no_interrupts
+from ._signals import deferred_interrupts, no_interrupts
 from ._terminal import stdio_callback
 
 __all__: list[str] = []  # the commands are reached through the registry
@@ -544,6 +544,36 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         task = client.load_container(args.id).task()
         task.create_checkpoint(directory, exit=args.exit)
     note(f"checkpoint of {args.id} written to {directory}" + (" (the task was stopped)" if args.exit else ""))
+    return 0
+
+
+def _restore_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="the container, with no task or a stopped one (checkpoint --exit)")
+    p.add_argument("dir", metavar="DIR", help="a checkpoint directory written by `checkpoint`")
+
+
+@command("restore", "start a container's task again from a checkpoint directory that `checkpoint` wrote",
+         f"example:\n  {PROG} checkpoint --exit web /tmp/web-checkpoint\n  {PROG} restore web /tmp/web-checkpoint\n"
+         f"  {PROG} logs web\n\nThe restored task runs detached, as after `run -d`: its output goes on in its log.",
+         arguments=_restore_arguments)
+def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
+    directory = os.path.abspath(args.dir)
+    with ctx.client() as client:
+        ctr = client.load_container(args.id)
+        task = _task_or_none(ctr)
+        if task is not None:
+            status = task.status()
+            if status is not Status.STOPPED:
+                raise errdefs.Conflict(f"container {args.id} is {status.value}: a restore needs it stopped "
+                                       "(`checkpoint --exit`, or `stop`)")
+            task.delete()
+        try:
+            with_stdin = cio.FifoSet.existing(ctr.bundle_dir, ctr.id).stdin is not None  # `run -d -i` made one
+        except errdefs.NotFound:
+            with_stdin = False
+        with deferred_interrupts():  # the restore completes in containerd anyway: return once it is known
+            ctr.start(checkpoint_dir=directory, with_stdin=with_stdin, log_file=log_path(ctr))
+    out(args.id)
     return 0
 
 

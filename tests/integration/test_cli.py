@@ -29,7 +29,7 @@ from libcontainerd import _procfs, errdefs, oci, testing
 from ..helpers import run_once, wait_until
 
 SUBCOMMANDS = ["daemon", "version", "run", "exec", "logs", "ps", "list", "top", "inspect", "kill", "wait", "stop", "pause",
-               "resume", "stats", "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
+               "resume", "stats", "events", "checkpoint", "restore", "rm", "demo", "pull", "images", "rmi", "import"]
 DEMO_STEPS = [f"[{i}/10]" for i in range(1, 11)]
 
 
@@ -590,6 +590,33 @@ def test_checkpoint_writes_criu_files_and_a_bad_dir_gets_one_line(cli, client, t
     assert res.returncode == 1
     assert "not a directory" in _one_error_line(res.stderr)
     assert cli("rm", "-f", "ck").returncode == 0
+
+
+def test_restore_continues_a_checkpointed_container(cli, client, tmp_path, criu):
+    """`restore ID DIR` starts the task again from what `checkpoint` wrote: the counter goes on where it was."""
+    script = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"
+    assert cli("run", "-d", "--busybox", "rs", "sh", "-c", script).returncode == 0
+
+    def ticks() -> list[int]:
+        return [int(line.split()[1]) for line in cli("logs", "rs").stdout.splitlines()]
+
+    assert wait_until(lambda: len(ticks()) >= 3)
+    directory = str(tmp_path / "rs")
+    res = cli("restore", "rs", directory)
+    assert res.returncode == 1 and "running" in _one_error_line(res.stderr), res.stderr
+    res = cli("checkpoint", "--exit", "rs", directory, timeout=120)
+    assert res.returncode == 0, res.stderr
+    before = ticks()
+    assert client.load_container("rs").task().status().value == "stopped"
+    res = cli("restore", "rs", str(tmp_path / "nothing"))  # one line; the container can still be restored
+    assert res.returncode == 1 and "nothing" in _one_error_line(res.stderr), res.stderr
+    res = cli("restore", "rs", directory, timeout=120)
+    assert (res.returncode, res.stdout) == (0, "rs\n"), res.stderr
+    assert cli("ps").stdout.splitlines()[1].split()[:2] == ["rs", "running"]
+    assert wait_until(lambda: len(ticks()) > len(before) + 3)
+    after = ticks()
+    assert after == list(range(1, len(after) + 1)), after  # went on from the checkpoint, no new start at 1
+    assert cli("rm", "-f", "rs").returncode == 0
 
 
 def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, recorder, rootfs, procs):
