@@ -10,6 +10,7 @@ leaves errors to :mod:`._main`, which turns each into one line and an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -30,8 +31,8 @@ from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Contex
 from ._detached import LogTail, log_path, mark_detached_exec, reap_detached_execs
 from ._format import describe_event, error_line, human_bytes, human_duration, iso, json_message, note, out, table
 from ._registry import command
-from ._signals import deferred_interrupts, no_interrupts
-from ._terminal import stdio_callback
+from ._signals import deferred_interrupts, forwarded_signals, no_interrupts
+from ._terminal import raw_input, resized, stdio_callback
 
 __all__: list[str] = []  # the commands are reached through the registry
 
@@ -225,6 +226,53 @@ def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
                 except errdefs.NotFound:
                     tail.copy()  # the task was deleted meanwhile: what it wrote is all there is
     return 0
+
+
+def _attach_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-stdin", action="store_true",
+                   help="do not connect your stdin (else, for a container started with run -d -i, your stdin "
+                        "becomes its stdin, and its end the end of the container's)")
+    p.add_argument("id", metavar="ID", help="a running container started with run -d")
+
+
+@command("attach", "follow a container started with run -d: its output from now on, your stdin (run -d -i) "
+         "and signals; exit with its code",
+         f"examples:\n  {PROG} attach web\n  {PROG} run -d -i --busybox up tr a-z A-Z && echo hi | {PROG} attach up\n\n"
+         "SIGTERM, SIGHUP and a first Ctrl-C go to the container's process; a second Ctrl-C leaves it running.\n"
+         "Its output is read from its log (see `logs` for what came before). There is no daemon to hold\n"
+         "the container's stdin open: when the stdin of `attach` ends, so does the container's.",
+         arguments=_attach_arguments)
+def cmd_attach(args: argparse.Namespace, ctx: Context) -> int:
+    from libcontainerd import stdio
+
+    with ctx.client() as client:
+        ctr = client.load_container(args.id)
+        task = ctr.task()
+        if task.status() is Status.STOPPED:
+            raise errdefs.Conflict(f"container {args.id} is stopped: nothing to attach to (`logs` shows its output)")
+        tty = bool((ctr.spec.get("process") or {}).get("terminal", False))
+        try:
+            feed = not args.no_stdin and cio.FifoSet.existing(ctr.bundle_dir, ctr.id).stdin is not None
+        except (errdefs.NotFound, errdefs.InvalidParameter):
+            feed = False  # started without -i (or not by this command line): no stdin to give it
+        if feed and tty and not sys.stdin.isatty():
+            raise UsageError("the input device is not a TTY: the container has a terminal (use --no-stdin)")
+        with LogTail(ctr, from_end=True) as tail, contextlib.ExitStack() as attached:
+            if feed:
+                task = ctr.attach_task(stdio.attach(stdin=sys.stdin.buffer))
+                attached.callback(task.io.close)  # joins the stdin pump
+            followed = task
+
+            def send(signum: int) -> None:
+                with contextlib.suppress(errdefs.LibcontainerdError):  # it may have exited meanwhile
+                    followed.kill(signum)
+
+            attached.enter_context(forwarded_signals(
+                send, lambda: note("sent SIGINT to the process; Ctrl-C again detaches (it keeps running)")))
+            note(f"attached to {args.id}" + (" (your stdin is its stdin)" if feed else ""))
+            attached.enter_context(raw_input(tty, feed))
+            attached.enter_context(resized(task, tty))
+            return tail.follow(task)
 
 
 def _task_or_none(ctr: libcontainerd.Container) -> libcontainerd.Task | None:

@@ -28,7 +28,7 @@ from libcontainerd import _procfs, errdefs, oci, testing
 
 from ..helpers import run_once, wait_until
 
-SUBCOMMANDS = ["daemon", "version", "run", "exec", "logs", "ps", "list", "top", "inspect", "kill", "wait", "stop", "pause",
+SUBCOMMANDS = ["daemon", "version", "run", "exec", "logs", "attach", "ps", "list", "top", "inspect", "kill", "wait", "stop", "pause",
                "resume", "stats", "events", "checkpoint", "restore", "rm", "demo", "pull", "images", "rmi", "import"]
 DEMO_STEPS = [f"[{i}/10]" for i in range(1, 11)]
 
@@ -516,6 +516,78 @@ def test_logs_f_ends_cleanly_on_ctrl_c(cli, client, procs):
     assert "Traceback" not in proc.stderr.read()
     assert client.load_container("lgc").task().status().value == "running"  # left alone
     assert cli("rm", "-f", "lgc").returncode == 0
+
+
+def test_attach_streams_new_output_feeds_stdin_and_exits_with_the_code(cli, client, procs):
+    """`run -d -i` keeps a stdin FIFO; `attach` feeds it from its stdin, prints the output from now on (read
+    from the log) and exits with the container's code."""
+    script = 'echo early; read line; echo "got $line"; exit 4'
+    assert cli("run", "-d", "-i", "--busybox", "at", "sh", "-c", script).returncode == 0
+    assert wait_until(lambda: "early" in cli("logs", "at").stdout)
+    proc = procs.start(*cli.globals, "attach", "at", stdin=subprocess.PIPE)
+    out = procs.lines(proc.stdout, "attach-stdout")
+    err = procs.lines(proc.stderr, "attach-stderr")
+    assert err.wait_for("attached to at", timeout=60) is not None, err.rest()
+    proc.stdin.write("hello\n")
+    proc.stdin.flush()
+    assert out.wait_for("got hello") is not None, err.rest()
+    assert proc.wait(timeout=30) == 4, err.rest()
+    assert "early" not in out.rest()  # what came before the attach is in `logs`, not here
+    res = cli("attach", "at")
+    assert res.returncode == 1 and "stopped" in _one_error_line(res.stderr), res.stderr
+    assert cli("rm", "at").returncode == 0
+
+
+def test_attach_to_a_terminal_container_on_a_real_terminal(cli, client):
+    """`run -d -it` then `attach` at a terminal: raw mode, keystrokes reach the shell, its exit code comes back;
+    without a terminal on stdin it is a usage error, as for `run -it`."""
+    assert cli("run", "-d", "-i", "-t", "--busybox", "tt", "sh").returncode == 0
+    res = cli("attach", "tt", input="exit 1\n")
+    assert res.returncode == 2 and "not a TTY" in _one_error_line(res.stderr), res.stderr
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "libcontainerd", *cli.globals, "attach", "tt"], stdin=slave,
+                                stdout=slave, stderr=slave, env=_base_env(), start_new_session=True)
+        os.close(slave)
+        slave = -1
+        os.write(master, b"echo $((6*7)); exit 5\r")
+        output = _read_pty_until_exit(master, proc)
+        assert proc.wait(timeout=30) == 5, output
+        assert b"42" in output, output
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert cli("rm", "tt").returncode == 0
+
+
+def test_attach_forwards_signals_to_the_container(cli, client, procs):
+    script = 'trap "echo got TERM; exit 7" TERM; echo ready; while true; do sleep 0.1; done'
+    assert cli("run", "-d", "--busybox", "as", "sh", "-c", script).returncode == 0
+    assert wait_until(lambda: "ready" in cli("logs", "as").stdout)
+    proc = procs.start(*cli.globals, "attach", "as")
+    out = procs.lines(proc.stdout, "attach-stdout")
+    err = procs.lines(proc.stderr, "attach-stderr")
+    assert err.wait_for("attached to as", timeout=60) is not None, err.rest()
+    proc.send_signal(signal.SIGTERM)
+    assert out.wait_for("got TERM") is not None, err.rest()
+    assert proc.wait(timeout=30) == 7, err.rest()
+    assert client.load_container("as").task().wait(timeout=30).code == 7
+    assert cli("rm", "as").returncode == 0
+
+
+def test_attach_with_a_second_ctrl_c_detaches_and_leaves_the_container_running(cli, client, procs):
+    assert cli("run", "-d", "--busybox", "ad", "sleep", "300").returncode == 0  # pid 1: ignores SIGINT
+    proc = procs.start(*cli.globals, "attach", "ad")
+    err = procs.lines(proc.stderr, "attach-stderr")
+    assert err.wait_for("attached to ad", timeout=60) is not None, err.rest()
+    proc.send_signal(signal.SIGINT)
+    assert err.wait_for("Ctrl-C again detaches") is not None, err.rest()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    assert "Traceback" not in err.rest()
+    assert client.load_container("ad").task().status().value == "running"
+    assert cli("rm", "-f", "ad").returncode == 0
 
 
 def test_wait_prints_exit_codes_and_exits_with_the_first(cli, client):
