@@ -161,7 +161,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
                 made.process = made.container.start(with_stdin=args.interactive,
                                                     attach_stdio=stdio_callback(args.tty, args.interactive))
 
-        attached = Attached(keep_container=not args.rm)
+        attached = Attached(keep_container=not args.rm, client=client, container_id=args.id)
         attached.start(start, forward_signals=not args.detach,
                        raw_terminal=args.tty and args.interactive and not args.detach)
         if args.detach:

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import pytest
 
+import libcontainerd
 from libcontainerd import _procfs, errdefs, oci, testing
 
 from ..helpers import run_once, wait_until
@@ -784,6 +785,36 @@ def test_events_says_when_it_lost_containerd_and_when_it_is_back(procs, state_di
     finally:
         testing.cleanup_root(daemon)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_run_rm_removes_the_container_when_containerd_dies_during_the_start(procs, tmp_path, namespace):
+    """containerd killed while `run --rm` creates and starts the task (frozen the moment the task's FIFOs
+    exist, then killed; its supervisor restarts it): the start fails, and the CLI removes the container and
+    its state once containerd is back, instead of leaving both behind with no hint."""
+    state = str(tmp_path / "state")
+    owner = testing.PrivateContainerd("lcd-midstart-", health_failures=0)
+    with owner as daemon:
+        proc = procs.start("--address", daemon.address, "--namespace", namespace, "--state-dir", state,
+                           "run", "--rm", "--busybox", "mid", "sh", "-c", "echo hi")
+        err = procs.lines(proc.stderr, "run-stderr")
+        fifo = os.path.join(state, "mid", "mid-stdout")
+        # Made just before the Create call: containerd is frozen inside the create (or before the start).
+        assert wait_until(lambda: os.path.exists(fifo) or proc.poll() is not None, timeout=60, interval=0.001)
+        os.kill(daemon.pid, signal.SIGSTOP)
+        restarts = daemon.restarts
+        daemon.kill(signal.SIGKILL)
+        assert daemon.wait_for_restarts(restarts + 1, timeout=60)
+        code = proc.wait(timeout=120)
+        text = err.rest()
+        assert "Traceback" not in text, text
+        with libcontainerd.new_client(daemon.address, state, namespace, None, timeout=60) as c:
+            left = [ctr.id for ctr in c.list_containers()]
+            testing.remove_containers(c)
+        assert left == [], text
+        assert not os.path.exists(os.path.join(state, "mid")), text
+        assert code == 1, text
+        assert "containerd is back: removed container mid" in text, text
+    assert (owner.leftovers.processes, owner.remaining) == ((), {})  # no shim of it either
 
 
 def test_events_human_lines(cli, client, recorder, rootfs, procs):
