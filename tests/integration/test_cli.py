@@ -29,8 +29,9 @@ from libcontainerd import _procfs, errdefs, oci, testing
 
 from ..helpers import run_once, wait_until
 
-SUBCOMMANDS = ["daemon", "version", "run", "exec", "logs", "attach", "ps", "list", "top", "inspect", "kill", "wait", "stop", "pause",
-               "resume", "stats", "events", "checkpoint", "restore", "rm", "demo", "pull", "images", "rmi", "import"]
+SUBCOMMANDS = ["daemon", "version", "run", "exec", "logs", "attach", "ps", "list", "top", "inspect", "kill", "wait",
+               "stop", "pause", "resume", "stats", "events", "checkpoint", "restore", "rm", "demo", "pull", "images",
+               "rmi", "import"]
 DEMO_STEPS = [f"[{i}/10]" for i in range(1, 11)]
 
 

@@ -392,8 +392,9 @@ def test_a_log_file_task_keeps_its_output_without_a_client_and_takes_stdin_later
     ctr.start(with_stdin=True, log_file=log)
     task = client.load_container("logged").attach_task(stdio.capture(stdin=b"hello\n"))
     assert task.wait(timeout=30).code == 0
-    assert wait_until(lambda: b"got hello" in open(log, "rb").read())
-    assert sorted(open(log, "rb").read().splitlines()) == [b"err", b"got hello", b"out"]
+    path = tmp_path / "sub" / "logged.log"
+    assert wait_until(lambda: b"got hello" in path.read_bytes())
+    assert sorted(path.read_bytes().splitlines()) == [b"err", b"got hello", b"out"]
     task.delete()
     ctr.delete()
 
