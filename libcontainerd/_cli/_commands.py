@@ -222,7 +222,7 @@ def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
             task = _task_or_none(ctr) if args.follow else None
             if task is not None:
                 try:
-                    tail.follow(task)
+                    tail.follow(task, cancel=client.close)
                 except errdefs.NotFound:
                     tail.copy()  # the task was deleted meanwhile: what it wrote is all there is
     return 0
@@ -272,7 +272,7 @@ def cmd_attach(args: argparse.Namespace, ctx: Context) -> int:
             note(f"attached to {args.id}" + (" (your stdin is its stdin)" if feed else ""))
             attached.enter_context(raw_input(tty, feed))
             attached.enter_context(resized(task, tty))
-            return tail.follow(task)
+            return tail.follow(task, cancel=client.close)
 
 
 def _task_or_none(ctr: libcontainerd.Container) -> libcontainerd.Task | None:

@@ -23,12 +23,15 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import libcontainerd
 from libcontainerd import errdefs
 from libcontainerd.types import Status
+
+from ._signals import no_interrupts
 
 __all__ = ["LogTail", "log_path", "mark_detached_exec", "reap_detached_execs"]
 
@@ -72,25 +75,46 @@ class LogTail:
             sys.stdout.buffer.flush()
         return copied
 
-    def follow(self, task: libcontainerd.Task) -> int:
+    def follow(self, task: libcontainerd.Task, *, cancel: Callable[[], None]) -> int:
         """Copy the log as it grows until the task exits and its last output is in; returns its exit code.
 
-        Ctrl-C ends it (``KeyboardInterrupt``), leaving the task alone.
+        The wait for the exit runs on a thread of its own, and this (main) thread only reads the file:
+        a Ctrl-C (``KeyboardInterrupt``, which leaves the task alone) or a reader of stdout that went
+        away (``BrokenPipeError``) can then never land inside a gRPC call, where it would leave the
+        channel unable to close. When following ends otherwise than by the exit, ``cancel`` (the
+        client's ``close``) ends the wait under way, and the thread is joined.
         """
-        while True:
-            self.copy()
+        outcome: list[libcontainerd.ExitStatus | BaseException] = []
+        exited = threading.Event()
+
+        def wait() -> None:
             try:
-                code = task.wait(timeout=_FOLLOW_SLICE).code
-                break
-            except TimeoutError:
-                continue
-        deadline = quiet_since = time.monotonic()
-        deadline += _SETTLE_MAX
-        while time.monotonic() < deadline and time.monotonic() - quiet_since < _SETTLE_QUIET:
-            if self.copy():
-                quiet_since = time.monotonic()
-            time.sleep(_SETTLE_QUIET / 4)
-        return code
+                outcome.append(task.wait())
+            except BaseException as exc:  # handed to the main thread, which raises it
+                outcome.append(exc)
+            finally:
+                exited.set()
+
+        waiter = threading.Thread(target=wait, name="libcontainerd-cli-wait", daemon=True)
+        waiter.start()
+        try:
+            while not exited.wait(_FOLLOW_SLICE):
+                self.copy()
+            deadline = quiet_since = time.monotonic()
+            deadline += _SETTLE_MAX
+            while time.monotonic() < deadline and time.monotonic() - quiet_since < _SETTLE_QUIET:
+                if self.copy():
+                    quiet_since = time.monotonic()
+                time.sleep(_SETTLE_QUIET / 4)
+        finally:
+            with no_interrupts():
+                if waiter.is_alive():
+                    cancel()
+                waiter.join()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result.code
 
     def close(self) -> None:
         self._file.close()
