@@ -106,7 +106,9 @@ class FifoSet:
     terminal: bool = False
 
     @classmethod
-    def create(cls, directory: str, process_id: str, *, with_stdin: bool, terminal: bool) -> FifoSet:
+    def create(
+        cls, directory: str, process_id: str, *, with_stdin: bool, terminal: bool, with_output: bool = True
+    ) -> FifoSet:
         """Make the FIFOs (mode 0600) in an existing directory, replacing stale ones.
 
         Args:
@@ -114,6 +116,8 @@ class FifoSet:
             process_id: container id or exec id; names the FIFOs.
             with_stdin: make ``<process_id>-stdin``.
             terminal: no ``<process_id>-stderr`` (a terminal merges the output).
+            with_output: make the output FIFOs; False when the output goes elsewhere (a log file)
+                and only stdin is a FIFO.
 
         Returns:
             The set; on failure nothing it made is left behind.
@@ -134,8 +138,8 @@ class FifoSet:
             dir=directory,
             process_id=process_id,
             stdin=_fifo_path(directory, process_id, "stdin") if with_stdin else None,
-            stdout=_fifo_path(directory, process_id, "stdout"),
-            stderr=None if terminal else _fifo_path(directory, process_id, "stderr"),
+            stdout=_fifo_path(directory, process_id, "stdout") if with_output else None,
+            stderr=None if terminal or not with_output else _fifo_path(directory, process_id, "stderr"),
             terminal=terminal,
         )
         made: list[str] = []

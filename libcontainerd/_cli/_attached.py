@@ -24,9 +24,9 @@ import libcontainerd
 from libcontainerd import _validation as valid
 from libcontainerd import errdefs, oci
 
-from ._context import Context, UsageError
+from ._context import PROG, Context, UsageError
 from ._format import note
-from ._signals import deferred_interrupts, forwarded_signals, no_interrupts
+from ._signals import deferred_interrupts, forwarded_signals, interruptible, no_interrupts
 from ._terminal import follow, raw_input, with_console_size
 from ._values import parse_memory, parse_user
 
@@ -123,6 +123,10 @@ class Attached:
     """
 
     keep_container: bool
+    #: the client that made them: after a failure because containerd went away, the removal waits for it
+    client: libcontainerd.Client | None = None
+    #: the id of the container ``run`` creates (for the message when containerd went away during the create)
+    container_id: str = ""
     container: libcontainerd.Container | None = None
     process: libcontainerd.Task | libcontainerd.Process | None = None
     _started: bool = False
@@ -145,9 +149,9 @@ class Attached:
         try:
             with deferred_interrupts():
                 start(self)
-        except BaseException:
+        except BaseException as exc:
             with self._signals:
-                self._remove(failed=True)
+                self._remove(failed=True, containerd_away=isinstance(exc, errdefs.Unavailable))
             raise
         self._started = True
         for signum in self._held:
@@ -177,7 +181,7 @@ class Attached:
         with contextlib.suppress(errdefs.LibcontainerdError):  # it may have exited meanwhile
             self.process.kill(signum)
 
-    def _remove(self, *, failed: bool) -> None:
+    def _remove(self, *, failed: bool, containerd_away: bool = False) -> None:
         keep = self.keep_container and self._started
         with no_interrupts():
             if self.process is not None:
@@ -187,10 +191,72 @@ class Attached:
                     self.process.delete()
             if self.container is not None and not keep:
                 if failed:
-                    with contextlib.suppress(errdefs.LibcontainerdError):
-                        self.container.delete()
+                    self._discard_container(self.container)
                 else:
                     self.container.delete()
+            elif self.container is None and containerd_away and self.container_id:
+                note(f"containerd went away while creating container {self.container_id}: if `ps` lists it once "
+                     f"containerd is back, remove it with `{PROG} rm -f {self.container_id}`")
+
+    def _discard_container(self, ctr: libcontainerd.Container) -> None:
+        """Remove the container (and any task of it) after a failure; if containerd is away, once it is back.
+
+        containerd may die during the start (between the create and the start, or while either is under
+        way): then what it made is only known, and removable, once it serves again. The client waits for
+        that (up to :data:`_CONTAINERD_BACK_WAIT` s; Ctrl-C stops waiting); what cannot be removed is named,
+        with the command that removes it.
+        """
+        try:
+            _discard_container(ctr)
+            return
+        except errdefs.Unavailable:
+            pass
+        except errdefs.LibcontainerdError as exc:
+            _left_behind(ctr, str(exc))
+            return
+        note(f"containerd went away during the start of container {ctr.id}; waiting up to "
+             f"{_CONTAINERD_BACK_WAIT:g} s for it to come back to remove the container (Ctrl-C stops waiting)")
+        try:
+            with interruptible():
+                back = self.client is not None and self.client.is_serving(timeout=_CONTAINERD_BACK_WAIT)
+                if back:
+                    _discard_container(ctr)
+        except KeyboardInterrupt:
+            _left_behind(ctr, "stopped waiting for containerd")
+            return
+        except errdefs.LibcontainerdError as exc:
+            _left_behind(ctr, str(exc))
+            return
+        if not back:
+            _left_behind(ctr, f"containerd did not come back within {_CONTAINERD_BACK_WAIT:g} s")
+            return
+        note(f"containerd is back: removed container {ctr.id}")
+
+
+# How long the removal after a failed start waits for a containerd that went away to serve again.
+_CONTAINERD_BACK_WAIT = 60.0
+
+
+def _discard_container(ctr: libcontainerd.Container) -> None:
+    """Force-delete the container's task if containerd has one, then the container (gone already is fine)."""
+    try:
+        task = ctr.task()
+    except errdefs.NotFound:
+        task = None
+    if task is not None:
+        with contextlib.suppress(errdefs.NotFound):
+            task.force_delete()
+    with contextlib.suppress(errdefs.NotFound):
+        ctr.delete()
+
+
+def _left_behind(ctr: libcontainerd.Container, why: str) -> None:
+    try:
+        bundle = f" and its state {ctr.bundle_dir}"
+    except errdefs.InvalidParameter:
+        bundle = ""
+    note(f"left behind: container {ctr.id} (with its task, if containerd made one){bundle} ({why}); "
+         f"remove them with `{PROG} rm -f {ctr.id}` once containerd serves")
 
 
 def _discard(proc: libcontainerd.Task | libcontainerd.Process) -> None:

@@ -10,6 +10,7 @@ leaves errors to :mod:`._main`, which turns each into one line and an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -22,15 +23,16 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import libcontainerd
-from libcontainerd import _procfs, errdefs
+from libcontainerd import _procfs, cio, errdefs
 from libcontainerd.types import EventInfo, EventType, ExitStatus, Status
 
 from ._attached import Attached, check_terminal, exec_spec, image_run_spec, run_spec
 from ._context import DEFAULT_DAEMON_ROOT, ENV_ADDRESS, EXIT_ERROR, PROG, Context, UsageError
+from ._detached import LogTail, log_path, mark_detached_exec, reap_detached_execs
 from ._format import describe_event, error_line, human_bytes, human_duration, iso, json_message, note, out, table
 from ._registry import command
-from ._signals import no_interrupts
-from ._terminal import stdio_callback
+from ._signals import deferred_interrupts, forwarded_signals, no_interrupts
+from ._terminal import raw_input, resized, stdio_callback
 
 __all__: list[str] = []  # the commands are reached through the registry
 
@@ -98,7 +100,10 @@ def _stdio_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("-i", "--interactive", action="store_true", help="connect your stdin to the process")
     parser.add_argument("-t", "--tty", action="store_true",
                         help="give the process a terminal (your terminal goes into raw mode with -i)")
-    parser.add_argument("-d", "--detach", action="store_true", help=f"start the {what} and print its id, no stdio")
+    parser.add_argument("-d", "--detach", action="store_true",
+                        help=f"start the {what} and print its id" + (
+                            " (its output goes to its log: see `logs` and `attach`)" if what == "container"
+                            else ", no stdio"))
     parser.add_argument("-u", "--user", metavar="UID[:GID]", help="run as this user (number or name in the rootfs)")
     parser.add_argument("-e", "--env", metavar="KEY=VALUE", action="append", default=[],
                         help="set an environment variable (repeatable)")
@@ -131,9 +136,10 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
          "the command defaults to the image's Entrypoint and Cmd.",
          arguments=_run_arguments)
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
-    if args.detach and (args.rm or args.interactive):
-        raise UsageError("-d/--detach cannot be combined with --rm or -i: nothing would stay attached")
-    check_terminal(args)
+    if args.detach and args.rm:
+        raise UsageError("-d/--detach cannot be combined with --rm: nothing would stay to remove it")
+    if not args.detach:
+        check_terminal(args)  # a detached container's terminal is not ours: `attach` checks when it is used
     args.image = None
     if not args.busybox and not args.rootfs:
         # `run IMAGE ID [COMMAND...]`: what the rootfs forms take as the id is the image.
@@ -149,13 +155,15 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         def start(made: Attached) -> None:
             made.container = client.new_container(args.id, spec, image=image)
             if args.detach:
-                made.process = made.container.start()
+                # The shim writes the output into the log file itself: `logs` and `attach` read it later.
+                made.process = made.container.start(with_stdin=args.interactive, log_file=log_path(made.container))
             else:
                 made.process = made.container.start(with_stdin=args.interactive,
                                                     attach_stdio=stdio_callback(args.tty, args.interactive))
 
-        attached = Attached(keep_container=not args.rm)
-        attached.start(start, forward_signals=not args.detach, raw_terminal=args.tty and args.interactive)
+        attached = Attached(keep_container=not args.rm, client=client, container_id=args.id)
+        attached.start(start, forward_signals=not args.detach,
+                       raw_terminal=args.tty and args.interactive and not args.detach)
         if args.detach:
             out(args.id)
             return 0
@@ -181,8 +189,10 @@ def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
         ctr = client.load_container(args.id)
         task = ctr.task()
         spec = exec_spec(args, ctr)
+        reap_detached_execs(task)  # so that the id of an `exec -d` process that exited is free again
         if args.detach:
             task.exec(exec_id, spec)
+            mark_detached_exec(ctr, exec_id)
             out(exec_id)
             return 0
 
@@ -193,6 +203,76 @@ def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
         attached = Attached(keep_container=True)
         attached.start(start, raw_terminal=args.tty and args.interactive)
         return attached.follow(args.tty)
+
+
+def _logs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="go on printing the output as it comes, until the container exits (or Ctrl-C)")
+    p.add_argument("id", metavar="ID", help="a container started with run -d")
+
+
+@command("logs", "print the output of a container started with run -d (kept in a file until rm)",
+         f"examples:\n  {PROG} logs web\n  {PROG} logs -f web",
+         arguments=_logs_arguments)
+def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
+    with ctx.client() as client:
+        ctr = client.load_container(args.id)
+        with LogTail(ctr) as tail:
+            tail.copy()
+            task = _task_or_none(ctr) if args.follow else None
+            if task is not None:
+                try:
+                    tail.follow(task, cancel=client.close)
+                except errdefs.NotFound:
+                    tail.copy()  # the task was deleted meanwhile: what it wrote is all there is
+    return 0
+
+
+def _attach_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-stdin", action="store_true",
+                   help="do not connect your stdin (else, for a container started with run -d -i, your stdin "
+                        "becomes its stdin, and its end the end of the container's)")
+    p.add_argument("id", metavar="ID", help="a running container started with run -d")
+
+
+@command("attach", "follow a container started with run -d: its output from now on, your stdin (run -d -i) "
+         "and signals; exit with its code",
+         f"examples:\n  {PROG} attach web\n  {PROG} run -d -i --busybox up tr a-z A-Z && echo hi | {PROG} attach up\n\n"
+         "SIGTERM, SIGHUP and a first Ctrl-C go to the container's process; a second Ctrl-C leaves it running.\n"
+         "Its output is read from its log (see `logs` for what came before). There is no daemon to hold\n"
+         "the container's stdin open: when the stdin of `attach` ends, so does the container's.",
+         arguments=_attach_arguments)
+def cmd_attach(args: argparse.Namespace, ctx: Context) -> int:
+    from libcontainerd import stdio
+
+    with ctx.client() as client:
+        ctr = client.load_container(args.id)
+        task = ctr.task()
+        if task.status() is Status.STOPPED:
+            raise errdefs.Conflict(f"container {args.id} is stopped: nothing to attach to (`logs` shows its output)")
+        tty = bool((ctr.spec.get("process") or {}).get("terminal", False))
+        try:
+            feed = not args.no_stdin and cio.FifoSet.existing(ctr.bundle_dir, ctr.id).stdin is not None
+        except (errdefs.NotFound, errdefs.InvalidParameter):
+            feed = False  # started without -i (or not by this command line): no stdin to give it
+        if feed and tty and not sys.stdin.isatty():
+            raise UsageError("the input device is not a TTY: the container has a terminal (use --no-stdin)")
+        with LogTail(ctr, from_end=True) as tail, contextlib.ExitStack() as attached:
+            if feed:
+                task = ctr.attach_task(stdio.attach(stdin=sys.stdin.buffer))
+                attached.callback(task.io.close)  # joins the stdin pump
+            followed = task
+
+            def send(signum: int) -> None:
+                with contextlib.suppress(errdefs.LibcontainerdError):  # it may have exited meanwhile
+                    followed.kill(signum)
+
+            attached.enter_context(forwarded_signals(
+                send, lambda: note("sent SIGINT to the process; Ctrl-C again detaches (it keeps running)")))
+            note(f"attached to {args.id}" + (" (your stdin is its stdin)" if feed else ""))
+            attached.enter_context(raw_input(tty, feed))
+            attached.enter_context(resized(task, tty))
+            return tail.follow(task, cancel=client.close)
 
 
 def _task_or_none(ctr: libcontainerd.Container) -> libcontainerd.Task | None:
@@ -280,6 +360,7 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_top(args: argparse.Namespace, ctx: Context) -> int:
     with ctx.client() as client:
         task = client.load_container(args.id).task()
+        reap_detached_execs(task)
         procs = task.summary()
     rows = [[str(p.pid), p.exec_id or ("(main)" if p.pid == task.pid else "-"),
              shlex.join(_procfs.cmdline(p.pid)) or "?"]  # "?" too for a remote daemon's pids: not ours to read
@@ -511,6 +592,36 @@ def cmd_checkpoint(args: argparse.Namespace, ctx: Context) -> int:
         task = client.load_container(args.id).task()
         task.create_checkpoint(directory, exit=args.exit)
     note(f"checkpoint of {args.id} written to {directory}" + (" (the task was stopped)" if args.exit else ""))
+    return 0
+
+
+def _restore_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="the container, with no task or a stopped one (checkpoint --exit)")
+    p.add_argument("dir", metavar="DIR", help="a checkpoint directory written by `checkpoint`")
+
+
+@command("restore", "start a container's task again from a checkpoint directory that `checkpoint` wrote",
+         f"example:\n  {PROG} checkpoint --exit web /tmp/web-checkpoint\n  {PROG} restore web /tmp/web-checkpoint\n"
+         f"  {PROG} logs web\n\nThe restored task runs detached, as after `run -d`: its output goes on in its log.",
+         arguments=_restore_arguments)
+def cmd_restore(args: argparse.Namespace, ctx: Context) -> int:
+    directory = os.path.abspath(args.dir)
+    with ctx.client() as client:
+        ctr = client.load_container(args.id)
+        task = _task_or_none(ctr)
+        if task is not None:
+            status = task.status()
+            if status is not Status.STOPPED:
+                raise errdefs.Conflict(f"container {args.id} is {status.value}: a restore needs it stopped "
+                                       "(`checkpoint --exit`, or `stop`)")
+            task.delete()
+        try:
+            with_stdin = cio.FifoSet.existing(ctr.bundle_dir, ctr.id).stdin is not None  # `run -d -i` made one
+        except errdefs.NotFound:
+            with_stdin = False
+        with deferred_interrupts():  # the restore completes in containerd anyway: return once it is known
+            ctr.start(checkpoint_dir=directory, with_stdin=with_stdin, log_file=log_path(ctr))
+    out(args.id)
     return 0
 
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Callable
 
-__all__ = ["deferred_interrupts", "forwarded_signals", "no_interrupts"]
+__all__ = ["deferred_interrupts", "forwarded_signals", "interruptible", "no_interrupts"]
 
 
 @contextlib.contextmanager
@@ -31,6 +31,20 @@ def no_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside :func:`no_interrupts`, let Ctrl-C through again for a block that only waits (and may be given up)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not \
+            signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import libcontainerd
 from libcontainerd import errdefs
 
-__all__ = ["AttachedProcess", "follow", "raw_input", "stdio_callback", "with_console_size"]
+__all__ = ["AttachedProcess", "follow", "raw_input", "resized", "stdio_callback", "with_console_size"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def raw_input(tty_mode: bool, interactive: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _resized(proc: AttachedProcess, tty_mode: bool) -> Iterator[None]:
+def resized(proc: AttachedProcess, tty_mode: bool) -> Iterator[None]:
     """With a container terminal: its size forwarded now and on every SIGWINCH."""
     if not tty_mode:
         yield
@@ -120,7 +120,7 @@ def _resized(proc: AttachedProcess, tty_mode: bool) -> Iterator[None]:
 
 def follow(proc: AttachedProcess, tty_mode: bool) -> int:
     """Wait for an attached process, then for its output to drain; return its exit code."""
-    with _resized(proc, tty_mode):
+    with resized(proc, tty_mode):
         status = proc.wait()
         io = proc.io
         if io is not None:

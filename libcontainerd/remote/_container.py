@@ -20,6 +20,7 @@ from .._api.containerd.api.types import descriptor_pb2
 from .._api.containerd.api.types.task import task_pb2 as task_types
 from .._api.containerd.runtime.v2.runc.options import oci_pb2 as runc_options
 from .._typeurl import pack_message, unpack_json
+from ..cio import FifoSet
 from . import _bundle
 from ._process import Stdio, StdioCallback, Task, start_task, stdin_closer
 
@@ -109,6 +110,8 @@ class Container:
         checkpoint_dir: str | None = None,
         with_stdin: bool = False,
         attach_stdio: StdioCallback | None = None,
+        *,
+        log_file: str | None = None,
     ) -> Task:
         """Create and start the container's task.
 
@@ -117,17 +120,34 @@ class Container:
             with_stdin: make a stdin FIFO (needed by a callback that feeds stdin).
             attach_stdio: ``(DirectIO) -> IO`` callback such as ``stdio.capture()``; ``None``
                 gives the process no stdio (``/dev/null``).
+            log_file: an absolute path: the shim appends the process's stdout and stderr (its
+                terminal, with one) to this file itself, as with containerd's Go ``cio.LogFile``, so
+                the output is kept whether or not any client is there; the file and its directory
+                are made if missing. Not with ``attach_stdio``. With ``with_stdin``, stdin is a FIFO
+                in the bundle dir that nothing opens now: :meth:`attach_task` opens it later. Works
+                on containerd 1.6, 1.7 and 2.x; with a terminal, 1.6's shim may drop what the
+                process writes in its last moments.
 
         Raises:
             errdefs.Conflict: the container has a task already.
-            errdefs.InvalidParameter: a missing or unreadable checkpoint dir.
+            errdefs.InvalidParameter: a missing or unreadable checkpoint dir; a ``log_file`` that is
+                not an absolute path, or comes with ``attach_stdio``.
 
         >>> ctr = client.new_container("hello", oci.default_spec(rootfs, ["echo", "hi"]))
         >>> out = stdio.capture()
         >>> task = ctr.start(attach_stdio=out)
         >>> task.wait().code, out.wait().stdout
         (0, b'hi\\n')
+        >>> ctr2 = client.new_container("logged", oci.default_spec(rootfs, ["echo", "hi"]))
+        >>> ctr2.start(log_file="/tmp/logged.log").wait().code  # doctest: +SKIP
+        0
         """
+        if log_file is not None:
+            if not isinstance(log_file, str) or not os.path.isabs(log_file) or "\0" in log_file:
+                raise errdefs.InvalidParameter(f"container {self.id}: log_file {log_file!r} is not an absolute path")
+            if attach_stdio is not None:
+                raise errdefs.InvalidParameter(
+                    f"container {self.id}: log_file and attach_stdio exclude each other (the output goes to one)")
         checkpoint: descriptor_pb2.Descriptor | None = None
         uploaded = None
         if checkpoint_dir is not None:
@@ -136,6 +156,8 @@ class Container:
             uploaded = upload_checkpoint_dir(self._session, checkpoint_dir, self.id)
             checkpoint = uploaded.descriptor
         try:
+            if log_file is not None:
+                return self._start_logged(checkpoint, with_stdin, log_file)
             return self._start(checkpoint, with_stdin, attach_stdio)
         finally:
             if uploaded is not None:
@@ -167,6 +189,40 @@ class Container:
                     stdio.release(drain=False)
                 raise
         return start_task(self._session, self, request, stdio)
+
+    def _start_logged(self, checkpoint: descriptor_pb2.Descriptor | None, with_stdin: bool, log_file: str) -> Task:
+        """The task's output into ``log_file``, which the shim appends to; stdin a FIFO or none."""
+        terminal = bool((self.spec.get("process") or {}).get("terminal", False))
+        fifos = None
+        if with_stdin:
+            fifos = FifoSet.create(self.bundle_dir, self.id, with_stdin=True, terminal=terminal, with_output=False)
+        # A plain path, as the Go client's cio.LogFile gives it: the shim appends to a file that is not a
+        # FIFO, with or without a terminal (a file:// URI, cio.LogURI's, fails with a terminal: the
+        # shims' console copy takes the URI for a path). So the file is made here.
+        try:
+            os.makedirs(os.path.dirname(log_file), exist_ok=True)
+            with open(log_file, "ab"):
+                pass
+        except OSError as exc:
+            if fifos is not None:
+                fifos.remove()
+            raise errdefs.System(f"container {self.id}: cannot make log file {log_file}: {exc.strerror or exc}") \
+                from exc
+        request = tasks_pb2.CreateTaskRequest(
+            container_id=self.id, stdin=(fifos.stdin or "") if fifos else "", stdout=log_file, stderr=log_file,
+            terminal=terminal, checkpoint=checkpoint, options=self._task_options(),
+        )
+        try:
+            if self.snapshot is not None:
+                from . import _unpack
+
+                request.rootfs.extend(_unpack.mounts(self._session.conn, self.snapshot.snapshotter,
+                                                     self.snapshot.key, f"container {self.id}"))
+            return start_task(self._session, self, request, None)
+        except BaseException:
+            if fifos is not None:
+                fifos.remove()
+            raise
 
     def attach_task(self, attach_stdio: StdioCallback) -> Task:
         """Re-open the running task's FIFOs (e.g. after this service restarted).

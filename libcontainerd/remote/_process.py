@@ -595,6 +595,31 @@ class Task(_ProcessBase):
             stdio.connected()
         return process
 
+    def load_process(self, process_id: str) -> Process:
+        """A process of this task started with :meth:`exec` (by any client), without stdio.
+
+        Like containerd's ``Task.LoadProcess``: e.g. to wait for, signal or delete a process that
+        another client (or an earlier run of this program) started detached.
+
+        Raises:
+            errdefs.NotFound: the task has no process with this exec id.
+            errdefs.InvalidParameter: the exec id is not a valid identifier.
+
+        >>> task.exec("bg", oci.process_spec(["sleep", "1"]))  # doctest: +SKIP
+        >>> proc = client.load_container("web").task().load_process("bg")  # doctest: +SKIP
+        >>> proc.wait().code, proc.delete().code  # doctest: +SKIP
+        (0, 0)
+        """
+        valid.identifier(process_id, "exec id")
+        if process_id == self._container_id:
+            raise errdefs.InvalidParameter(f"exec id {process_id!r} is the container id; use the task itself")
+        conn = self._session.conn
+        proc = conn.call(conn.tasks.Get, tasks_pb2.GetRequest(container_id=self._container_id, exec_id=process_id),
+                         f"exec {process_id} of container {self._container_id}").process
+        if proc.status in (task_types.RUNNING, task_types.PAUSED, task_types.PAUSING, task_types.CREATED):
+            self._session.tracker.started(self._container_id, process_id, int(proc.pid))
+        return Process(self._session, self, process_id, int(proc.pid))
+
     def _refuse_duplicate_exec(self, process_id: str) -> None:
         try:
             self._call(self._tasks.Get, tasks_pb2.GetRequest(container_id=self._container_id, exec_id=process_id))

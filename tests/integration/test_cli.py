@@ -24,12 +24,14 @@ from typing import IO, Any
 
 import pytest
 
+import libcontainerd
 from libcontainerd import _procfs, errdefs, oci, testing
 
 from ..helpers import run_once, wait_until
 
-SUBCOMMANDS = ["daemon", "version", "run", "exec", "ps", "list", "top", "inspect", "kill", "wait", "stop", "pause",
-               "resume", "stats", "events", "checkpoint", "rm", "demo", "pull", "images", "rmi", "import"]
+SUBCOMMANDS = ["daemon", "version", "run", "exec", "logs", "attach", "ps", "list", "top", "inspect", "kill", "wait",
+               "stop", "pause", "resume", "stats", "events", "checkpoint", "restore", "rm", "demo", "pull", "images",
+               "rmi", "import"]
 DEMO_STEPS = [f"[{i}/10]" for i in range(1, 11)]
 
 
@@ -352,6 +354,30 @@ def test_a_signal_to_an_attached_exec_reaches_its_process(cli, client, procs):
     assert cli("rm", "-f", "host").returncode == 0
 
 
+def test_an_exec_d_process_is_deleted_once_it_exited(cli, client):
+    """containerd keeps an exited exec until it is deleted, and `exec -d` returns at once: its id stayed
+    "already in use" for ever. The next command that touches the task deletes it (docker's daemon does on
+    the exit event)."""
+    assert cli("run", "-d", "--busybox", "host", "sleep", "300").returncode == 0
+    res = cli("exec", "-d", "--exec-id", "bg", "host", "sh", "-c", "exit 5")
+    assert (res.returncode, res.stdout) == (0, "bg\n"), res.stderr
+    task = client.load_container("host").task()
+    assert task.load_process("bg").wait(timeout=30).code == 5
+    res = cli("exec", "-d", "--exec-id", "bg", "host", "sleep", "300")  # the id is free again
+    assert (res.returncode, res.stdout) == (0, "bg\n"), res.stderr
+    res = cli("exec", "--exec-id", "bg", "host", "true")  # ... but not while its process runs
+    assert res.returncode == 1 and "already in use" in _one_error_line(res.stderr), res.stderr
+    res = cli("top", "host")
+    assert any(line.split()[1:3] == ["bg", "sleep"] for line in res.stdout.splitlines()), res.stdout
+    proc = task.load_process("bg")
+    proc.kill(signal.SIGKILL)
+    assert proc.wait(timeout=30).code == 137
+    assert cli("top", "host").returncode == 0  # reaps it
+    with pytest.raises(errdefs.NotFound):
+        task.load_process("bg")
+    assert cli("rm", "-f", "host").returncode == 0
+
+
 def test_global_options_after_the_subcommand_and_from_the_environment(cli, containerd, state_dir, namespace, client):
     # After the subcommand; whatever follows the id belongs to the container's command.
     res = cli("run", "--address", containerd.address, "--namespace", namespace, "--state-dir", state_dir,
@@ -455,6 +481,117 @@ def test_a_detached_container_through_every_command(cli, client, state_dir):
     assert client.list_containers() == []
 
 
+def test_logs_of_a_detached_container_and_follow_until_it_exits(cli, client, procs, state_dir):
+    """`run -d` has the shim write the output into a log file in the bundle dir (it survives the CLI):
+    `logs` prints it, `logs -f` goes on until the task exits, `rm` removes it."""
+    script = "trap 'echo second; exit 3' USR1; echo out; echo err >&2; while true; do sleep 0.1; done"
+    res = cli("run", "-d", "--busybox", "lg", "sh", "-c", script)
+    assert (res.returncode, res.stdout) == (0, "lg\n"), res.stderr
+    assert wait_until(lambda: sorted(cli("logs", "lg").stdout.splitlines()) == ["err", "out"])
+    proc = procs.start(*cli.globals, "logs", "-f", "lg")
+    out = procs.lines(proc.stdout, "logs-stdout")
+    assert out.wait_for("out|err", timeout=60) is not None
+    assert proc.poll() is None  # following
+    assert cli("kill", "-s", "USR1", "lg").returncode == 0
+    assert out.wait_for("second") is not None, out.rest()
+    assert proc.wait(timeout=30) == 0
+    assert client.load_container("lg").task().wait(timeout=30).code == 3
+    res = cli("logs", "-f", "lg")  # the task is stopped: prints everything and returns
+    assert (res.returncode, sorted(res.stdout.splitlines())) == (0, ["err", "out", "second"]), res.stderr
+    log = os.path.join(state_dir, "lg", "lg.log")
+    assert os.path.isfile(log)
+    assert cli("rm", "lg").returncode == 0
+    assert not os.path.exists(log)
+    assert cli("run", "--busybox", "nolog", "true").returncode == 0  # attached: no log
+    res = cli("logs", "nolog")
+    assert res.returncode == 1 and "no log" in _one_error_line(res.stderr), res.stderr
+    assert cli("rm", "nolog").returncode == 0
+
+
+def test_logs_f_ends_cleanly_on_ctrl_c(cli, client, procs):
+    assert cli("run", "-d", "--busybox", "lgc", "sh", "-c", "echo hi; sleep 300").returncode == 0
+    proc = procs.start(*cli.globals, "logs", "-f", "lgc")
+    out = procs.lines(proc.stdout, "logs-stdout")
+    assert out.wait_for("hi", timeout=60) is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    assert "Traceback" not in proc.stderr.read()
+    assert client.load_container("lgc").task().status().value == "running"  # left alone
+    assert cli("rm", "-f", "lgc").returncode == 0
+
+
+def test_attach_streams_new_output_feeds_stdin_and_exits_with_the_code(cli, client, procs):
+    """`run -d -i` keeps a stdin FIFO; `attach` feeds it from its stdin, prints the output from now on (read
+    from the log) and exits with the container's code."""
+    script = 'echo early; read line; echo "got $line"; exit 4'
+    assert cli("run", "-d", "-i", "--busybox", "at", "sh", "-c", script).returncode == 0
+    assert wait_until(lambda: "early" in cli("logs", "at").stdout)
+    proc = procs.start(*cli.globals, "attach", "at", stdin=subprocess.PIPE)
+    out = procs.lines(proc.stdout, "attach-stdout")
+    err = procs.lines(proc.stderr, "attach-stderr")
+    assert err.wait_for("attached to at", timeout=60) is not None, err.rest()
+    proc.stdin.write("hello\n")
+    proc.stdin.flush()
+    assert out.wait_for("got hello") is not None, err.rest()
+    assert proc.wait(timeout=30) == 4, err.rest()
+    assert "early" not in out.rest()  # what came before the attach is in `logs`, not here
+    res = cli("attach", "at")
+    assert res.returncode == 1 and "stopped" in _one_error_line(res.stderr), res.stderr
+    assert cli("rm", "at").returncode == 0
+
+
+def test_attach_to_a_terminal_container_on_a_real_terminal(cli, client):
+    """`run -d -it` then `attach` at a terminal: raw mode, keystrokes reach the shell, its exit code comes back;
+    without a terminal on stdin it is a usage error, as for `run -it`."""
+    assert cli("run", "-d", "-i", "-t", "--busybox", "tt", "sh").returncode == 0
+    res = cli("attach", "tt", input="exit 1\n")
+    assert res.returncode == 2 and "not a TTY" in _one_error_line(res.stderr), res.stderr
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "libcontainerd", *cli.globals, "attach", "tt"], stdin=slave,
+                                stdout=slave, stderr=slave, env=_base_env(), start_new_session=True)
+        os.close(slave)
+        slave = -1
+        os.write(master, b"echo $((6*7)); exit 5\r")
+        output = _read_pty_until_exit(master, proc)
+        assert proc.wait(timeout=30) == 5, output
+        assert b"42" in output, output
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert cli("rm", "tt").returncode == 0
+
+
+def test_attach_forwards_signals_to_the_container(cli, client, procs):
+    script = 'trap "echo got TERM; exit 7" TERM; echo ready; while true; do sleep 0.1; done'
+    assert cli("run", "-d", "--busybox", "as", "sh", "-c", script).returncode == 0
+    assert wait_until(lambda: "ready" in cli("logs", "as").stdout)
+    proc = procs.start(*cli.globals, "attach", "as")
+    out = procs.lines(proc.stdout, "attach-stdout")
+    err = procs.lines(proc.stderr, "attach-stderr")
+    assert err.wait_for("attached to as", timeout=60) is not None, err.rest()
+    proc.send_signal(signal.SIGTERM)
+    assert out.wait_for("got TERM") is not None, err.rest()
+    assert proc.wait(timeout=30) == 7, err.rest()
+    assert client.load_container("as").task().wait(timeout=30).code == 7
+    assert cli("rm", "as").returncode == 0
+
+
+def test_attach_with_a_second_ctrl_c_detaches_and_leaves_the_container_running(cli, client, procs):
+    assert cli("run", "-d", "--busybox", "ad", "sleep", "300").returncode == 0  # pid 1: ignores SIGINT
+    proc = procs.start(*cli.globals, "attach", "ad")
+    err = procs.lines(proc.stderr, "attach-stderr")
+    assert err.wait_for("attached to ad", timeout=60) is not None, err.rest()
+    proc.send_signal(signal.SIGINT)
+    assert err.wait_for("Ctrl-C again detaches") is not None, err.rest()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    assert "Traceback" not in err.rest()
+    assert client.load_container("ad").task().status().value == "running"
+    assert cli("rm", "-f", "ad").returncode == 0
+
+
 def test_wait_prints_exit_codes_and_exits_with_the_first(cli, client):
     assert cli("run", "-d", "--busybox", "three", "sh", "-c", "exit 3").returncode == 0
     assert cli("run", "-d", "--busybox", "five", "sleep", "300").returncode == 0
@@ -527,6 +664,33 @@ def test_checkpoint_writes_criu_files_and_a_bad_dir_gets_one_line(cli, client, t
     assert res.returncode == 1
     assert "not a directory" in _one_error_line(res.stderr)
     assert cli("rm", "-f", "ck").returncode == 0
+
+
+def test_restore_continues_a_checkpointed_container(cli, client, tmp_path, criu):
+    """`restore ID DIR` starts the task again from what `checkpoint` wrote: the counter goes on where it was."""
+    script = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"
+    assert cli("run", "-d", "--busybox", "rs", "sh", "-c", script).returncode == 0
+
+    def ticks() -> list[int]:
+        return [int(line.split()[1]) for line in cli("logs", "rs").stdout.splitlines()]
+
+    assert wait_until(lambda: len(ticks()) >= 3)
+    directory = str(tmp_path / "rs")
+    res = cli("restore", "rs", directory)
+    assert res.returncode == 1 and "running" in _one_error_line(res.stderr), res.stderr
+    res = cli("checkpoint", "--exit", "rs", directory, timeout=120)
+    assert res.returncode == 0, res.stderr
+    before = ticks()
+    assert client.load_container("rs").task().status().value == "stopped"
+    res = cli("restore", "rs", str(tmp_path / "nothing"))  # one line; the container can still be restored
+    assert res.returncode == 1 and "nothing" in _one_error_line(res.stderr), res.stderr
+    res = cli("restore", "rs", directory, timeout=120)
+    assert (res.returncode, res.stdout) == (0, "rs\n"), res.stderr
+    assert cli("ps").stdout.splitlines()[1].split()[:2] == ["rs", "running"]
+    assert wait_until(lambda: len(ticks()) > len(before) + 3)
+    after = ticks()
+    assert after == list(range(1, len(after) + 1)), after  # went on from the checkpoint, no new start at 1
+    assert cli("rm", "-f", "rs").returncode == 0
 
 
 def test_events_json_prints_a_line_per_event_until_ctrl_c(cli, client, recorder, rootfs, procs):
@@ -622,6 +786,36 @@ def test_events_says_when_it_lost_containerd_and_when_it_is_back(procs, state_di
     finally:
         testing.cleanup_root(daemon)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_run_rm_removes_the_container_when_containerd_dies_during_the_start(procs, tmp_path, namespace):
+    """containerd killed while `run --rm` creates and starts the task (frozen the moment the task's FIFOs
+    exist, then killed; its supervisor restarts it): the start fails, and the CLI removes the container and
+    its state once containerd is back, instead of leaving both behind with no hint."""
+    state = str(tmp_path / "state")
+    owner = testing.PrivateContainerd("lcd-midstart-", health_failures=0)
+    with owner as daemon:
+        proc = procs.start("--address", daemon.address, "--namespace", namespace, "--state-dir", state,
+                           "run", "--rm", "--busybox", "mid", "sh", "-c", "echo hi")
+        err = procs.lines(proc.stderr, "run-stderr")
+        fifo = os.path.join(state, "mid", "mid-stdout")
+        # Made just before the Create call: containerd is frozen inside the create (or before the start).
+        assert wait_until(lambda: os.path.exists(fifo) or proc.poll() is not None, timeout=60, interval=0.001)
+        os.kill(daemon.pid, signal.SIGSTOP)
+        restarts = daemon.restarts
+        daemon.kill(signal.SIGKILL)
+        assert daemon.wait_for_restarts(restarts + 1, timeout=60)
+        code = proc.wait(timeout=120)
+        text = err.rest()
+        assert "Traceback" not in text, text
+        with libcontainerd.new_client(daemon.address, state, namespace, None, timeout=60) as c:
+            left = [ctr.id for ctr in c.list_containers()]
+            testing.remove_containers(c)
+        assert left == [], text
+        assert not os.path.exists(os.path.join(state, "mid")), text
+        assert code == 1, text
+        assert "containerd is back: removed container mid" in text, text
+    assert (owner.leftovers.processes, owner.remaining) == ((), {})  # no shim of it either
 
 
 def test_events_human_lines(cli, client, recorder, rootfs, procs):

@@ -379,6 +379,26 @@ def test_an_exec_named_like_its_container_is_refused_before_anything_is_made(cli
     ctr.delete()
 
 
+def test_a_log_file_task_keeps_its_output_without_a_client_and_takes_stdin_later(client, rootfs, tmp_path):
+    """start(log_file=...): the shim writes stdout and stderr into the file itself; with_stdin leaves a
+    stdin FIFO that attach_task opens later (containerd's cio.LogFile, with a stdin kept for attach)."""
+    ctr = client.new_container("logged", spec(rootfs, "sh", "-c", "echo out; echo err >&2; read x; echo got $x"))
+    log = str(tmp_path / "sub" / "logged.log")
+    with pytest.raises(errdefs.InvalidParameter):
+        ctr.start(log_file="relative.log")
+    with pytest.raises(errdefs.InvalidParameter):
+        ctr.start(log_file=log, attach_stdio=stdio.capture())
+    assert not os.path.exists(log)  # refused before anything was made
+    ctr.start(with_stdin=True, log_file=log)
+    task = client.load_container("logged").attach_task(stdio.capture(stdin=b"hello\n"))
+    assert task.wait(timeout=30).code == 0
+    path = tmp_path / "sub" / "logged.log"
+    assert wait_until(lambda: b"got hello" in path.read_bytes())
+    assert sorted(path.read_bytes().splitlines()) == [b"err", b"got hello", b"out"]
+    task.delete()
+    ctr.delete()
+
+
 def test_replace_container(client, rootfs):
     old = client.new_container("phoenix", spec(rootfs, "sleep", "300"))
     old.start()
