@@ -70,13 +70,17 @@ class Page:
     criu: bool = False  # the page checkpoints
 
 
+#: The reason the raw-terminal recipe gives for not running with the rest of its page; it runs in a pty instead
+#: (:func:`test_the_terminal_recipe_runs_in_a_pty`).
+TERMINAL_RECIPE = "needs your terminal: runs in a pty in test_docs"
+
 PAGES = {
     "README.md": Page("standalone", 1),
     "docs/index.rst": Page("standalone", 1),
     "docs/quickstart.rst": Page("page order", 3),
     "docs/concepts.rst": Page("standalone", 2, given=("client", "task")),
     "docs/images.rst": Page("standalone", 2, given=("client",), registry=True),
-    "docs/recipes.rst": Page("page order", 12, not_run=("needs your terminal",), left_running=frozenset({"web"}),
+    "docs/recipes.rst": Page("page order", 12, not_run=(TERMINAL_RECIPE,), left_running=frozenset({"web"}),
                              registry=True, criu=True),
 }
 
@@ -369,3 +373,66 @@ def _threads_end(baseline: list[threading.Thread]) -> list[str]:
     while (left := testing.leftover_threads(baseline, prefix="")) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+# The recipe that puts the caller's terminal in raw mode cannot run under pytest's captured stdio: it runs here in
+# a child Python whose stdin and stdout are a pty, with the page's preamble (a client and a rootfs) made for it.
+_PTY_CHILD = """
+import os, sys
+import libcontainerd
+from libcontainerd import oci, stdio, testing
+owner = testing.PrivateContainerd("lcd-docpty-")
+daemon = owner.__enter__()
+try:
+    client = libcontainerd.new_client(daemon.address, os.path.join(sys.argv[1], "state"), "docs-pty", None)
+    rootfs = sys.argv[2]
+    exec(compile(sys.argv[3], "docs/recipes.rst", "exec"))
+    client.close()
+finally:
+    owner.__exit__(None, None, None)
+"""
+
+
+def test_the_terminal_recipe_runs_in_a_pty(rootfs: str, tmp_path: Any) -> None:
+    """recipes.rst's raw-mode block, pasted into a terminal: a shell prompt, ``exit 3``, and ``exit code 3``."""
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    (block,) = [b for b in blocks_of("docs/recipes.rst") if b.not_run == TERMINAL_RECIPE]
+    source = "\n" * (block.lineno - 1) + block.source
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH")) if p)}
+    child = subprocess.Popen([sys.executable, "-c", _PTY_CHILD, str(tmp_path), rootfs, source], stdin=slave,
+                             stdout=slave, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    os.close(slave)
+    seen = b""
+    sent = False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed its end
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not sent and b"# " in seen:  # busybox sh's prompt, through the container's terminal
+                os.write(master, b"exit 3\r")
+                sent = True
+            if child.poll() is not None and not ready:
+                break
+        code = child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.close(master)
+    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
+    assert sent, f"no shell prompt on the terminal; it showed {seen!r}; stderr: {stderr}"
+    assert code == 0, stderr
+    assert b"exit code 3" in seen, seen
