@@ -214,6 +214,15 @@ def _writer(conn: Connection, what: str, lease_id: str | None) -> tuple[
     return requests, call, iter(call)
 
 
+def _end_writer(conn: Connection, requests: queue.SimpleQueue[content_pb2.WriteContentRequest | None], call: Stream,
+                ref: str, lease_id: str | None, *, committed: bool) -> None:
+    """End a :func:`_writer`'s stream; an ingest not committed is cancelled and aborted."""
+    requests.put(None)
+    if not committed:
+        call.cancel()  # ends the stream, which releases the ingest's lock
+        abort(conn, ref, lease_id)
+
+
 class ChunkReader(io.RawIOBase):
     """A binary file over an iterator of byte chunks (for tarfile's stream mode)."""
 
@@ -305,10 +314,7 @@ def _write_once(conn: Connection, desc: Descriptor, ref: str, opener: Opener, le
             report(desc.size, "done" if fetched else "exists")
         return fetched
     finally:
-        requests.put(None)
-        if not committed:
-            call.cancel()  # ends the stream, which releases the ingest's lock
-            abort(conn, ref, lease_id)
+        _end_writer(conn, requests, call, ref, lease_id, committed=committed)
 
 
 def write_bytes(conn: Connection, desc: Descriptor, ref: str, data: bytes, *, lease_id: str | None,
@@ -358,7 +364,4 @@ def write_unknown(conn: Connection, ref: str, size: int, chunks: Iterator[bytes]
         committed = True
         return digest
     finally:
-        requests.put(None)
-        if not committed:
-            call.cancel()  # ends the stream, which releases the ingest's lock
-            abort(conn, ref, lease_id)
+        _end_writer(conn, requests, call, ref, lease_id, committed=committed)
