@@ -157,6 +157,12 @@ class IOLoop:
     def remove_pump(self, pump: Stoppable) -> None:
         self._pumps.pop(pump, None)
 
+    def close_pump(self, pump: Stoppable, fd: int) -> None:
+        """(loop) The end of a pump that owns ``fd``: stop watching it, close it, forget the pump."""
+        self.unwatch(fd)
+        os.close(fd)
+        self.remove_pump(pump)
+
     # -- lifetime ----------------------------------------------------------------------
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -385,9 +391,7 @@ class OutputPump:
         if self._ended:
             return
         self._ended = True
-        self._loop.unwatch(self._fd)
-        os.close(self._fd)
-        self._loop.remove_pump(self)
+        self._loop.close_pump(self, self._fd)
         self._sink.end(cancelled)
 
 
@@ -611,7 +615,5 @@ class CopyPump:
         if self._ended:
             return
         self._ended = True
-        self._loop.unwatch(self._fd)
-        os.close(self._fd)
-        self._loop.remove_pump(self)
+        self._loop.close_pump(self, self._fd)
         self._on_done()
