@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -200,11 +199,31 @@ _DEADLINE_MESSAGE = "deadline exceeded"
 _KINDS = frozenset({"container", "task", "exec", "process"})
 
 
+def _is_id_char(char: str) -> bool:
+    """A character that can continue an id: a word character (``\\w``), ``.`` or ``-``."""
+    return char.isalnum() or char in "_.-"
+
+
+def _names_id(details: str, ident: str) -> bool:
+    """Whether ``ident`` occurs in ``details`` as a whole id, not inside a longer one.
+
+    A plain scan rather than a regex: the pattern would differ per id, and compiling one on every
+    mapped error (a ``NotFound`` that ``Container.delete`` expects, each time) cost more than the call.
+    """
+    start = details.find(ident)
+    while start >= 0:
+        end = start + len(ident)
+        if not (start and _is_id_char(details[start - 1])) and not (end < len(details) and _is_id_char(details[end])):
+            return True
+        start = details.find(ident, start + 1)
+    return False
+
+
 def _names_all_ids(what: str, details: str) -> bool:
     """Whether ``details`` already names every object of ``what`` (then a prefix would say it twice)."""
     words = what.split()
     ids = [word for kind, word in zip(words, words[1:]) if kind in _KINDS]
-    return bool(ids) and all(re.search(rf"(?<![\w.-]){re.escape(i)}(?![\w.-])", details) for i in ids)
+    return bool(ids) and all(_names_id(details, i) for i in ids)
 
 
 def _details(err: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:

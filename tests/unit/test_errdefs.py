@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from libcontainerd import errdefs
 
@@ -79,3 +83,31 @@ def test_deadline_exceeded_is_a_deadline_whatever_the_code(code):
 ])
 def test_a_message_that_names_its_objects_gets_no_second_prefix(what, details, message):
     assert str(errdefs.from_grpc(FakeRpcError(grpc.StatusCode.NOT_FOUND, details), what)) == message
+
+
+# -- whether containerd's message already names the object ------------------------------------
+
+
+def _names_id_by_regex(details: str, ident: str) -> bool:
+    """The definition: ``ident`` not preceded nor followed by a word character, ``.`` or ``-``."""
+    return re.search(rf"(?<![\w.-]){re.escape(ident)}(?![\w.-])", details) is not None
+
+
+_ID_ALPHABET = st.sampled_from([*"ab.-_1 \"'/:é", "\u0301", "\u00a0", "٣"])
+
+
+@given(st.text(_ID_ALPHABET, max_size=30), st.text(_ID_ALPHABET, min_size=1, max_size=4))
+def test_the_scan_for_an_id_agrees_with_its_regex(details: str, ident: str) -> None:
+    assert errdefs._names_id(details, ident) == _names_id_by_regex(details, ident)
+
+
+@pytest.mark.parametrize(("what", "details", "named"), [
+    ("container web", 'container "web" in namespace "n": not found', True),
+    ("container web", 'container "web-1" in namespace "n": not found', False),
+    ("container web", "webby: not found", False),
+    ("exec e1 of container web", 'exec "e1" of "web": not found', True),
+    ("exec e1 of container web", 'process "e1" not found', False),  # the container is not named
+    ("", "not found", False),
+])
+def test_a_message_that_names_every_object_gets_no_prefix(what: str, details: str, named: bool) -> None:
+    assert errdefs._names_all_ids(what, details) is named
