@@ -34,10 +34,10 @@ def test_quick_lifecycle_benchmark_prints_ratios(tmp_path):
     assert len(measured) >= 2, result.stdout
     assert all(re.search(r"\s\d+\.\d\dx\s", line) for line in measured), lines
     checked = [line for line in lines if re.search(r"\s(PASS|MISS)\s", line)]
-    assert {"raw stubs" in line for line in checked} == {True, False}, lines  # vs raw stubs and vs ctr
+    assert {"raw stubs" in line for line in checked} == {True, False}, lines  # vs raw stubs (time, CPU) and vs ctr
     assert [re.search(r"\smissing\s", line) is not None for line in lines if GO in line] == [True], lines
     data = json.loads(out_json.read_text())
-    assert {r["reference"] for r in data["results"]} == {"raw stubs", "ctr run --rm", GO}
+    assert {r["reference"] for r in data["results"]} == {"raw stubs", "raw stubs + bare reader", "ctr run --rm", GO}
     assert {r["verdict"] for r in data["results"]} <= {True, False, None}
     assert all(r["ratio"] > 0 for r in data["results"] if r["reference"] != GO)
     assert [(r["ref_value"], r["ratio"]) for r in data["results"] if r["reference"] == GO] == [(None, None)]
