@@ -556,6 +556,16 @@ class ProcessIO(Protocol):
 StdioCallback = Callable[["DirectIO"], ProcessIO]
 
 
+def _closed_reader() -> io.BufferedReader:
+    reader = io.BufferedReader(io.BytesIO(), 1)
+    reader.close()
+    return reader
+
+
+#: What a stream handed over by :meth:`DirectIO.take_output` reads as: a closed binary reader.
+_TAKEN = _closed_reader()
+
+
 class DirectIO:
     """Our opened ends of a :class:`FifoSet` (Go's ``cio.DirectIO``).
 
@@ -643,8 +653,12 @@ class DirectIO:
         """Hand the descriptor of ``stdout`` or ``stderr`` over to the caller, who then owns it.
 
         Only a stream that is still this DirectIO's own open FIFO reader can be taken (None
-        otherwise: absent, replaced or closed). The stream object is closed; :meth:`close`
-        no longer touches the descriptor. This is how the I/O loop takes a FIFO over.
+        otherwise: absent, replaced or closed). The stream attribute then holds a closed
+        stream, and :meth:`close` no longer touches the descriptor. This is how the I/O loop
+        takes a FIFO over.
+
+        The reader itself is let go: CPython frees a ``BufferedReader``'s 64 KiB buffer only
+        with the object, and a client holding hundreds of captured processes kept two each.
         """
         f = getattr(self, stream)
         if f is None or f not in self._own or f.closed or not isinstance(f, io.BufferedReader):
@@ -654,6 +668,8 @@ class DirectIO:
             return None
         fd = raw.detach()
         f.close()
+        self._own.remove(f)
+        setattr(self, stream, _TAKEN)
         return fd
 
     @property

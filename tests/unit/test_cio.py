@@ -195,6 +195,29 @@ def test_cancel_wakes_a_blocked_reader(dio: DirectIO) -> None:
     assert dio.cancelled
 
 
+def test_take_output_hands_the_descriptor_over_and_lets_the_reader_go(fifos: FifoSet) -> None:
+    import weakref
+
+    before = _fds()
+    dio = DirectIO.open(fifos)
+    reader = weakref.ref(dio.stdout)  # type: ignore[arg-type]
+    fd = dio.take_output("stdout")
+    assert fd is not None
+    gc.collect()
+    # The reader (with its 64 KiB buffer) is gone; the attribute reads as a closed stream.
+    assert reader() is None
+    assert dio.stdout is not None and dio.stdout.closed
+    with pytest.raises(ValueError):
+        dio.stdout.read()
+    assert dio.take_output("stdout") is None  # only once
+    assert dio.take_output("stdin") is None  # not an output
+    dio.close()
+    # The descriptor taken is the caller's: close() left it open, and it is still the FIFO's.
+    assert fd in _fds() and stat.S_ISFIFO(os.fstat(fd).st_mode)
+    os.close(fd)
+    assert _fds() == before
+
+
 def test_not_a_fifo(tmp_path: Path) -> None:
     path = tmp_path / "plain"
     path.write_bytes(b"data")
