@@ -167,8 +167,9 @@ def _sdk(env: Env, n: int, probes: int) -> _Run:
 
 def _close_attached(env: Env, client: libcontainerd.Client, n: int) -> tuple[float, int, int]:
     """A second client attaches to all N running tasks with stdio; its close() is timed (wall s), and what
-    it leaves behind is counted (fds, threads)."""
-    fds, threads = testing.open_fds(), threading.active_count()
+    it leaves behind is counted (fds and threads that were not there before it; the first client's
+    idle workers may end meanwhile, which is not the second's doing)."""
+    fds, threads = _procfs.fds(), set(threading.enumerate())
     other = libcontainerd.new_client(env.address, client.state_dir, client.namespace, NullBackend(), timeout=120)
     try:
         _each(n, lambda i: other.load_container(f"c{i}").attach_task(stdio.capture()))
@@ -176,7 +177,20 @@ def _close_attached(env: Env, client: libcontainerd.Client, n: int) -> tuple[flo
         t0 = time.perf_counter()
         other.close()
         wall = time.perf_counter() - t0
-    return wall, testing.open_fds() - fds, threading.active_count() - threads
+    return wall, len(_new_fds(fds)), len(set(threading.enumerate()) - threads)
+
+
+def _new_fds(before: set[int]) -> list[str]:
+    """What the descriptors opened since ``before`` point at, without the one that lists them."""
+    targets = []
+    for fd in sorted(_procfs.fds() - before):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the lister's own, closed by now
+            continue
+        if not target.startswith("/proc/"):
+            targets.append(target)
+    return targets
 
 
 def _raw(env: Env, n: int) -> _Run:
