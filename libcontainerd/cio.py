@@ -556,7 +556,7 @@ class ProcessIO(Protocol):
 StdioCallback = Callable[["DirectIO"], ProcessIO]
 
 
-def _closed_reader() -> io.BufferedReader:
+def _closed_reader() -> io.BufferedIOBase:
     reader = io.BufferedReader(io.BytesIO(), 1)
     reader.close()
     return reader
