@@ -169,7 +169,7 @@ def _close_attached(env: Env, client: libcontainerd.Client, n: int) -> tuple[flo
     """A second client attaches to all N running tasks with stdio; its close() is timed (wall s), and what
     it leaves behind is counted (fds and threads that were not there before it; the first client's
     idle workers may end meanwhile, which is not the second's doing)."""
-    fds, threads = _procfs.fds(), set(threading.enumerate())
+    fds, threads = _procfs.fds(), threading.enumerate()
     other = libcontainerd.new_client(env.address, client.state_dir, client.namespace, NullBackend(), timeout=120)
     try:
         _each(n, lambda i: other.load_container(f"c{i}").attach_task(stdio.capture()))
@@ -177,7 +177,7 @@ def _close_attached(env: Env, client: libcontainerd.Client, n: int) -> tuple[flo
         t0 = time.perf_counter()
         other.close()
         wall = time.perf_counter() - t0
-    return wall, len(_new_fds(fds)), len(set(threading.enumerate()) - threads)
+    return wall, len(_new_fds(fds)), len(testing.leftover_threads(threads, prefix=""))
 
 
 def _new_fds(before: set[int]) -> list[str]:
