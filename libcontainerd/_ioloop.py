@@ -340,7 +340,43 @@ class OutputSink(Protocol):
         ...
 
 
-class OutputPump:
+class _OutputFifoPump:
+    """What both output pumps share: one output FIFO descriptor they own, watched on the loop for
+    reading from :meth:`start` on, and closed exactly once when the pump ends.
+
+    A subclass reads in ``_ready(mask)`` and tells its consumer the end in ``_finish(cancelled)``.
+    """
+
+    def __init__(self, loop: IOLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._ended = False
+
+    def start(self) -> None:
+        """(loop) Begin watching."""
+        if self._ended:
+            return
+        self._loop.add_pump(self)
+        self._loop.watch(self._fd, select.EPOLLIN, self._ready)
+
+    def _ready(self, mask: int) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+    def _end(self, cancelled: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._loop.close_pump(self, self._fd)
+        self._finish(cancelled)
+
+    def _finish(self, cancelled: bool) -> None:
+        raise NotImplementedError
+
+
+class OutputPump(_OutputFifoPump):
     """Reads one output FIFO (a descriptor it owns) on the loop and hands the chunks to its sink, in order.
 
     EOF is a read of ``b""`` after the loop reported the FIFO ready, i.e. after a writer
@@ -348,18 +384,9 @@ class OutputPump:
     """
 
     def __init__(self, loop: IOLoop, fd: int, sink: OutputSink) -> None:
-        self._loop = loop
-        self._fd = fd
+        super().__init__(loop, fd)
         self._sink = sink
         self._paused = False
-        self._ended = False
-
-    def start(self) -> None:
-        """(loop) Begin reading."""
-        if self._ended:
-            return
-        self._loop.add_pump(self)
-        self._loop.watch(self._fd, select.EPOLLIN, self._ready)
 
     def _ready(self, mask: int) -> None:
         try:
@@ -387,11 +414,7 @@ class OutputPump:
         """(loop) Stop now; what was read stays delivered."""
         self._end(True)
 
-    def _end(self, cancelled: bool) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        self._loop.close_pump(self, self._fd)
+    def _finish(self, cancelled: bool) -> None:
         self._sink.end(cancelled)
 
 
@@ -516,7 +539,7 @@ class InputPump:
         self.on_end(how)
 
 
-class CopyPump:
+class CopyPump(_OutputFifoPump):
     """Copies one output FIFO (a descriptor it owns) to a caller's file: the loop waits, a pool worker copies.
 
     While the FIFO is idle the loop watches it; once it is readable the loop lets go of it and
@@ -532,8 +555,7 @@ class CopyPump:
     def __init__(self, loop: IOLoop, fd: int, pool: KeyedSerialExecutor, key: str,
                  write: Callable[[bytes], None], on_done: Callable[[], None],
                  job: Callable[[Callable[[], None]], None]) -> None:
-        self._loop = loop
-        self._fd = fd
+        super().__init__(loop, fd)
         self._pool = pool
         self._key = key
         self._write = write
@@ -541,15 +563,7 @@ class CopyPump:
         self._job = job
         self._served = False  # a pool job owns the descriptor (loop-side state)
         self._cancelled = False
-        self._ended = False
         self._poll: select.poll | None = None
-
-    def start(self) -> None:
-        """(loop) Begin watching."""
-        if self._ended:
-            return
-        self._loop.add_pump(self)
-        self._loop.watch(self._fd, select.EPOLLIN, self._ready)
 
     def _ready(self, mask: int) -> None:
         self._loop.unwatch(self._fd)
@@ -611,9 +625,5 @@ class CopyPump:
         if not self._served:
             self._end(True)
 
-    def _end(self, cancelled: bool) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        self._loop.close_pump(self, self._fd)
+    def _finish(self, cancelled: bool) -> None:
         self._on_done()
