@@ -94,6 +94,15 @@ class Block:
     not_run: str | None
 
 
+def _not_run_reason(lines: list[str], i: int) -> str | None:
+    """The reason of a not-run marker on the last non-blank line before line ``i``, if it is one."""
+    for line in reversed(lines[:i]):
+        if line.strip():
+            m = NOT_RUN.match(line)
+            return m.group("reason") if m else None
+    return None
+
+
 def _rst_blocks(page: str, text: str) -> Iterator[Block]:
     lines = text.splitlines()
     i = 0
@@ -103,8 +112,7 @@ def _rst_blocks(page: str, text: str) -> Iterator[Block]:
             i += 1
             continue
         indent, language = len(m.group(1)), m.group(2)
-        before = [line for line in lines[:i] if line.strip()]
-        marker = NOT_RUN.match(before[-1]) if before else None
+        not_run = _not_run_reason(lines, i)
         i += 1
         while i < len(lines) and re.match(r"^\s+:\w[\w-]*:", lines[i]):  # the directive's options
             i += 1
@@ -116,7 +124,7 @@ def _rst_blocks(page: str, text: str) -> Iterator[Block]:
         while body and not body[0].strip():
             body.pop(0)
             start += 1
-        yield Block(page, start, language, _dedent(body), marker.group("reason") if marker else None)
+        yield Block(page, start, language, _dedent(body), not_run)
 
 
 def _md_blocks(page: str, text: str) -> Iterator[Block]:
@@ -127,13 +135,12 @@ def _md_blocks(page: str, text: str) -> Iterator[Block]:
         if not m:
             i += 1
             continue
-        before = [line for line in lines[:i] if line.strip()]
-        marker = NOT_RUN.match(before[-1]) if before else None
+        not_run = _not_run_reason(lines, i)
         j = i + 1
         while not lines[j].startswith("```"):
             j += 1
         yield Block(page, i + 2, m.group(1), "\n".join(lines[i + 1:j]) + "\n",
-                    marker.group("reason") if marker else None)
+                    not_run)
         i = j + 1
 
 
